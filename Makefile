@@ -1,0 +1,35 @@
+# ftune: `make demo` runs the quickstart, `make test` runs every test (release + sanitizers).
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+
+.PHONY: all deps build asan test test-release test-asan demo clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j $(JOBS)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the parsers and the CPU model (no CUDA).
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTUNE_SANITIZE=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+test-release: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+test-asan: asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS) -LE gpu
+
+test: test-release test-asan
+
+demo: build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) demo-out

@@ -1,0 +1,12 @@
+// Each subcommand registers itself on the CLI11 app; the callbacks run after parsing.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace ftune {
+
+void add_train_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+void add_init_model_command(CLI::App& app);
+void add_logits_command(CLI::App& app);
+
+}  // namespace ftune

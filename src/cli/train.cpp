@@ -1,0 +1,38 @@
+// `ftune train RECIPE.yaml [--set key=value]... [--overwrite]`, and `--help-config`.
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "train/train_config.h"
+#include "train/trainer.h"
+
+namespace ftune {
+
+void add_train_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("train", "Fine-tune a model with LoRA as a YAML recipe says");
+  struct Args {
+    std::string recipe;
+    std::vector<std::string> sets;
+    bool overwrite = false;
+    bool help_config = false;
+  };
+  auto args = std::make_shared<Args>();
+  cmd->add_option("recipe", args->recipe, "YAML recipe (see docs/config.md)");
+  cmd->add_option("--set", args->sets, "Override a recipe key, e.g. --set lora.r=16 (repeatable)");
+  cmd->add_flag("--overwrite", args->overwrite, "Replace ftune's files in a non-empty output_dir");
+  cmd->add_flag("--help-config", args->help_config, "Print every recipe key with its default and meaning");
+  cmd->callback([args] {
+    if (args->help_config) {
+      fmt::print("{}", train_config_help());
+      return;
+    }
+    if (args->recipe.empty()) throw CLI::RequiredError("recipe");
+    TrainConfig cfg = load_train_config(args->recipe, args->sets);
+    if (args->overwrite) cfg.overwrite = true;
+    const TrainReport r = run_training(cfg);
+    if (!r.steps.empty())
+      fmt::print(stderr, "ftune: done: {} steps, loss {:.4f} -> {:.4f}; adapter written to {}\n", r.steps.size(),
+                 r.steps.front().loss, r.steps.back().loss, cfg.output_dir);
+  });
+}
+
+}  // namespace ftune

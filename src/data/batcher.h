@@ -1,0 +1,30 @@
+// Endless stream of micro-batches over a dataset: a fresh seeded shuffle each epoch, the last
+// batch of an epoch possibly smaller.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "data/dataset.h"
+#include "model/batch.h"
+
+namespace ftune {
+
+class MicroBatcher {
+ public:
+  MicroBatcher(const std::vector<Example>& examples, int64_t micro_batch, bool shuffle, uint64_t seed, int32_t pad_id);
+  Batch next();
+  int64_t epoch() const { return epoch_; }  // 0-based epoch of the last batch returned
+
+ private:
+  void reshuffle();
+  const std::vector<Example>& ex_;
+  int64_t micro_;
+  bool shuffle_;
+  uint64_t seed_;
+  int32_t pad_;
+  std::vector<size_t> order_;
+  size_t cursor_ = 0;
+  int64_t epoch_ = -1;
+};
+
+}  // namespace ftune

@@ -1,0 +1,38 @@
+// Batch assembly: padding, the HF label shift, positions.
+#include "model/batch.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace ftune {
+
+int64_t Batch::count_targets() const {
+  return std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
+}
+
+Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,
+                 const std::vector<const std::vector<int32_t>*>& labels, int32_t pad_id) {
+  FT_ASSERT(ids.size() == labels.size() && !ids.empty());
+  Batch b;
+  b.batch = static_cast<int64_t>(ids.size());
+  for (const auto* r : ids) b.seq = std::max<int64_t>(b.seq, static_cast<int64_t>(r->size()));
+  b.ids.assign(b.n(), pad_id);
+  b.targets.assign(b.n(), kIgnoreIndex);
+  b.pos.assign(b.n(), 0);
+  for (int64_t r = 0; r < b.batch; ++r) {
+    const auto& row = *ids[r];
+    const auto& lab = *labels[r];
+    FT_ASSERT(row.size() == lab.size());
+    const int64_t len = static_cast<int64_t>(row.size());
+    b.tokens += len;
+    for (int64_t t = 0; t < b.seq; ++t) {
+      b.pos[r * b.seq + t] = static_cast<int32_t>(t);
+      if (t < len) b.ids[r * b.seq + t] = row[t];
+      if (t + 1 < len) b.targets[r * b.seq + t] = lab[t + 1] < 0 ? kIgnoreIndex : lab[t + 1];
+    }
+  }
+  return b;
+}
+
+}  // namespace ftune

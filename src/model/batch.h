@@ -1,0 +1,27 @@
+// A micro-batch as the model sees it: rows of token ids with per-token targets, positions and
+// document ids (packed rows restart positions per document and never attend across them).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace ftune {
+
+inline constexpr int32_t kIgnoreIndex = -100;
+
+struct Batch {
+  int64_t batch = 0, seq = 0;   // rows x tokens
+  std::vector<int32_t> ids;     // [batch*seq]
+  std::vector<int32_t> targets; // [batch*seq] next-token target at each position; kIgnoreIndex = none
+  std::vector<int32_t> pos;     // [batch*seq] position ids
+  std::vector<int32_t> doc;     // [batch*seq] document id, or empty when each row is one document
+  int64_t tokens = 0;           // real (unpadded) tokens
+  int64_t n() const { return batch * seq; }
+  int64_t count_targets() const;
+};
+
+// Builds a right-padded batch from token rows and HF-style labels (labels[i] is the label of
+// token i; the loss predicts labels[i+1] from position i, as transformers shifts them).
+Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,
+                 const std::vector<const std::vector<int32_t>*>& labels, int32_t pad_id);
+
+}  // namespace ftune

@@ -1,0 +1,114 @@
+// Loading, generating and saving Llama base weights under the transformers key names.
+#include "model/weights.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+
+namespace ftune {
+
+const char* proj_name(Proj p) {
+  static constexpr const char* kNames[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  return kNames[static_cast<int>(p)];
+}
+
+const char* proj_module(Proj p) {
+  static constexpr const char* kNames[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                           "mlp.down_proj"};
+  return kNames[static_cast<int>(p)];
+}
+
+std::array<int64_t, 2> proj_shape(const LlamaConfig& c, Proj p) {
+  switch (p) {
+    case Proj::Q: return {c.q_dim(), c.hidden_size};
+    case Proj::K:
+    case Proj::V: return {c.kv_dim(), c.hidden_size};
+    case Proj::O: return {c.hidden_size, c.q_dim()};
+    case Proj::Gate:
+    case Proj::Up: return {c.intermediate_size, c.hidden_size};
+    case Proj::Down: return {c.hidden_size, c.intermediate_size};
+  }
+  return {0, 0};
+}
+
+namespace {
+
+std::string layer_key(int64_t l, const std::string& rest) { return fmt::format("model.layers.{}.{}", l, rest); }
+
+Tensor load_checked(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
+  if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
+  const TensorInfo& info = ck.info(name);
+  if (info.shape != want)
+    fail("{}: tensor '{}' has shape {} but config.json implies {}", ck.file_of(name), name, shape_str(info.shape),
+         shape_str(want));
+  return ck.read_f32(name);
+}
+
+// Calls f(name, tensor) for every tensor of the model in a fixed order.
+template <typename W, typename F>
+void for_each_weight(const LlamaConfig& cfg, W& w, F&& f) {
+  f(std::string("model.embed_tokens.weight"), w.embed);
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    auto& L = w.layers[l];
+    f(layer_key(l, "input_layernorm.weight"), L.input_norm);
+    for (int p = 0; p < kNumProj; ++p)
+      f(layer_key(l, std::string(proj_module(static_cast<Proj>(p))) + ".weight"), L.proj[p]);
+    f(layer_key(l, "post_attention_layernorm.weight"), L.post_norm);
+  }
+  f(std::string("model.norm.weight"), w.final_norm);
+  if (!cfg.tie_word_embeddings) f(std::string("lm_head.weight"), w.lm_head);
+}
+
+std::vector<int64_t> expected_shape(const LlamaConfig& cfg, const std::string& name) {
+  const int64_t H = cfg.hidden_size;
+  if (name == "model.embed_tokens.weight" || name == "lm_head.weight") return {cfg.vocab_size, H};
+  if (name.ends_with("layernorm.weight") || name == "model.norm.weight") return {H};
+  for (int p = 0; p < kNumProj; ++p) {
+    if (name.ends_with(std::string(proj_module(static_cast<Proj>(p))) + ".weight")) {
+      auto s = proj_shape(cfg, static_cast<Proj>(p));
+      return {s[0], s[1]};
+    }
+  }
+  FT_ASSERT(false);
+}
+
+}  // namespace
+
+LlamaWeights load_llama_weights(const LlamaConfig& cfg, const CheckpointReader& ck) {
+  LlamaWeights w;
+  w.layers.resize(cfg.num_hidden_layers);
+  for_each_weight(cfg, w, [&](const std::string& name, Tensor& t) { t = load_checked(ck, name, expected_shape(cfg, name)); });
+  return w;
+}
+
+LlamaWeights random_llama_weights(const LlamaConfig& cfg, uint64_t seed) {
+  LlamaWeights w;
+  w.layers.resize(cfg.num_hidden_layers);
+  uint64_t stream = 0;
+  for_each_weight(cfg, w, [&](const std::string& name, Tensor& t) {
+    t = Tensor(expected_shape(cfg, name));
+    Rng rng(seed, ++stream);
+    const bool norm = t.shape.size() == 1;
+    for (float& x : t.data) x = norm ? 1.0f : 0.02f * rng.normal();
+  });
+  return w;
+}
+
+void save_llama_model(const LlamaConfig& cfg, const LlamaWeights& w, const std::string& dir, DType dtype) {
+  SafetensorsWriter out;
+  for_each_weight(cfg, w, [&](const std::string& name, const Tensor& t) { out.add_f32(name, t, dtype); });
+  out.write(dir + "/model.safetensors", {{"format", "pt"}});
+  const std::string path = dir + "/config.json";
+  std::ofstream f(path);
+  f << llama_config_to_json(cfg) << "\n";
+  if (!f) fail("{}: cannot write", path);
+}
+
+}  // namespace ftune

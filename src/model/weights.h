@@ -1,0 +1,46 @@
+// The frozen base weights of a Llama model in fp32 (CPU reference), loaded from a HF checkpoint.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+#include "model/llama_config.h"
+
+namespace ftune {
+
+class CheckpointReader;
+
+// The seven linear projections of a decoder layer, in peft's usual target order.
+enum class Proj : int { Q = 0, K, V, O, Gate, Up, Down };
+inline constexpr int kNumProj = 7;
+const char* proj_name(Proj p);    // "q_proj", ...
+const char* proj_module(Proj p);  // "self_attn.q_proj", "mlp.gate_proj", ...
+// {out_features, in_features} of a projection.
+std::array<int64_t, 2> proj_shape(const LlamaConfig& cfg, Proj p);
+
+struct LayerWeights {
+  Tensor input_norm;                  // [H]
+  Tensor post_norm;                   // [H]
+  std::array<Tensor, kNumProj> proj;  // q [heads*d, H], k/v [kv*d, H], o [H, heads*d], gate/up [I, H], down [H, I]
+};
+
+struct LlamaWeights {
+  Tensor embed;                      // [V, H]
+  std::vector<LayerWeights> layers;  // [L]
+  Tensor final_norm;                 // [H]
+  Tensor lm_head;                    // [V, H]; empty when tied to embed
+  const Tensor& head() const { return lm_head.empty() ? embed : lm_head; }
+};
+
+// Loads every tensor, checking each shape against `cfg`; errors name the directory, tensor,
+// expected and found shape. A tensor missing from the checkpoint is an error too.
+LlamaWeights load_llama_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt);
+// Random weights for tests and the quickstart: N(0, 0.02) matrices, norms 1.
+LlamaWeights random_llama_weights(const LlamaConfig& cfg, uint64_t seed);
+// Writes config.json + model.safetensors (as `dtype`) into an existing directory `dir`.
+void save_llama_model(const LlamaConfig& cfg, const LlamaWeights& w, const std::string& dir, DType dtype);
+
+}  // namespace ftune

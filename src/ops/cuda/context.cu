@@ -1,0 +1,63 @@
+// CUDA context and device buffers.
+#include "ops/cuda/context.h"
+#include "ops/cuda/cuda_check.h"
+
+namespace ftune::cuda {
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+Context::Context(int device, size_t workspace_bytes) : device_(device) {
+  FT_CUDA(cudaSetDevice(device));
+  cudaDeviceProp prop{};
+  FT_CUDA(cudaGetDeviceProperties(&prop, device));
+  sm_ = prop.major * 10 + prop.minor;
+  name_ = prop.name;
+  FT_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  FT_CUBLAS(cublasLtCreate(&blas_));
+  workspace_ = DeviceBuffer(workspace_bytes);
+}
+
+Context::~Context() {
+  if (blas_) cublasLtDestroy(blas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void Context::synchronize() const { FT_CUDA(cudaStreamSynchronize(stream_)); }
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes) FT_CUDA(cudaMalloc(&ptr_, bytes));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_) cudaFree(ptr_);
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = o.ptr_;
+    bytes_ = o.bytes_;
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+void DeviceBuffer::upload(const void* host, size_t bytes) {
+  FT_ASSERT(bytes <= bytes_);
+  FT_CUDA(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice));
+}
+
+void DeviceBuffer::download(void* host, size_t bytes) const {
+  FT_ASSERT(bytes <= bytes_);
+  FT_CUDA(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost));
+}
+
+}  // namespace ftune::cuda

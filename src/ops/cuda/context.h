@@ -1,0 +1,43 @@
+// The CUDA context object: device, stream, cuBLASLt handle and workspace, owned with RAII and
+// passed to every launcher (no globals).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "ops/cuda/device_buffer.h"
+
+typedef struct CUstream_st* cudaStream_t;
+typedef struct cublasLtContext* cublasLtHandle_t;
+
+namespace ftune::cuda {
+
+// Number of CUDA devices visible, 0 when there is no driver or no GPU (never throws).
+int device_count();
+
+class Context {
+ public:
+  explicit Context(int device = 0, size_t workspace_bytes = 32u << 20);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  int device() const { return device_; }
+  int sm_version() const { return sm_; }  // e.g. 90 for sm_90
+  std::string name() const { return name_; }
+  cudaStream_t stream() const { return stream_; }
+  cublasLtHandle_t blas() const { return blas_; }
+  void* workspace() const { return workspace_.data(); }
+  size_t workspace_bytes() const { return workspace_.bytes(); }
+  void synchronize() const;
+
+ private:
+  int device_ = 0;
+  int sm_ = 0;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t blas_ = nullptr;
+  DeviceBuffer workspace_;
+};
+
+}  // namespace ftune::cuda

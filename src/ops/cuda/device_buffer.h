@@ -1,0 +1,43 @@
+// An owned device allocation (cudaMalloc/cudaFree), movable, never copied implicitly.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+namespace ftune::cuda {
+
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return ptr_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+  void upload(const void* host, size_t bytes);
+  void download(void* host, size_t bytes) const;
+  template <typename T>
+  static DeviceBuffer from(const std::vector<T>& v) {
+    DeviceBuffer b(v.size() * sizeof(T));
+    b.upload(v.data(), v.size() * sizeof(T));
+    return b;
+  }
+  template <typename T>
+  std::vector<T> to_host(size_t n) const {
+    std::vector<T> v(n);
+    download(v.data(), n * sizeof(T));
+    return v;
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace ftune::cuda

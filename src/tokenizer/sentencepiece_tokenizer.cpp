@@ -1,0 +1,72 @@
+// Tokenizer of a model directory: SentencePiece `tokenizer.model` (Llama 1/2 and look-alikes)
+// through libsentencepiece.
+#include <sentencepiece_processor.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ftune {
+namespace {
+
+namespace fs = std::filesystem;
+
+// libsentencepiece's status text, kept to one line.
+std::string one_line(const sentencepiece::util::Status& s) {
+  std::string out = s.ToString();
+  for (char& c : out)
+    if (c == '\n' || c == '\r') c = ' ';
+  return out;
+}
+
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  explicit SentencePieceTokenizer(const std::string& path) : path_(path) {
+    auto status = sp_.Load(path);
+    if (!status.ok()) fail("{}: not a valid SentencePiece model ({})", path, one_line(status));
+    if (sp_.GetPieceSize() <= 0) fail("{}: SentencePiece model has no pieces", path);
+  }
+
+  std::vector<int32_t> encode(const std::string& text) const override {
+    std::vector<int> ids;
+    auto status = sp_.Encode(text, &ids);
+    if (!status.ok()) fail("{}: cannot encode text ({})", path_, one_line(status));
+    return {ids.begin(), ids.end()};
+  }
+
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    const int64_t n = vocab_size();
+    // libsentencepiece does not range-check ids on every path, so do it here.
+    for (int32_t id : ids)
+      if (id < 0 || id >= n) fail("{}: token id {} is outside the vocabulary [0, {})", path_, id, n);
+    std::string text;
+    auto status = sp_.Decode(std::vector<int>(ids.begin(), ids.end()), &text);
+    if (!status.ok()) fail("{}: cannot decode ids ({})", path_, one_line(status));
+    return text;
+  }
+
+  int64_t vocab_size() const override { return sp_.GetPieceSize(); }
+  int32_t bos_id() const override { return sp_.bos_id(); }
+  int32_t eos_id() const override { return sp_.eos_id(); }
+
+ private:
+  std::string path_;
+  sentencepiece::SentencePieceProcessor sp_;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
+  if (!fs::is_directory(model_dir)) fail("{}: model directory not found", model_dir);
+  const fs::path dir(model_dir);
+  if (fs::exists(dir / "tokenizer.model"))
+    return std::make_unique<SentencePieceTokenizer>((dir / "tokenizer.model").string());
+  if (fs::exists(dir / "tokenizer.json"))
+    fail("{}: has only tokenizer.json, and tokenizer.json support is not available yet (a SentencePiece "
+         "tokenizer.model is needed)",
+         model_dir);
+  fail("{}: no tokenizer found (expected tokenizer.model)", model_dir);
+}
+
+}  // namespace ftune

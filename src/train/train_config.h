@@ -1,0 +1,70 @@
+// Everything `ftune train` is told: the validated result of a YAML recipe plus `--set`
+// overrides. Every key has a documented entry in train_config.cpp's key table, which is
+// also the source of `--help-config` and docs/config.md.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ftune {
+
+struct LoraSettings {
+  int64_t r = 8;
+  double alpha = 16.0;
+  double dropout = 0.0;
+  std::vector<std::string> target_modules = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                             "gate_proj", "up_proj", "down_proj"};
+  bool use_rslora = false;
+  std::string init_adapter;  // existing PEFT adapter dir to start from; "" = fresh init
+};
+
+struct DataSettings {
+  std::string train;           // path to a .jsonl file
+  std::string format = "auto"; // "auto", "text" or "input_ids"
+  std::string text_field = "text";
+  int64_t max_seq_len = 512;
+  std::string overflow = "truncate";  // "truncate" or "drop" for rows longer than max_seq_len
+  bool add_bos = true;
+  bool add_eos = true;
+};
+
+struct TrainSettings {
+  std::string method = "lora";
+  int64_t micro_batch_size = 4;
+  int64_t grad_accum = 1;
+  int64_t max_steps = 100;  // optimizer steps
+  double lr = 2e-4;
+  std::string schedule = "cosine";  // "constant", "linear", "cosine"
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.0;        // cosine/linear end at lr * min_lr_ratio
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double max_grad_norm = 1.0;       // <= 0 disables clipping
+  uint64_t seed = 42;
+  bool gradient_checkpointing = false;
+  bool shuffle = true;
+  int64_t log_every = 1;
+  int64_t threads = 0;              // 0 = all cores
+};
+
+struct TrainConfig {
+  std::string model;       // HF model directory
+  std::string output_dir;
+  bool overwrite = false;
+  LoraSettings lora;
+  DataSettings data;
+  TrainSettings train;
+};
+
+// Reads a YAML recipe, applies `key=value` overrides (dotted keys, e.g. lora.r=16), validates.
+// Errors are one line naming the file and key; an unknown key names the closest valid key.
+// Relative paths in the recipe are resolved against the recipe's directory.
+TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides);
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& label,
+                               const std::vector<std::string>& overrides, const std::string& base_dir);
+// The resolved configuration as YAML (written to output_dir/config.yaml).
+std::string train_config_to_yaml(const TrainConfig& cfg);
+// Markdown documentation of every key: name, type, default, meaning.
+std::string train_config_help();
+
+}  // namespace ftune

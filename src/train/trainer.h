@@ -1,0 +1,35 @@
+// `ftune train`: the LoRA training loop on the CPU reference backend.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "train/train_config.h"
+
+namespace ftune {
+
+struct StepMetrics {
+  int64_t step = 0;        // 1-based optimizer step
+  double loss = 0.0;       // mean over the step's trained tokens
+  double lr = 0.0;
+  double grad_norm = 0.0;  // before clipping
+  int64_t tokens = 0;      // input tokens processed in the step (padding excluded)
+  double tokens_per_s = 0.0;
+  double elapsed_s = 0.0;
+};
+
+struct TrainReport {
+  std::vector<StepMetrics> steps;
+  int64_t examples = 0;
+  int64_t truncated = 0, dropped = 0;
+};
+
+// Checks that `dir` may be written: absent, empty, or `overwrite`. Creates it.
+void prepare_output_dir(const std::string& dir, bool overwrite);
+
+// Runs the whole recipe: validates inputs first (output dir, model, data), trains, writes the
+// adapter, metrics.jsonl and config.yaml into cfg.output_dir. `on_step` (optional) sees each step.
+TrainReport run_training(const TrainConfig& cfg, const std::function<void(const StepMetrics&)>& on_step = {});
+
+}  // namespace ftune

@@ -1,0 +1,55 @@
+# Shared by the command-line tests: a tiny model, a recipe, and expect_fail.
+# Usage in a test: source lib.bash "$@"  (args: path to ftune, repo root)
+set -euo pipefail
+FTUNE=$1
+ROOT=$2
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ftune-cli.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+fails=0
+
+make_model() {  # make_model DIR
+  "$FTUNE" init-model --preset tiny --vocab-size 512 --random "$1" --tokenizer "$ROOT/examples/quickstart" \
+    --seed 3 2>/dev/null
+}
+
+write_recipe() {  # write_recipe FILE MODEL DATA OUT [extra yaml lines]
+  local f=$1
+  cat >"$f" <<YAML
+model: $2
+output_dir: $4
+data:
+  train: $3
+  max_seq_len: 32
+train:
+  micro_batch_size: 2
+  max_steps: 2
+  threads: 1
+YAML
+  shift 4
+  for line in "$@"; do echo "$line" >>"$f"; done
+}
+
+# expect_fail NAME REGEX CMD...: CMD must exit non-zero with exactly one non-empty stderr line
+# that matches REGEX (case-sensitive, extended).
+expect_fail() {
+  local name=$1 re=$2
+  shift 2
+  local err rc=0
+  err=$("$@" 2>&1 >/dev/null) || rc=$?
+  local lines
+  lines=$(printf '%s\n' "$err" | grep -c . || true)
+  if [ "$rc" -eq 0 ]; then
+    echo "FAIL $name: exit code 0"; fails=$((fails + 1))
+  elif [ "$lines" -ne 1 ]; then
+    echo "FAIL $name: expected one line of error, got $lines:"; printf '%s\n' "$err"; fails=$((fails + 1))
+  elif ! printf '%s' "$err" | grep -Eq -- "$re"; then
+    echo "FAIL $name: message does not match /$re/: $err"; fails=$((fails + 1))
+  else
+    echo "ok   $name: $err"
+  fi
+}
+
+finish() {
+  if [ "$fails" -gt 0 ]; then echo "$fails check(s) failed"; exit 1; fi
+  echo "all checks passed"
+}

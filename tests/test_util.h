@@ -1,0 +1,51 @@
+// Shared helpers for the tests: relative error, random tensors, temp directories.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+namespace ftune::testing {
+
+// ||a - b|| / ||b|| in double.
+template <typename A, typename B>
+double rel_err(const A& a, const B& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    num += d * d;
+    den += static_cast<double>(b[i]) * static_cast<double>(b[i]);
+  }
+  return std::sqrt(num / (den > 0 ? den : 1.0));
+}
+
+inline void fill_normal(Tensor& t, uint64_t seed, float std = 1.0f) {
+  Rng r(seed);
+  for (float& x : t.data) x = std * r.normal();
+}
+
+// A fresh empty directory under the system temp dir, removed by the destructor.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag) {
+    Rng r(reinterpret_cast<uintptr_t>(this) ^ static_cast<uint64_t>(std::time(nullptr)));
+    path_ = std::filesystem::temp_directory_path() / ("ftune-test-" + tag + "-" + std::to_string(r.next_u64() % 1000000007));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string str() const { return path_.string(); }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+}  // namespace ftune::testing
