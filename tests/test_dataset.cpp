@@ -144,7 +144,7 @@ TEST(Dataset, InputIdsRowsWithAndWithoutLabels) {
 
 TEST(Dataset, AutoDecidesPerRowAndBlankLinesAreSkipped) {
   TempDir d;
-  Loaded r = load(d, "\n{\"text\": \"hi\"}\r\n   \n{\"input_ids\": [4, 5, 6]}\n\t\n");
+  Loaded r = load(d, "\xEF\xBB\xBF\n{\"text\": \"hi\"}\r\n   \n{\"input_ids\": [4, 5, 6]}\n\t\n");
   ASSERT_EQ(r.examples.size(), 2u);
   EXPECT_EQ(r.examples[0].ids, (std::vector<int32_t>{1, 3 + 'h', 3 + 'i', 2}));
   EXPECT_EQ(r.examples[1].ids, (std::vector<int32_t>{4, 5, 6}));
@@ -346,6 +346,23 @@ TEST(SentencePiece, LoadsEncodesAndDecodes) {
   EXPECT_EQ(ex[0].ids, want);
   EXPECT_EQ(ex[0].labels, want);
   EXPECT_EQ(st.tokens, static_cast<int64_t>(want.size()));
+}
+
+TEST(SentencePiece, QuickstartExampleTokenizesEveryRow) {
+  const fs::path dir = fs::path(FTUNE_SOURCE_DIR) / "examples" / "quickstart";
+  if (!fs::exists(dir / "tokenizer.model") || !fs::exists(dir / "train.jsonl")) GTEST_SKIP() << "no quickstart example";
+  auto tok = load_tokenizer(dir.string());
+  DataSettings cfg;
+  cfg.train = (dir / "train.jsonl").string();
+  cfg.max_seq_len = 64;
+  DatasetStats st;
+  auto ex = load_jsonl_dataset(cfg, tok.get(), tok->vocab_size(), &st);
+  EXPECT_EQ(static_cast<int64_t>(ex.size()), st.kept);
+  EXPECT_EQ(st.kept + st.dropped + st.skipped, st.rows);
+  for (const Example& e : ex) {
+    EXPECT_EQ(e.ids.front(), tok->bos_id());
+    EXPECT_LE(static_cast<int64_t>(e.ids.size()), cfg.max_seq_len);
+  }
 }
 
 TEST(SentencePiece, Errors) {

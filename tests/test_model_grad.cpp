@@ -119,7 +119,7 @@ void check_directional(Fixture& f, const Batch& b, uint64_t key) {
     double analytic = 0;
     const auto gf = flat(g), df = flat(dir);
     for (size_t i = 0; i < gf.size(); ++i) analytic += static_cast<double>(gf[i]) * df[i];
-    const float h = 1e-2f;
+    const float h = 2e-3f;
     auto shifted = [&](float sign) {
       LoraParams saved = f.lora;
       auto pv = flat(dir);
@@ -132,8 +132,9 @@ void check_directional(Fixture& f, const Batch& b, uint64_t key) {
       return l;
     };
     const double numeric = (shifted(1) - shifted(-1)) / (2.0 * h);
-    // fp32 forward, h = 1e-2: truncation error O(h^2) plus rounding ~1e-6/h; 2% is ample and
-    // still catches any wrong term (those change the result by O(1)).
+    // fp32 forward, h = 2e-3: truncation error O(h^2) (the base weights are large, so the loss
+    // is far from linear) plus rounding ~1e-7/h; 2% is ample and still catches any wrong term,
+    // which changes the result by O(1).
     EXPECT_NEAR(numeric, analytic, 2e-2 * std::abs(analytic) + 1e-4) << "direction " << trial;
   }
 }

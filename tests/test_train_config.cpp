@@ -167,9 +167,18 @@ train:
   EXPECT_EQ(c.train.log_every, 5);
   EXPECT_EQ(c.train.threads, 3);
 
-  // The written YAML reads back to the same configuration.
+  // The written YAML reads back to the same configuration, awkward strings included.
+  c.data.text_field = "#not: a comment, 'really'";
+  c.lora.init_adapter = "";
+  c.output_dir = "/runs/[1]: *x";
+  c.train.lr = 1.0 / 3.0;
   const std::string yaml = train_config_to_yaml(c);
-  EXPECT_EQ(train_config_to_yaml(parse_train_config(yaml, "config.yaml", {}, "/elsewhere")), yaml);
+  const TrainConfig back = parse_train_config(yaml, "config.yaml", {}, "/elsewhere");
+  EXPECT_EQ(train_config_to_yaml(back), yaml);
+  EXPECT_EQ(back.data.text_field, c.data.text_field);
+  EXPECT_EQ(back.output_dir, c.output_dir);
+  EXPECT_EQ(back.lora.init_adapter, "");
+  EXPECT_EQ(back.train.lr, c.train.lr);
 }
 
 TEST(TrainConfig, DottedKeysEmptySectionsAndQuotedNumbers) {
@@ -243,12 +252,26 @@ TEST(TrainConfig, LoadsFileAndResolvesAgainstItsDirectory) {
                (d.path() / "none.yaml").string() + ": not found");
 }
 
+TEST(TrainConfig, CommittedRecipesLoad) {
+  const fs::path dir = fs::path(FTUNE_SOURCE_DIR) / "configs";
+  if (!fs::is_directory(dir)) GTEST_SKIP() << "no configs/ directory";
+  int seen = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".yaml") continue;
+    ++seen;
+    TrainConfig c = load_train_config(e.path().string(), {});
+    EXPECT_TRUE(fs::path(c.model).is_absolute()) << e.path();
+    EXPECT_TRUE(fs::path(c.data.train).is_absolute()) << e.path();
+  }
+  EXPECT_GT(seen, 0);
+}
+
 TEST(TrainConfigErrors, UnknownKeysSuggestTheClosest) {
   expect_recipe_error("lora:\n  rank: 16\n", "recipe.yaml: unknown key 'lora.rank' (did you mean 'lora.r'?)");
   expect_recipe_error("lr: 0.1\n", "recipe.yaml: unknown key 'lr' (did you mean 'train.lr'?)");
   expect_recipe_error("train:\n  warmup: 3\n", "unknown key 'train.warmup' (did you mean 'train.warmup_steps'?)");
   expect_recipe_error("data:\n  max_seq_length: 3\n", "unknown key 'data.max_seq_length' (did you mean 'data.max_seq_len'?)");
-  expect_recipe_error("train:\n  learning_rate_schedule_kind: 3\n", "unknown key 'train.learning_rate_schedule_kind' (the valid keys are listed in docs/config.md)");
+  expect_recipe_error("train:\n  learning_rate_schedule_kind: 3\n", "unknown key 'train.learning_rate_schedule_kind' (`ftune train --help-config` lists the valid keys)");
   expect_recipe_error("optimizer:\n  lr: 1\n", "recipe.yaml: unknown key 'optimizer'");
   expect_set_error("lora.rnak=3", "--set: unknown key 'lora.rnak' (did you mean 'lora.r'?)");
   expect_set_error("lora=3", "--set: 'lora' is a section; set one of its keys");

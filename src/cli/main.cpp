@@ -4,10 +4,16 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <unistd.h>
 #include <exception>
 
 #include "cli/commands.h"
 #include "core/error.h"
+
+namespace {
+// On a terminal the progress line may be open: end it before the error.
+const char* sep() { return isatty(2) ? "\n" : ""; }
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ftune: fine-tune Llama-family models (LoRA) from Hugging Face checkpoints"};
@@ -21,13 +27,13 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const ftune::Error& e) {
-    fmt::print(stderr, "\nftune: error: {}\n", e.what());
+    fmt::print(stderr, "{}ftune: error: {}\n", sep(), e.what());
     return 1;
   } catch (const std::bad_alloc&) {
-    fmt::print(stderr, "\nftune: error: out of host memory\n");
+    fmt::print(stderr, "{}ftune: error: out of host memory\n", sep());
     return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "\nftune: internal error: {}\n", e.what());
+    fmt::print(stderr, "{}ftune: internal error: {}\n", sep(), e.what());
     return 2;
   }
   return 0;

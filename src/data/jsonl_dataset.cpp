@@ -135,6 +135,8 @@ std::vector<Example> load_jsonl_dataset(const DataSettings& cfg, const Tokenizer
   std::vector<Example> out;
   std::string line;
   for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
+    // Editors on Windows often start a UTF-8 file with a byte-order mark.
+    if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);
     if (blank(line)) continue;
     ++st.rows;
     const Where at{file, lineno};

@@ -62,7 +62,7 @@ const std::vector<KeyDef>& key_table() {
   static const std::vector<KeyDef> kTable = {
       {.name = "model", .field = FT_FIELD(model), .doc = "Hugging Face model directory (`config.json`, `*.safetensors`, `tokenizer.model`).", .required = true, .path = true},
       {.name = "output_dir", .field = FT_FIELD(output_dir), .doc = "Where the adapter, config.yaml and metrics are written.", .required = true, .path = true},
-      {.name = "overwrite", .field = FT_FIELD(overwrite), .doc = "Allow writing into an output_dir that already holds files."},
+      {.name = "overwrite", .field = FT_FIELD(overwrite), .doc = "Allow replacing ftune's files in an output_dir that is not empty."},
       {.name = "lora.r", .field = FT_FIELD(lora.r), .doc = "LoRA rank.", .range = at_least(1)},
       {.name = "lora.alpha", .field = FT_FIELD(lora.alpha), .doc = "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).", .range = above(0)},
       {.name = "lora.dropout", .field = FT_FIELD(lora.dropout), .doc = "Dropout probability on the input of the LoRA branch.", .range = from_to_open(0, 1)},
@@ -154,7 +154,7 @@ std::string_view section_of(std::string_view name) {
   }
   if (best && best_score <= std::max<size_t>(3, name.size() / 3))
     fail("{}: unknown key '{}' (did you mean '{}'?)", label, name, best->name);
-  fail("{}: unknown key '{}' (the valid keys are listed in docs/config.md)", label, name);
+  fail("{}: unknown key '{}' (`ftune train --help-config` lists the valid keys)", label, name);
 }
 
 std::string describe(const YAML::Node& v) {
@@ -381,14 +381,11 @@ std::string show_default(const KeyDef& k) {
 
 std::string_view type_name(const KeyDef& k) {
   if (k.path) return "path";
-  switch (k.field.index()) {
-    case 0: return "integer";
-    case 1: return "integer";
-    case 2: return "number";
-    case 3: return "bool";
-    case 4: return k.choices.empty() ? "string" : "choice";
-    default: return "list";
-  }
+  if (std::holds_alternative<IntRef>(k.field) || std::holds_alternative<SeedRef>(k.field)) return "integer";
+  if (std::holds_alternative<RealRef>(k.field)) return "number";
+  if (std::holds_alternative<BoolRef>(k.field)) return "bool";
+  if (std::holds_alternative<ListRef>(k.field)) return "list";
+  return k.choices.empty() ? "string" : "choice";
 }
 
 std::string allowed_text(const KeyDef& k) {

@@ -76,8 +76,9 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
   std::unique_ptr<Tokenizer> tok;
-  if (cfg.data.format != "input_ids" && fs::exists(fs::path(cfg.model) / "tokenizer.model"))
-    tok = load_tokenizer(cfg.model);
+  const bool has_tokenizer = fs::exists(fs::path(cfg.model) / "tokenizer.model") ||
+                             fs::exists(fs::path(cfg.model) / "tokenizer.json");
+  if (cfg.data.format == "text" || (cfg.data.format == "auto" && has_tokenizer)) tok = load_tokenizer(cfg.model);
   DatasetStats stats;
   const std::vector<Example> examples = load_jsonl_dataset(cfg.data, tok.get(), mcfg.vocab_size, &stats);
   LoraSpec spec = spec_from_config(cfg.lora);
@@ -95,8 +96,9 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   fmt::print(stderr, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
              mcfg.num_hidden_layers, mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6, spec.r,
              spec.alpha, fmt::join(spec.target_names(), ","), static_cast<double>(lora.num_parameters()) / 1e6);
-  fmt::print(stderr, "ftune: {} examples, {} tokens ({} truncated, {} dropped at max_seq_len={})\n", stats.kept,
-             stats.tokens, stats.truncated, stats.dropped, cfg.data.max_seq_len);
+  fmt::print(stderr,
+             "ftune: {} examples, {} tokens ({} truncated, {} dropped at max_seq_len={}; {} skipped with nothing to learn)\n",
+             stats.kept, stats.tokens, stats.truncated, stats.dropped, cfg.data.max_seq_len, stats.skipped);
 
   int64_t longest = 0;
   for (const auto& e : examples) longest = std::max<int64_t>(longest, static_cast<int64_t>(e.ids.size()));
