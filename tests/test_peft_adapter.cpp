@@ -94,6 +94,29 @@ TEST(PeftAdapter, ConfigJsonAsPeftWritesIt) {
   EXPECT_NEAR(rs.scaling(), 2.5 / std::sqrt(3.0), 1e-6);
 }
 
+TEST(PeftAdapter, SameFieldsAsPeftItself) {
+  // adapter_config.json written by peft 0.21 save_pretrained (tools/make_fixtures.py).
+  const std::string path = std::string(FTUNE_SOURCE_DIR) + "/tests/fixtures/hf/mha_untied/adapter/adapter_config.json";
+  const auto peft = nlohmann::json::parse(slurp(path));
+  LoraSpec s;
+  s.r = 4;
+  s.alpha = 8;
+  s.targets.fill(true);
+  const auto ours = nlohmann::json::parse(peft_config_json(s, "x"));
+  for (auto it = peft.begin(); it != peft.end(); ++it) {
+    if (it.key() == "peft_version") continue;  // peft's own version; ftune does not pretend to be peft
+    ASSERT_TRUE(ours.contains(it.key())) << it.key();
+    if (it.key() == "target_modules") {
+      auto a = it.value().get<std::vector<std::string>>();
+      std::sort(a.begin(), a.end());
+      EXPECT_EQ(ours.at("target_modules").get<std::vector<std::string>>(), a);
+    } else if (it.key() != "base_model_name_or_path") {
+      EXPECT_EQ(ours.at(it.key()), it.value()) << it.key();
+    }
+  }
+  EXPECT_EQ(ours.size() + 1, peft.size());
+}
+
 void expect_error(const std::function<void()>& f, const std::string& needle) {
   try {
     f();
