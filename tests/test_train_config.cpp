@@ -22,6 +22,7 @@ const std::vector<std::string> kAllKeys = {
     "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.use_rslora", "lora.init_adapter",
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
+    "data.packing",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",

@@ -10,8 +10,9 @@
 namespace ftune {
 
 MicroBatcher::MicroBatcher(const std::vector<Example>& examples, int64_t micro_batch, bool shuffle, uint64_t seed,
-                           int32_t pad_id)
-    : ex_(examples), micro_(micro_batch), shuffle_(shuffle), seed_(seed), pad_(pad_id), order_(examples.size()) {
+                           int32_t pad_id, int64_t pack_len)
+    : ex_(examples), micro_(micro_batch), shuffle_(shuffle), seed_(seed), pad_(pad_id), pack_len_(pack_len),
+      order_(examples.size()) {
   cursor_ = order_.size();  // the first next() starts epoch 0
 }
 
@@ -27,6 +28,23 @@ void MicroBatcher::reshuffle() {
 
 Batch MicroBatcher::next() {
   if (cursor_ >= order_.size()) reshuffle();
+  if (pack_len_ > 0) {
+    // Fill up to micro_ rows; the batch ends early at the end of the epoch.
+    std::vector<std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>>> rows;
+    while (static_cast<int64_t>(rows.size()) < micro_ && cursor_ < order_.size()) {
+      auto& row = rows.emplace_back();
+      int64_t used = 0;
+      while (cursor_ < order_.size()) {
+        const Example& e = ex_[order_[cursor_]];
+        const int64_t len = static_cast<int64_t>(e.ids.size());
+        if (!row.empty() && used + len > pack_len_) break;
+        row.emplace_back(&e.ids, &e.labels);
+        used += len;
+        ++cursor_;
+      }
+    }
+    return make_packed_batch(rows, pad_);
+  }
   const size_t end = std::min(order_.size(), cursor_ + static_cast<size_t>(micro_));
   std::vector<const std::vector<int32_t>*> ids, labels;
   for (size_t i = cursor_; i < end; ++i) {

@@ -1,5 +1,6 @@
 // Endless stream of micro-batches over a dataset: a fresh seeded shuffle each epoch, the last
-// batch of an epoch possibly smaller.
+// batch of an epoch possibly smaller. With packing, a row holds consecutive examples (in the
+// shuffled order) up to `pack_len` tokens; an example never straddles two rows.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -11,7 +12,9 @@ namespace ftune {
 
 class MicroBatcher {
  public:
-  MicroBatcher(const std::vector<Example>& examples, int64_t micro_batch, bool shuffle, uint64_t seed, int32_t pad_id);
+  // pack_len 0 = one example per row.
+  MicroBatcher(const std::vector<Example>& examples, int64_t micro_batch, bool shuffle, uint64_t seed, int32_t pad_id,
+               int64_t pack_len = 0);
   Batch next();
   int64_t epoch() const { return epoch_; }  // 0-based epoch of the last batch returned
 
@@ -22,6 +25,7 @@ class MicroBatcher {
   bool shuffle_;
   uint64_t seed_;
   int32_t pad_;
+  int64_t pack_len_;
   std::vector<size_t> order_;
   size_t cursor_ = 0;
   int64_t epoch_ = -1;

@@ -35,4 +35,38 @@ Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,
   return b;
 }
 
+Batch make_packed_batch(const std::vector<std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>>>& rows,
+                        int32_t pad_id) {
+  FT_ASSERT(!rows.empty());
+  Batch b;
+  b.batch = static_cast<int64_t>(rows.size());
+  for (const auto& row : rows) {
+    int64_t len = 0;
+    for (const auto& [ids, lab] : row) len += static_cast<int64_t>(ids->size());
+    b.seq = std::max(b.seq, len);
+  }
+  b.ids.assign(b.n(), pad_id);
+  b.targets.assign(b.n(), kIgnoreIndex);
+  b.pos.assign(b.n(), 0);
+  b.doc.assign(b.n(), -1);  // padding: its own "document"
+  for (int64_t r = 0; r < b.batch; ++r) {
+    int64_t t0 = r * b.seq;
+    int32_t d = 0;
+    for (const auto& [ids, lab] : rows[r]) {
+      const int64_t len = static_cast<int64_t>(ids->size());
+      FT_ASSERT(lab->size() == ids->size());
+      for (int64_t t = 0; t < len; ++t) {
+        b.ids[t0 + t] = (*ids)[t];
+        b.pos[t0 + t] = static_cast<int32_t>(t);
+        b.doc[t0 + t] = d;
+        if (t + 1 < len) b.targets[t0 + t] = (*lab)[t + 1] < 0 ? kIgnoreIndex : (*lab)[t + 1];
+      }
+      b.tokens += len;
+      t0 += len;
+      ++d;
+    }
+  }
+  return b;
+}
+
 }  // namespace ftune

@@ -19,6 +19,12 @@ struct Batch {
   int64_t count_targets() const;
 };
 
+// Builds a batch of packed rows: each row holds several documents (ids + HF-style labels) back to
+// back, positions restart at 0 per document, doc ids tell the attention where documents end, and
+// no target crosses a document boundary. Rows are right-padded to the longest.
+Batch make_packed_batch(const std::vector<std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>>>& rows,
+                        int32_t pad_id);
+
 // Builds a right-padded batch from token rows and HF-style labels (labels[i] is the label of
 // token i; the loss predicts labels[i+1] from position i, as transformers shifts them).
 Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,

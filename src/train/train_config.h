@@ -26,6 +26,7 @@ struct DataSettings {
   std::string overflow = "truncate";  // "truncate" or "drop" for rows longer than max_seq_len
   bool add_bos = true;
   bool add_eos = true;
+  bool packing = false;  // several examples per row, no attention across them
 };
 
 struct TrainSettings {

@@ -104,14 +104,15 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   for (const auto& e : examples) longest = std::max<int64_t>(longest, static_cast<int64_t>(e.ids.size()));
   ModelOptions mopt;
   mopt.max_batch = ts.micro_batch_size;
-  mopt.max_seq = longest;
+  mopt.max_seq = cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
   LlamaCpu model(mcfg, weights, &lora, mopt);
   LoraParams grads = lora.zeros_like();
   AdamW opt(lora, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay});
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
   const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0 ? mcfg.pad_token_id : mcfg.eos_token_ids.at(0));
-  MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad);
+  MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
+                       cfg.data.packing ? cfg.data.max_seq_len : 0);
 
   const std::string metrics_path = (fs::path(cfg.output_dir) / "metrics.jsonl").string();
   std::ofstream metrics(metrics_path);
