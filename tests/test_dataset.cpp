@@ -91,7 +91,7 @@ Loaded load(const TempDir& d, const std::string& jsonl, DataSettings cfg = {}, c
   static const ByteTokenizer kDefault(1, 2);
   cfg.train = d.write("train.jsonl", jsonl);
   Loaded out;
-  out.examples = load_jsonl_dataset(cfg, tok ? tok : &kDefault, kVocab, &out.stats);
+  out.examples = load_examples(cfg.train, cfg, tok ? tok : &kDefault, kVocab, "alpaca", &out.stats);
   return out;
 }
 
@@ -100,6 +100,7 @@ void expect_row_error(const std::string& jsonl, const std::string& substr, DataS
                       const Tokenizer* tok = nullptr) {
   TempDir d;
   const std::string file = (d.path() / "train.jsonl").string();
+  cfg.strict = true;  // fail on the malformed row instead of skipping it
   expect_error([&] { load(d, jsonl, cfg, tok); }, file + substr);
 }
 
@@ -202,31 +203,33 @@ TEST(Dataset, RowsWithNothingToLearnAreSkippedAndCounted) {
   DataSettings bos_only;
   bos_only.add_eos = false;
   Loaded t = load(d, "{\"text\": \"\"}\n{\"text\": \"a\"}\n", bos_only);
-  EXPECT_EQ(t.stats.skipped, 1);
+  EXPECT_EQ(t.stats.bad, 1);  // an empty text is a malformed row
+  ASSERT_EQ(t.stats.problems.size(), 1u);
+  EXPECT_NE(t.stats.problems[0].find("train.jsonl:1: 'text' is empty"), std::string::npos) << t.stats.problems[0];
   EXPECT_EQ(t.stats.kept, 1);
 }
 
 TEST(DatasetErrors, RowsAreNamedByLine) {
-  expect_row_error("{\"text\": \"a\"}\n\n{\"text\": \"a\",}\n", ":3: invalid JSON at column");
-  expect_row_error("{\"text\": \"a\"}\n[1, 2]\n", ":2: row is not a JSON object, found an array");
-  expect_row_error("\"text\"\n", ":1: row is not a JSON object, found the string \"text\"");
+  expect_row_error("{\"text\": \"a\"}\n\n{\"text\": \"a\",}\n", ":3: invalid JSON: ");
+  expect_row_error("{\"text\": \"a\"}\n[1, 2]\n", ":2: row is not a JSON object (found array)");
+  expect_row_error("\"text\"\n", ":1: row is not a JSON object (found string)");
   std::string rows;
   for (int i = 0; i < 16; ++i) rows += "{\"text\": \"ok\"}\n";
-  expect_row_error(rows + "{\"txt\": \"a\"}\n", ":17: row has no 'text' field (data.text_field = 'text')");
+  expect_row_error(rows + "{\"txt\": \"a\"}\n", ":17: row matches no format");
   DataSettings text;
   text.format = "text";
   text.text_field = "body";
-  expect_row_error("{\"input_ids\": [1, 2]}\n", ":1: row has no 'body' field (data.text_field = 'body')", text);
+  expect_row_error("{\"input_ids\": [1, 2]}\n", ":1: row has no 'body' field", text);
   DataSettings ids;
   ids.format = "input_ids";
   expect_row_error("{\"input_ids\": [1, 2]}\n{\"text\": \"a\"}\n", ":2: row has no 'input_ids' field", ids);
 }
 
 TEST(DatasetErrors, WrongTypes) {
-  expect_row_error("{\"text\": 5}\n", ":1: 'text' must be a string, found the number 5");
+  expect_row_error("{\"text\": 5}\n", ":1: 'text' must be a string, found a number");
   expect_row_error("{\"text\": null}\n", ":1: 'text' must be a string, found null");
-  expect_row_error("{\"input_ids\": \"1 2 3\"}\n", ":1: 'input_ids' must be a list of integers, found the string");
-  expect_row_error("{\"input_ids\": [1, 2.5]}\n", ":1: input_ids[1] must be an integer, found the number 2.5");
+  expect_row_error("{\"input_ids\": \"1 2 3\"}\n", ":1: 'input_ids' must be a list of integers, found a string");
+  expect_row_error("{\"input_ids\": [1, 2.5]}\n", ":1: input_ids[1] must be an integer, found a number");
   expect_row_error("{\"input_ids\": [1, [2]]}\n", ":1: input_ids[1] must be an integer, found an array");
   expect_row_error("{\"input_ids\": [1, 2], \"labels\": {\"a\": 1}}\n",
                    ":1: 'labels' must be a list of integers, found an object");
@@ -246,7 +249,7 @@ TEST(DatasetErrors, IdsOutOfRangeAndLabelMismatch) {
   const ByteTokenizer tok(1, 2);
   DataSettings cfg;
   cfg.train = d.write("train.jsonl", "{\"text\": \"a\"}\n");
-  expect_error([&] { load_jsonl_dataset(cfg, &tok, 50, nullptr); },
+  expect_error([&] { load_examples(cfg.train, cfg, &tok, 50, "alpaca", nullptr); },
                cfg.train + ":1: the tokenizer produced id 100, outside the model's vocabulary [0, 50)");
 }
 
@@ -254,17 +257,17 @@ TEST(DatasetErrors, EmptyTextAndMissingSpecialTokens) {
   DataSettings plain;
   plain.add_bos = false;
   plain.add_eos = false;
-  expect_row_error("{\"text\": \"a\"}\n{\"text\": \"\"}\n", ":2: 'text' is empty after tokenization", plain);
+  expect_row_error("{\"text\": \"a\"}\n{\"text\": \"\"}\n", ":2: 'text' is empty", plain);
   const ByteTokenizer no_specials(-1, -1);
-  expect_row_error("{\"text\": \"a\"}\n", ": data.add_bos is true but the tokenizer has no BOS token", {}, &no_specials);
+  expect_row_error("{\"text\": \"a\"}\n", ":1: data.add_bos is true but the tokenizer has no BOS token", {}, &no_specials);
   DataSettings eos_only;
   eos_only.add_bos = false;
-  expect_row_error("{\"text\": \"a\"}\n", ": data.add_eos is true but the tokenizer has no EOS token", eos_only,
+  expect_row_error("{\"text\": \"a\"}\n", ":1: data.add_eos is true but the tokenizer has no EOS token", eos_only,
                    &no_specials);
   TempDir d;
   DataSettings cfg;
   cfg.train = d.write("train.jsonl", "{\"input_ids\": [1, 2]}\n{\"text\": \"a\"}\n");
-  expect_error([&] { load_jsonl_dataset(cfg, nullptr, kVocab, nullptr); },
+  expect_error([&] { load_examples(cfg.train, cfg, nullptr, kVocab, "alpaca", nullptr); },
                cfg.train + ":2: a text row needs the model's tokenizer");
 }
 
@@ -272,9 +275,9 @@ TEST(DatasetErrors, FileLevelProblems) {
   TempDir d;
   DataSettings cfg;
   cfg.train = (d.path() / "none.jsonl").string();
-  expect_error([&] { load_jsonl_dataset(cfg, nullptr, kVocab, nullptr); }, cfg.train + ": not found");
+  expect_error([&] { load_examples(cfg.train, cfg, nullptr, kVocab, "alpaca", nullptr); }, cfg.train + ": not found");
   cfg.train = d.path().string();
-  expect_error([&] { load_jsonl_dataset(cfg, nullptr, kVocab, nullptr); }, cfg.train + ": is a directory");
+  expect_error([&] { load_examples(cfg.train, cfg, nullptr, kVocab, "alpaca", nullptr); }, cfg.train + ": no .jsonl, .parquet or .txt files in this directory");
   expect_row_error("", ": dataset is empty");
   expect_row_error("\n  \n\n", ": dataset is empty");
 
@@ -285,7 +288,7 @@ TEST(DatasetErrors, FileLevelProblems) {
   for (int i = 0; i < 12; ++i) rows += "{\"text\": \"a long enough row\"}\n";
   expect_row_error(rows, ": all 12 rows are longer than data.max_seq_len=8 and were dropped", drop);
   expect_row_error("{\"input_ids\": [1]}\n{\"text\": \"a long enough row\"}\n",
-                   ": dataset is empty after filtering: of 2 rows, 1 were longer than data.max_seq_len=8 and dropped, "
+                   ": no example left: of 2 rows, 0 were malformed, 1 longer than data.max_seq_len=8 and dropped, "
                    "1 had fewer than 2 tokens",
                    drop);
 }
@@ -338,7 +341,7 @@ TEST(SentencePiece, LoadsEncodesAndDecodes) {
   DataSettings cfg;
   cfg.train = d.write("train.jsonl", "{\"text\": \"" + text + "\"}\n");
   DatasetStats st;
-  auto ex = load_jsonl_dataset(cfg, tok.get(), tok->vocab_size(), &st);
+  auto ex = load_examples(cfg.train, cfg, tok.get(), tok->vocab_size(), "alpaca", &st);
   ASSERT_EQ(ex.size(), 1u);
   std::vector<int32_t> want = {tok->bos_id()};
   want.insert(want.end(), ids.begin(), ids.end());
@@ -356,9 +359,9 @@ TEST(SentencePiece, QuickstartExampleTokenizesEveryRow) {
   cfg.train = (dir / "train.jsonl").string();
   cfg.max_seq_len = 64;
   DatasetStats st;
-  auto ex = load_jsonl_dataset(cfg, tok.get(), tok->vocab_size(), &st);
+  auto ex = load_examples(cfg.train, cfg, tok.get(), tok->vocab_size(), "alpaca", &st);
   EXPECT_EQ(static_cast<int64_t>(ex.size()), st.kept);
-  EXPECT_EQ(st.kept + st.dropped + st.skipped, st.rows);
+  EXPECT_EQ(st.kept + st.dropped + st.skipped + st.bad, st.rows);
   for (const Example& e : ex) {
     EXPECT_EQ(e.ids.front(), tok->bos_id());
     EXPECT_LE(static_cast<int64_t>(e.ids.size()), cfg.max_seq_len);
@@ -370,10 +373,11 @@ TEST(SentencePiece, Errors) {
   const std::string dir = d.path().string();
   expect_error([&] { load_tokenizer(dir + "/absent"); }, dir + "/absent: model directory not found");
   expect_error([&] { load_tokenizer(dir); }, dir + ": no tokenizer found (expected tokenizer.model)");
-  d.write("tokenizer.json", "{}");
-  expect_error([&] { load_tokenizer(dir); }, dir + ": has only tokenizer.json, and tokenizer.json support is not available yet");
   d.write("tokenizer.model", "this is not a protobuf");
   expect_error([&] { load_tokenizer(dir); }, (d.path() / "tokenizer.model").string() + ": not a valid SentencePiece model");
+  // tokenizer.json is preferred when both exist, as transformers' fast tokenizers do.
+  d.write("tokenizer.json", "{}");
+  expect_error([&] { load_tokenizer(dir); }, (d.path() / "tokenizer.json").string() + ": ");
 }
 
 }  // namespace

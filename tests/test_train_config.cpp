@@ -22,7 +22,8 @@ const std::vector<std::string> kAllKeys = {
     "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.use_rslora", "lora.init_adapter",
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
-    "data.packing",
+    "data.packing", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
+    "data.val", "data.val_fraction", "data.strict", "train.eval_every",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
@@ -114,7 +115,17 @@ data:
   overflow: drop
   add_bos: false
   add_eos: false
+  packing: true
+  columns: [output=answer, instruction=question]
+  template: custom
+  custom_template: "Q: {prompt} A: {completion}"
+  train_on: all
+  text_sample_by: line
+  val: data/val.jsonl
+  val_fraction: 0.1
+  strict: true
 train:
+  eval_every: 50
   method: lora
   micro_batch_size: 2
   grad_accum: 8
@@ -135,6 +146,16 @@ train:
   threads: 3
 )");
   EXPECT_EQ(c.model, "/recipes/models/tiny");
+  EXPECT_TRUE(c.data.packing);
+  EXPECT_EQ(c.data.columns, (std::vector<std::string>{"output=answer", "instruction=question"}));
+  EXPECT_EQ(c.data.template_name, "custom");
+  EXPECT_EQ(c.data.custom_template, "Q: {prompt} A: {completion}");
+  EXPECT_EQ(c.data.train_on, "all");
+  EXPECT_EQ(c.data.text_sample_by, "line");
+  EXPECT_EQ(c.data.val, "/recipes/data/val.jsonl");
+  EXPECT_DOUBLE_EQ(c.data.val_fraction, 0.1);
+  EXPECT_TRUE(c.data.strict);
+  EXPECT_EQ(c.train.eval_every, 50);
   EXPECT_EQ(c.output_dir, "/recipes/out");
   EXPECT_TRUE(c.overwrite);
   EXPECT_EQ(c.lora.r, 16);
@@ -334,7 +355,7 @@ TEST(TrainConfigErrors, OutOfRange) {
 TEST(TrainConfigErrors, EnumValues) {
   expect_set_error("train.schedule=step", "--set: train.schedule: must be one of 'constant', 'linear', 'cosine', found 'step'");
   expect_set_error("data.overflow=wrap", "data.overflow: must be one of 'truncate', 'drop', found 'wrap'");
-  expect_set_error("data.format=parquet", "data.format: must be one of 'auto', 'text', 'input_ids', found 'parquet'");
+  expect_set_error("data.format=parquet", "data.format: must be one of 'auto', 'text', 'alpaca', 'messages', 'prompt_completion', 'input_ids', found 'parquet'");
   expect_set_error("train.method=qlora", "--set: train.method: 'qlora' is not available yet (available: 'lora')");
   expect_recipe_error("train:\n  method: full\n", "recipe.yaml: train.method: 'full' is not available yet");
   expect_set_error("train.method=dora", "train.method: must be one of 'lora', found 'dora'");

@@ -8,5 +8,6 @@ void add_train_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_init_model_command(CLI::App& app);
 void add_logits_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace ftune

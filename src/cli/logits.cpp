@@ -33,8 +33,9 @@ void add_logits_command(CLI::App& app) {
     ds.train = a->input;
     ds.format = "input_ids";
     ds.max_seq_len = cfg.max_position_embeddings;
+    ds.strict = true;
     DatasetStats stats;
-    const auto rows = load_jsonl_dataset(ds, nullptr, cfg.vocab_size, &stats);
+    const auto rows = load_examples(ds.train, ds, nullptr, cfg.vocab_size, "", &stats);
     std::vector<const std::vector<int32_t>*> ids, labels;
     for (const auto& r : rows) {
       if (r.ids.size() != rows[0].ids.size()) fail("{}: every row must have the same length for `ftune logits`", a->input);

@@ -26,6 +26,17 @@ void MicroBatcher::reshuffle() {
   cursor_ = 0;
 }
 
+void MicroBatcher::restore(const BatcherState& s) {
+  if (s.epoch < 0) {
+    epoch_ = -1;
+    cursor_ = order_.size();
+    return;
+  }
+  epoch_ = s.epoch - 1;
+  reshuffle();  // the permutation of epoch s.epoch
+  cursor_ = std::min<uint64_t>(s.cursor, order_.size());
+}
+
 Batch MicroBatcher::next() {
   if (cursor_ >= order_.size()) reshuffle();
   if (pack_len_ > 0) {

@@ -10,6 +10,13 @@
 
 namespace ftune {
 
+// Where an iteration stands: enough to continue mid-epoch exactly (the order is re-derived from
+// the seed and the epoch).
+struct BatcherState {
+  int64_t epoch = -1;  // -1 = not started
+  uint64_t cursor = 0;
+};
+
 class MicroBatcher {
  public:
   // pack_len 0 = one example per row.
@@ -17,6 +24,8 @@ class MicroBatcher {
                int64_t pack_len = 0);
   Batch next();
   int64_t epoch() const { return epoch_; }  // 0-based epoch of the last batch returned
+  BatcherState state() const { return {epoch_, cursor_}; }
+  void restore(const BatcherState& s);
 
  private:
   void reshuffle();
@@ -27,7 +36,7 @@ class MicroBatcher {
   int32_t pad_;
   int64_t pack_len_;
   std::vector<size_t> order_;
-  size_t cursor_ = 0;
+  uint64_t cursor_ = 0;
   int64_t epoch_ = -1;
 };
 

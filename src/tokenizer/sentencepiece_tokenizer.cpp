@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace ftune {
@@ -49,6 +50,15 @@ class SentencePieceTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return sp_.GetPieceSize(); }
   int32_t bos_id() const override { return sp_.bos_id(); }
   int32_t eos_id() const override { return sp_.eos_id(); }
+  int32_t token_id(const std::string& token) const override {
+    const int id = sp_.PieceToId(token);
+    return (id == sp_.unk_id() && token != sp_.IdToPiece(sp_.unk_id())) ? -1 : id;
+  }
+  bool adds_dummy_prefix() const override {
+    std::vector<std::string> pieces;
+    sp_.Encode("a", &pieces).IgnoreError();
+    return !pieces.empty() && pieces[0].rfind("\xE2\x96\x81", 0) == 0;  // starts with U+2581
+  }
 
  private:
   std::string path_;
@@ -60,12 +70,9 @@ class SentencePieceTokenizer final : public Tokenizer {
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   if (!fs::is_directory(model_dir)) fail("{}: model directory not found", model_dir);
   const fs::path dir(model_dir);
+  if (fs::exists(dir / "tokenizer.json")) return make_bpe_tokenizer((dir / "tokenizer.json").string());
   if (fs::exists(dir / "tokenizer.model"))
     return std::make_unique<SentencePieceTokenizer>((dir / "tokenizer.model").string());
-  if (fs::exists(dir / "tokenizer.json"))
-    fail("{}: has only tokenizer.json, and tokenizer.json support is not available yet (a SentencePiece "
-         "tokenizer.model is needed)",
-         model_dir);
   fail("{}: no tokenizer found (expected tokenizer.model)", model_dir);
 }
 

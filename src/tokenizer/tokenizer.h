@@ -16,6 +16,12 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when none
   virtual int32_t eos_id() const = 0;  // -1 when none
+  // Id of a token given by its exact string ("<s>", "<|eot_id|>"), -1 when absent.
+  virtual int32_t token_id(const std::string& token) const { return -1; }
+  // True when encode() starts every text with a word-boundary marker (SentencePiece's dummy
+  // prefix): template pieces after the first then drop one leading space, so that they
+  // tokenize as they would in context.
+  virtual bool adds_dummy_prefix() const { return false; }
 };
 
 // Loads the tokenizer of a model directory (tokenizer.model through libsentencepiece).

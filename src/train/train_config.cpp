@@ -71,9 +71,19 @@ const std::vector<KeyDef>& key_table() {
       {.name = "lora.use_rslora", .field = FT_FIELD(lora.use_rslora), .doc = "Rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r."},
       {.name = "lora.init_adapter", .field = FT_FIELD(lora.init_adapter), .doc = "PEFT adapter directory to start from; empty means a fresh initialization.", .path = true},
       {.name = "data.train", .field = FT_FIELD(data.train), .doc = "Training data: a JSONL file, one example per line.", .required = true, .path = true},
-      {.name = "data.format", .field = FT_FIELD(data.format), .doc = "Row format: `text` rows are tokenized, `input_ids` rows are used as given (with optional `labels`), `auto` decides per row.",
-       .choices = {"auto", "text", "input_ids"}},
-      {.name = "data.text_field", .field = FT_FIELD(data.text_field), .doc = "Field that holds the text of a `text` row."},
+      {.name = "data.format", .field = FT_FIELD(data.format), .doc = "Row format: `text` (causal LM on raw text), `alpaca` (instruction/input/output), `messages` (role/content lists), `prompt_completion`, `input_ids` (with optional `labels`); `auto` decides per row.",
+       .choices = {"auto", "text", "alpaca", "messages", "prompt_completion", "input_ids"}},
+      {.name = "data.text_field", .field = FT_FIELD(data.text_field), .doc = "Field that holds the text of a `text` row (plain-text files put their text here)."},
+      {.name = "data.columns", .field = FT_FIELD(data.columns), .doc = "Field renames, `name=column`: e.g. `[output=answer, instruction=question]` (names: text instruction input output system messages role content prompt completion input_ids labels)."},
+      {.name = "data.template", .field = FT_FIELD(data.template_name), .doc = "Prompt template for instruction and chat rows; `auto` takes the model's tokenizer_config.json chat_template (Llama 2, Llama 3, ChatML) and falls back to alpaca.",
+       .choices = {"auto", "llama2", "llama3", "chatml", "alpaca", "custom"}},
+      {.name = "data.custom_template", .field = FT_FIELD(data.custom_template), .doc = "For data.template=custom: text with {prompt} and {completion} (and optionally {system}), e.g. `Q: {prompt} A: {completion}`."},
+      {.name = "data.train_on", .field = FT_FIELD(data.train_on), .doc = "Tokens the loss is computed on: the `completion` (answers; instruction and chat rows) or `all`.",
+       .choices = {"completion", "all"}},
+      {.name = "data.text_sample_by", .field = FT_FIELD(data.text_sample_by), .doc = "How plain-text files (.txt, .md) become rows.", .choices = {"document", "paragraph", "line"}},
+      {.name = "data.val", .field = FT_FIELD(data.val), .doc = "Validation data (same forms as data.train); empty = none, or split off by data.val_fraction.", .path = true},
+      {.name = "data.val_fraction", .field = FT_FIELD(data.val_fraction), .doc = "Fraction of data.train held out for validation (deterministic from train.seed) when data.val is empty.", .range = from_to(0, 0.5)},
+      {.name = "data.strict", .field = FT_FIELD(data.strict), .doc = "Fail on the first malformed row instead of skipping, counting and reporting it."},
       {.name = "data.max_seq_len", .field = FT_FIELD(data.max_seq_len), .doc = "Longest example in tokens; longer rows are handled as data.overflow says.", .range = at_least(2)},
       {.name = "data.overflow", .field = FT_FIELD(data.overflow), .doc = "What happens to rows longer than data.max_seq_len: cut them or skip them (both are counted).",
        .choices = {"truncate", "drop"}},
@@ -96,6 +106,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "train.seed", .field = FT_FIELD(train.seed), .doc = "Seed for adapter initialization, dropout and shuffling."},
       {.name = "train.gradient_checkpointing", .field = FT_FIELD(train.gradient_checkpointing), .doc = "Keep only block inputs and recompute activations in backward: less memory, about a third more compute."},
       {.name = "train.shuffle", .field = FT_FIELD(train.shuffle), .doc = "Shuffle the examples every epoch."},
+      {.name = "train.eval_every", .field = FT_FIELD(train.eval_every), .doc = "Validation loss every this many steps (and at the end) when there is validation data; 0 = only at the end.", .range = at_least(0)},
       {.name = "train.log_every", .field = FT_FIELD(train.log_every), .doc = "Log metrics every this many optimizer steps.", .range = at_least(1)},
       {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores.", .range = at_least(0)},
   };
@@ -257,6 +268,10 @@ std::vector<std::string> list_of(const KeyDef& k, const YAML::Node& v, const Sou
     if (std::find(out.begin(), out.end(), x) == out.end()) out.emplace_back(x);
   };
   for (const std::string& x : raw) {
+    if (k.choices.empty()) {  // a free list (data.columns)
+      add(x);
+      continue;
+    }
     if (x == kAllLinear) {
       for (auto c : k.choices) add(c);
       continue;
@@ -265,7 +280,7 @@ std::vector<std::string> list_of(const KeyDef& k, const YAML::Node& v, const Sou
       fail("{}: {}: '{}' is not one of {} or '{}'", src.label, k.name, x, quoted_list(k.choices), kAllLinear);
     add(x);
   }
-  if (out.empty()) fail("{}: {}: must name at least one module", src.label, k.name);
+  if (out.empty() && !k.choices.empty()) fail("{}: {}: must name at least one module", src.label, k.name);
   return out;
 }
 

@@ -19,9 +19,17 @@ struct LoraSettings {
 };
 
 struct DataSettings {
-  std::string train;           // path to a .jsonl file
-  std::string format = "auto"; // "auto", "text" or "input_ids"
+  std::string train;           // .jsonl / .parquet / .txt file, or a directory of them
+  std::string format = "auto"; // auto, text, alpaca, messages, prompt_completion, input_ids
   std::string text_field = "text";
+  std::vector<std::string> columns;       // renames "canonical=column"
+  std::string template_name = "auto";     // auto, llama2, llama3, chatml, alpaca, custom
+  std::string custom_template;
+  std::string train_on = "completion";    // completion or all
+  std::string text_sample_by = "document";
+  std::string val;                        // validation data path
+  double val_fraction = 0.0;
+  bool strict = false;                    // fail on the first malformed row
   int64_t max_seq_len = 512;
   std::string overflow = "truncate";  // "truncate" or "drop" for rows longer than max_seq_len
   bool add_bos = true;
@@ -44,6 +52,7 @@ struct TrainSettings {
   uint64_t seed = 42;
   bool gradient_checkpointing = false;
   bool shuffle = true;
+  int64_t eval_every = 0;          // 0 = evaluate at the end only
   int64_t log_every = 1;
   int64_t threads = 0;              // 0 = all cores
 };

@@ -7,7 +7,10 @@
 #include <omp.h>
 #include <cblas.h>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -58,6 +61,21 @@ void write_text(const std::string& path, const std::string& text) {
   if (!f) fail("{}: cannot write", path);
 }
 
+// Mean loss over every trained token of the validation set (no dropout).
+double validation_loss(LlamaCpu& model, const std::vector<Example>& val, int64_t micro, int32_t pad) {
+  double sum = 0;
+  int64_t count = 0;
+  for (size_t i = 0; i < val.size(); i += static_cast<size_t>(micro)) {
+    std::vector<const std::vector<int32_t>*> ids, labels;
+    for (size_t j = i; j < std::min(val.size(), i + static_cast<size_t>(micro)); ++j)
+      ids.push_back(&val[j].ids), labels.push_back(&val[j].labels);
+    const auto r = model.loss(make_batch(ids, labels, pad));
+    sum += r.loss_sum;
+    count += r.count;
+  }
+  return count ? sum / static_cast<double>(count) : 0.0;
+}
+
 uint64_t dropout_key(uint64_t seed, int64_t step, int64_t micro) {
   Rng r(seed, 0xD20F0000ull + static_cast<uint64_t>(step) * 4096 + static_cast<uint64_t>(micro));
   return r.next_u64() | 1;  // never 0, which means "no dropout"
@@ -79,8 +97,9 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   const bool has_tokenizer = fs::exists(fs::path(cfg.model) / "tokenizer.model") ||
                              fs::exists(fs::path(cfg.model) / "tokenizer.json");
   if (cfg.data.format == "text" || (cfg.data.format == "auto" && has_tokenizer)) tok = load_tokenizer(cfg.model);
-  DatasetStats stats;
-  const std::vector<Example> examples = load_jsonl_dataset(cfg.data, tok.get(), mcfg.vocab_size, &stats);
+  const DataSplit data = load_data(cfg.data, tok.get(), mcfg.vocab_size, cfg.model, ts.seed);
+  const std::vector<Example>& examples = data.train;
+  const DatasetStats& stats = data.train_stats;
   LoraSpec spec = spec_from_config(cfg.lora);
   LoraParams lora;
   if (!cfg.lora.init_adapter.empty()) {
@@ -96,12 +115,14 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   fmt::print(stderr, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
              mcfg.num_hidden_layers, mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6, spec.r,
              spec.alpha, fmt::join(spec.target_names(), ","), static_cast<double>(lora.num_parameters()) / 1e6);
-  fmt::print(stderr,
-             "ftune: {} examples, {} tokens ({} truncated, {} dropped at max_seq_len={}; {} skipped with nothing to learn)\n",
-             stats.kept, stats.tokens, stats.truncated, stats.dropped, cfg.data.max_seq_len, stats.skipped);
+  fmt::print(stderr, "ftune: train: {} (template {}, max_seq_len {})\n", stats.summary(), data.template_name,
+             cfg.data.max_seq_len);
+  for (const auto& p : stats.problems) fmt::print(stderr, "ftune:   skipped {}\n", p);
+  if (!data.val.empty()) fmt::print(stderr, "ftune: validation: {}\n", data.val_stats.summary());
 
   int64_t longest = 0;
-  for (const auto& e : examples) longest = std::max<int64_t>(longest, static_cast<int64_t>(e.ids.size()));
+  for (const auto* set : {&data.train, &data.val})
+    for (const auto& e : *set) longest = std::max<int64_t>(longest, static_cast<int64_t>(e.ids.size()));
   ModelOptions mopt;
   mopt.max_batch = ts.micro_batch_size;
   mopt.max_seq = cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest;
@@ -155,6 +176,14 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
         sm.step, sm.loss, sm.lr, sm.grad_norm, sm.tokens, sm.tokens_per_s, sm.elapsed_s, batcher.epoch());
     metrics.flush();
     if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
+    if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
+      const double vl = validation_loss(model, data.val, ts.micro_batch_size, pad);
+      report.val_losses.emplace_back(sm.step, vl);
+      metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}, \"val_ppl\": {:.4f}}}\n", sm.step, vl, std::exp(vl));
+      metrics.flush();
+      fmt::print(stderr, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "", sm.step,
+                 vl, std::exp(vl));
+    }
     report.steps.push_back(sm);
     if (on_step) on_step(sm);
   }

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train/train_config.h"
@@ -23,6 +24,7 @@ struct TrainReport {
   std::vector<StepMetrics> steps;
   int64_t examples = 0;
   int64_t truncated = 0, dropped = 0;
+  std::vector<std::pair<int64_t, double>> val_losses;  // (step, validation loss)
 };
 
 // Checks that `dir` may be written: absent, empty, or `overwrite`. Creates it.

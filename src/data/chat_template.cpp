@@ -1,0 +1,197 @@
+// The chat templates of the Llama 2 and Llama 3 families, ChatML and Alpaca, and a custom one.
+#include "data/chat_template.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ftune {
+
+namespace {
+
+std::string strip(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+struct Builder {
+  std::vector<Piece> out;
+  bool all;
+  void text(std::string t, bool trained) {
+    if (!t.empty()) out.push_back({std::move(t), false, -1, all || trained});
+  }
+  void special(const std::string& t, bool trained) { out.push_back({t, true, -1, all || trained}); }
+  void id(int32_t i, const char* name, bool trained) { out.push_back({name, true, i, all || trained}); }
+};
+
+// Splits the turns into (system, [(user, assistant)...]); a trailing user turn without answer is dropped.
+void exchanges(const Sample& s, std::string* system, std::vector<std::pair<std::string, std::string>>* ex) {
+  std::string user;
+  for (const auto& t : s.turns) {
+    if (t.role == "system") *system = t.content;
+    else if (t.role == "user") user = t.content;
+    else ex->emplace_back(user, t.content), user.clear();
+  }
+}
+
+void render_llama2(const Sample& s, Builder& b, const Tokenizer& tok) {
+  std::string system;
+  std::vector<std::pair<std::string, std::string>> ex;
+  exchanges(s, &system, &ex);
+  for (size_t i = 0; i < ex.size(); ++i) {
+    b.id(tok.bos_id(), "<s>", false);
+    std::string prompt = "[INST] ";
+    if (i == 0 && !system.empty()) prompt += "<<SYS>>\n" + strip(system) + "\n<</SYS>>\n\n";
+    prompt += strip(ex[i].first) + " [/INST]";
+    b.text(prompt, false);
+    b.text(" " + strip(ex[i].second) + " ", true);
+    b.id(tok.eos_id(), "</s>", true);
+  }
+}
+
+void render_llama3(const Sample& s, Builder& b) {
+  b.special("<|begin_of_text|>", false);
+  for (const auto& t : s.turns) {
+    const bool answer = t.role == "assistant";
+    b.special("<|start_header_id|>", false);
+    b.text(t.role, false);
+    b.special("<|end_header_id|>", false);
+    b.text("\n\n", false);
+    b.text(strip(t.content), answer);
+    b.special("<|eot_id|>", answer);
+  }
+}
+
+void render_chatml(const Sample& s, Builder& b, const Tokenizer& tok) {
+  const bool has_specials = tok.token_id("<|im_start|>") >= 0 && tok.token_id("<|im_end|>") >= 0;
+  for (const auto& t : s.turns) {
+    const bool answer = t.role == "assistant";
+    if (has_specials) b.special("<|im_start|>", false);
+    b.text((has_specials ? "" : "<|im_start|>") + t.role + "\n", false);
+    b.text(t.content, answer);
+    if (has_specials) b.special("<|im_end|>", answer);
+    b.text(has_specials ? "\n" : "<|im_end|>\n", answer && !has_specials);
+  }
+}
+
+void render_alpaca(const Sample& s, Builder& b, const Tokenizer& tok, bool add_bos) {
+  std::string system;
+  std::vector<std::pair<std::string, std::string>> ex;
+  exchanges(s, &system, &ex);
+  if (add_bos && tok.bos_id() >= 0) b.id(tok.bos_id(), "<bos>", false);
+  for (size_t i = 0; i < ex.size(); ++i) {
+    const bool with_input = i == 0 && s.alpaca_input;
+    std::string prompt = system.empty()
+                             ? (with_input ? "Below is an instruction that describes a task, paired with an input that "
+                                             "provides further context. Write a response that appropriately completes "
+                                             "the request.\n\n"
+                                           : "Below is an instruction that describes a task. Write a response that "
+                                             "appropriately completes the request.\n\n")
+                             : system + "\n\n";
+    if (i > 0) prompt = "\n\n";
+    if (with_input)
+      prompt += "### Instruction:\n" + s.alpaca_instruction + "\n\n### Input:\n" + s.alpaca_context + "\n\n";
+    else
+      prompt += "### Instruction:\n" + ex[i].first + "\n\n";
+    prompt += "### Response:\n";
+    b.text(prompt, false);
+    b.text(ex[i].second, true);
+  }
+  if (tok.eos_id() >= 0) b.id(tok.eos_id(), "<eos>", true);
+}
+
+void render_custom(const Sample& s, Builder& b, const Tokenizer& tok, const std::string& tpl, bool add_bos) {
+  const auto at = tpl.find("{completion}");
+  if (tpl.find("{prompt}") == std::string::npos || at == std::string::npos)
+    fail("data.custom_template must contain {{prompt}} and {{completion}}, found '{}'", tpl);
+  std::string system;
+  std::vector<std::pair<std::string, std::string>> ex;
+  exchanges(s, &system, &ex);
+  auto fill = [&](std::string t, const std::string& prompt) {
+    for (auto [key, val] : {std::pair<std::string, std::string>{"{prompt}", prompt}, {"{system}", system}})
+      for (size_t p; (p = t.find(key)) != std::string::npos;) t.replace(p, key.size(), val);
+    return t;
+  };
+  if (add_bos && tok.bos_id() >= 0) b.id(tok.bos_id(), "<bos>", false);
+  for (const auto& [user, answer] : ex) {
+    b.text(fill(tpl.substr(0, at), user), false);
+    b.text(answer + fill(tpl.substr(at + 12), user), true);
+  }
+  if (tok.eos_id() >= 0) b.id(tok.eos_id(), "<eos>", true);
+}
+
+}  // namespace
+
+std::vector<Piece> render(const Sample& s, const TemplateOptions& opt, const Tokenizer& tok) {
+  Builder b{{}, opt.train_on_all};
+  if (s.kind == Sample::Kind::Text) {
+    if (opt.add_bos) {
+      if (tok.bos_id() < 0) fail("data.add_bos is true but the tokenizer has no BOS token");
+      b.id(tok.bos_id(), "<bos>", true);
+    }
+    b.text(s.text, true);
+    if (opt.add_eos) {
+      if (tok.eos_id() < 0) fail("data.add_eos is true but the tokenizer has no EOS token");
+      b.id(tok.eos_id(), "<eos>", true);
+    }
+    return b.out;
+  }
+  if (opt.name == "llama2") render_llama2(s, b, tok);
+  else if (opt.name == "llama3") render_llama3(s, b);
+  else if (opt.name == "chatml") render_chatml(s, b, tok);
+  else if (opt.name == "alpaca") render_alpaca(s, b, tok, opt.add_bos);
+  else if (opt.name == "custom") render_custom(s, b, tok, opt.custom, opt.add_bos);
+  else fail("data.template: unknown template '{}' (llama2, llama3, chatml, alpaca, custom)", opt.name);
+  return b.out;
+}
+
+void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, const std::string& template_name,
+                     std::vector<int32_t>* ids, std::vector<int32_t>* labels) {
+  const bool dummy_prefix = tok.adds_dummy_prefix();
+  bool first_text = true;
+  for (const auto& p : pieces) {
+    const size_t before = ids->size();
+    if (p.special) {
+      const int32_t id = p.id >= 0 ? p.id : tok.token_id(p.text);
+      if (id < 0)
+        fail("the tokenizer has no token '{}', which data.template={} needs (choose another template)", p.text,
+             template_name);
+      ids->push_back(id);
+    } else {
+      // SentencePiece-style tokenizers mark a word start on every call; a piece that continues
+      // the text after a space must not get a second marker.
+      const bool drop_space = dummy_prefix && !first_text && p.text.starts_with(' ');
+      for (int32_t id : tok.encode(drop_space ? p.text.substr(1) : p.text)) ids->push_back(id);
+      first_text = false;
+    }
+    labels->resize(ids->size(), -100);
+    if (p.trained)
+      for (size_t i = before; i < ids->size(); ++i) (*labels)[i] = (*ids)[i];
+  }
+}
+
+std::string detect_chat_template(const std::string& model_dir) {
+  const auto path = std::filesystem::path(model_dir) / "tokenizer_config.json";
+  std::ifstream f(path);
+  if (!f) return "";
+  nlohmann::json j = nlohmann::json::parse(f, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("chat_template")) return "";
+  std::string t;
+  const auto& ct = j["chat_template"];
+  if (ct.is_string()) t = ct.get<std::string>();
+  else if (ct.is_array())  // a list of named templates: the default one
+    for (const auto& e : ct)
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template")) t = e["template"].dump();
+  if (t.find("<|start_header_id|>") != std::string::npos) return "llama3";
+  if (t.find("[INST]") != std::string::npos) return "llama2";
+  if (t.find("<|im_start|>") != std::string::npos) return "chatml";
+  return "";
+}
+
+}  // namespace ftune

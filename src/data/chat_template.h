@@ -1,0 +1,40 @@
+// Prompt templates: a Sample rendered as pieces of text and special tokens, each marked as
+// trained (completion) or not (prompt), then tokenized piece by piece into ids and labels.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/formats.h"
+
+namespace ftune {
+
+class Tokenizer;
+
+struct Piece {
+  std::string text;      // text to tokenize, or a special token's string when special
+  bool special = false;  // one token, looked up by its string (or `id` when set)
+  int32_t id = -1;
+  bool trained = false;
+};
+
+struct TemplateOptions {
+  std::string name = "auto";  // llama2, llama3, chatml, alpaca, custom (auto resolved by the caller)
+  std::string custom;         // for "custom": text with {prompt} and {completion} (and optionally {system})
+  bool train_on_all = false;  // false: only completions are trained
+  bool add_bos = true, add_eos = true;  // for text rows
+};
+
+// Pieces for a Sample of kind Text or Chat.
+std::vector<Piece> render(const Sample& s, const TemplateOptions& opt, const Tokenizer& tok);
+
+// Token ids and labels (-100 where not trained) of the pieces. Throws ftune::Error when a
+// template's special token is not in the tokenizer.
+void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, const std::string& template_name,
+                     std::vector<int32_t>* ids, std::vector<int32_t>* labels);
+
+// The template a model's tokenizer_config.json chat_template belongs to (llama3, llama2, chatml),
+// or "" when there is none or it is not one ftune knows.
+std::string detect_chat_template(const std::string& model_dir);
+
+}  // namespace ftune

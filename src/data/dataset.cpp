@@ -1,0 +1,170 @@
+// From rows to examples: format, template, tokenization, loss mask, length policy, bad-row
+// accounting, validation split.
+#include "data/dataset.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/chat_template.h"
+#include "data/formats.h"
+#include "data/row_source.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ftune {
+
+namespace {
+
+constexpr size_t kProblemsKept = 5;
+constexpr int32_t kIgnore = -100;
+
+// The loss predicts labels[i] from position i-1, so labels[0] is never a target.
+int64_t targets(const Example& ex) {
+  int64_t n = 0;
+  for (size_t i = 1; i < ex.labels.size(); ++i) n += ex.labels[i] != kIgnore;
+  return n;
+}
+
+Example ids_example(const Sample& s, int64_t vocab_size) {
+  Example ex;
+  for (size_t i = 0; i < s.ids.size(); ++i) {
+    if (s.ids[i] < 0 || s.ids[i] >= vocab_size)
+      throw RowProblem{fmt::format("input_ids[{}] = {} is out of range [0, {})", i, s.ids[i], vocab_size)};
+    ex.ids.push_back(static_cast<int32_t>(s.ids[i]));
+  }
+  if (s.labels.empty()) {
+    ex.labels = ex.ids;
+    return ex;
+  }
+  for (size_t i = 0; i < s.labels.size(); ++i) {
+    if (s.labels[i] != kIgnore && (s.labels[i] < 0 || s.labels[i] >= vocab_size))
+      throw RowProblem{fmt::format("labels[{}] = {} is out of range (expected -100 or an id in [0, {}))", i,
+                                   s.labels[i], vocab_size)};
+    ex.labels.push_back(static_cast<int32_t>(s.labels[i]));
+  }
+  return ex;
+}
+
+}  // namespace
+
+std::string DatasetStats::summary() const {
+  return fmt::format("{} examples, {} tokens ({} trained); {} truncated, {} dropped at max_seq_len, {} with nothing to "
+                     "learn, {} malformed rows skipped",
+                     kept, tokens, trained_tokens, truncated, dropped, skipped, bad);
+}
+
+std::string resolve_template(const DataSettings& cfg, const std::string& model_dir) {
+  if (cfg.template_name != "auto") return cfg.template_name;
+  const std::string t = model_dir.empty() ? "" : detect_chat_template(model_dir);
+  return t.empty() ? "alpaca" : t;
+}
+
+std::vector<Example> load_examples(const std::string& path, const DataSettings& cfg, const Tokenizer* tok,
+                                   int64_t vocab_size, const std::string& template_name, DatasetStats* stats) {
+  FT_ASSERT(vocab_size > 0);
+  DatasetStats local;
+  DatasetStats& st = stats ? *stats : local;
+  st = DatasetStats{};
+  std::vector<std::string> renames = cfg.columns;
+  if (cfg.text_field != "text") renames.push_back("text=" + cfg.text_field);
+  const ColumnMap cols(renames);
+  TemplateOptions tpl;
+  tpl.name = template_name;
+  tpl.custom = cfg.custom_template;
+  tpl.train_on_all = cfg.train_on == "all";
+  tpl.add_bos = cfg.add_bos;
+  tpl.add_eos = cfg.add_eos;
+  RowSourceOptions src;
+  src.text_field = cols("text");
+  src.text_sample_by = cfg.text_sample_by;
+
+  std::vector<Example> out;
+  auto problem = [&](const RowRef& at, const std::string& reason) {
+    if (cfg.strict) fail("{}: {} (data.strict is true)", at.str(), reason);
+    ++st.bad;
+    if (st.problems.size() < kProblemsKept) st.problems.push_back(fmt::format("{}: {}", at.str(), reason));
+  };
+  read_rows(
+      path, src,
+      [&](const RowRef& at, const nlohmann::json& row) {
+        ++st.rows;
+        Example ex;
+        try {
+          const Sample s = to_sample(row, cfg.format, cols);
+          if (s.kind == Sample::Kind::Ids) {
+            ex = ids_example(s, vocab_size);
+          } else {
+            if (!tok) fail("{}: a text row needs the model's tokenizer, and none was found", at.str());
+            try {
+              tokenize_pieces(render(s, tpl, *tok), *tok, template_name, &ex.ids, &ex.labels);
+            } catch (const Error& e) {  // a setting the template cannot honour: name where it surfaced
+              fail("{}: {}", at.str(), e.what());
+            }
+            for (int32_t id : ex.ids)
+              if (id < 0 || id >= vocab_size)
+                fail("{}: the tokenizer produced id {}, outside the model's vocabulary [0, {})", at.str(), id,
+                     vocab_size);
+          }
+        } catch (const RowProblem& p) {
+          problem(at, p.reason);
+          return;
+        }
+        if (static_cast<int64_t>(ex.ids.size()) > cfg.max_seq_len) {
+          if (cfg.overflow == "drop") {
+            ++st.dropped;
+            return;
+          }
+          ex.ids.resize(cfg.max_seq_len);
+          ex.labels.resize(cfg.max_seq_len);
+          ++st.truncated;
+        }
+        const int64_t t = targets(ex);
+        if (ex.ids.size() < 2 || t == 0) {
+          ++st.skipped;
+          return;
+        }
+        ++st.kept;
+        st.tokens += static_cast<int64_t>(ex.ids.size());
+        st.trained_tokens += t;
+        out.push_back(std::move(ex));
+      },
+      [&](const RowRef& at, const std::string& reason) {
+        ++st.rows;
+        problem(at, reason);
+      });
+
+  if (st.rows == 0) fail("{}: dataset is empty", path);
+  if (out.empty()) {
+    if (st.bad == st.rows) fail("{}: all {} rows are malformed; the first: {}", path, st.bad, st.problems.front());
+    if (st.dropped == st.rows)
+      fail("{}: all {} rows are longer than data.max_seq_len={} and were dropped", path, st.rows, cfg.max_seq_len);
+    fail("{}: no example left: of {} rows, {} were malformed, {} longer than data.max_seq_len={} and dropped, {} had "
+         "fewer than 2 tokens or no trained label",
+         path, st.rows, st.bad, st.dropped, cfg.max_seq_len, st.skipped);
+  }
+  return out;
+}
+
+DataSplit load_data(const DataSettings& cfg, const Tokenizer* tok, int64_t vocab_size, const std::string& model_dir,
+                    uint64_t seed) {
+  if (cfg.train.empty()) fail("data.train is not set");
+  DataSplit d;
+  d.template_name = resolve_template(cfg, model_dir);
+  d.train = load_examples(cfg.train, cfg, tok, vocab_size, d.template_name, &d.train_stats);
+  if (!cfg.val.empty()) {
+    d.val = load_examples(cfg.val, cfg, tok, vocab_size, d.template_name, &d.val_stats);
+  } else if (cfg.val_fraction > 0) {
+    std::vector<Example> keep;
+    for (size_t i = 0; i < d.train.size(); ++i) {
+      Rng r(seed, 0x56414Cull + i);
+      (r.uniform() < cfg.val_fraction ? d.val : keep).push_back(std::move(d.train[i]));
+    }
+    if (keep.empty() || d.val.empty())
+      fail("{}: data.val_fraction={} leaves {} training and {} validation examples; both need at least one", cfg.train,
+           cfg.val_fraction, keep.size(), d.val.size());
+    d.train = std::move(keep);
+  }
+  return d;
+}
+
+}  // namespace ftune
