@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   ftune::add_init_model_command(app);
   ftune::add_logits_command(app);
   ftune::add_tokenize_command(app);
+  ftune::add_data_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
