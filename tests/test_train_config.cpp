@@ -22,7 +22,7 @@ const std::vector<std::string> kAllKeys = {
     "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.use_rslora", "lora.init_adapter",
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
-    "data.packing", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
+    "data.packing", "data.pad_to_multiple_of", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
     "data.val", "data.val_fraction", "data.strict", "train.eval_every",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",

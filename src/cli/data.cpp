@@ -88,7 +88,7 @@ void preview(const std::string& recipe, const std::vector<std::string>& sets, in
   // What batching does with one epoch: rows, padding or packing fill.
   const int32_t pad = static_cast<int32_t>(mcfg.eos_token_ids.empty() ? 0 : mcfg.eos_token_ids[0]);
   MicroBatcher it(d.train, cfg.train.micro_batch_size, false, cfg.train.seed, pad,
-                  cfg.data.packing ? cfg.data.max_seq_len : 0);
+                  cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
   int64_t rows = 0, slots = 0, tokens = 0, batches = 0;
   do {
     const Batch b = it.next();

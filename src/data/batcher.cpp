@@ -10,9 +10,9 @@
 namespace ftune {
 
 MicroBatcher::MicroBatcher(const std::vector<Example>& examples, int64_t micro_batch, bool shuffle, uint64_t seed,
-                           int32_t pad_id, int64_t pack_len)
+                           int32_t pad_id, int64_t pack_len, int64_t pad_multiple)
     : ex_(examples), micro_(micro_batch), shuffle_(shuffle), seed_(seed), pad_(pad_id), pack_len_(pack_len),
-      order_(examples.size()) {
+      pad_multiple_(pad_multiple), order_(examples.size()) {
   cursor_ = order_.size();  // the first next() starts epoch 0
 }
 
@@ -54,7 +54,7 @@ Batch MicroBatcher::next() {
         ++cursor_;
       }
     }
-    return make_packed_batch(rows, pad_);
+    return make_packed_batch(rows, pad_, pad_multiple_);
   }
   const size_t end = std::min(order_.size(), cursor_ + static_cast<size_t>(micro_));
   std::vector<const std::vector<int32_t>*> ids, labels;
@@ -63,7 +63,7 @@ Batch MicroBatcher::next() {
     labels.push_back(&ex_[order_[i]].labels);
   }
   cursor_ = end;
-  return make_batch(ids, labels, pad_);
+  return make_batch(ids, labels, pad_, pad_multiple_);
 }
 
 }  // namespace ftune

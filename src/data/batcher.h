@@ -21,7 +21,7 @@ class MicroBatcher {
  public:
   // pack_len 0 = one example per row.
   MicroBatcher(const std::vector<Example>& examples, int64_t micro_batch, bool shuffle, uint64_t seed, int32_t pad_id,
-               int64_t pack_len = 0);
+               int64_t pack_len = 0, int64_t pad_multiple = 1);
   Batch next();
   int64_t epoch() const { return epoch_; }  // 0-based epoch of the last batch returned
   BatcherState state() const { return {epoch_, cursor_}; }
@@ -35,6 +35,7 @@ class MicroBatcher {
   uint64_t seed_;
   int32_t pad_;
   int64_t pack_len_;
+  int64_t pad_multiple_;
   std::vector<size_t> order_;
   uint64_t cursor_ = 0;
   int64_t epoch_ = -1;

@@ -77,6 +77,7 @@ std::vector<Example> load_examples(const std::string& path, const DataSettings& 
   RowSourceOptions src;
   src.text_field = cols("text");
   src.text_sample_by = cfg.text_sample_by;
+  src.columns = format_columns(cfg.format, cols);
 
   std::vector<Example> out;
   auto problem = [&](const RowRef& at, const std::string& reason) {

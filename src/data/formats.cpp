@@ -64,6 +64,18 @@ ColumnMap::ColumnMap(const std::vector<std::string>& mapping) {
 
 const std::string& ColumnMap::operator()(const std::string& canonical) const { return map_.at(canonical); }
 
+std::vector<std::string> format_columns(const std::string& f, const ColumnMap& c) {
+  std::vector<std::string> names;
+  if (f == "text") names = {"text"};
+  else if (f == "alpaca") names = {"instruction", "input", "output", "system"};
+  else if (f == "messages") names = {"messages"};
+  else if (f == "prompt_completion") names = {"prompt", "completion", "system"};
+  else if (f == "input_ids") names = {"input_ids", "labels"};
+  std::vector<std::string> out;
+  for (const auto& n : names) out.push_back(c(n));
+  return out;
+}
+
 std::string detect_format(const json& row, const ColumnMap& c) {
   if (row.contains(c("input_ids"))) return "input_ids";
   if (row.contains(c("messages"))) return "messages";

@@ -43,6 +43,9 @@ class ColumnMap {
 // Throws RowProblem for a row that lacks a field or has the wrong types.
 Sample to_sample(const nlohmann::json& row, const std::string& format, const ColumnMap& cols);
 
+// The fields a format reads (required and optional), after renames; empty for "auto" (all).
+std::vector<std::string> format_columns(const std::string& format, const ColumnMap& cols);
+
 // The format "auto" picks for a row (for messages and previews).
 std::string detect_format(const nlohmann::json& row, const ColumnMap& cols);
 

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "data/parquet_dataset.h"
+#include "data/parquet/reader.h"
 
 namespace ftune {
 
@@ -160,13 +160,23 @@ int64_t read_rows(const std::string& path, const RowSourceOptions& opt,
     switch (kind_of(f)) {
       case Kind::Jsonl: read_jsonl(f, on_row, on_bad); break;
       case Kind::Text: read_text(f, opt, on_row, on_bad); break;
-      case Kind::Parquet:
-        for_each_parquet_row(f, opt.columns, [&](int64_t row, const json& obj) {
+      case Kind::Parquet: {
+        const auto reader = parquet::ParquetReader::open(f);
+        // Only the wanted columns that this file has are decoded; the others are never read.
+        std::vector<std::string> cols;
+        if (!opt.columns.empty()) {
+          const auto have = reader.columns();
+          for (const auto& c : opt.columns)
+            if (std::find(have.begin(), have.end(), c) != have.end()) cols.push_back(c);
+          if (cols.empty()) cols.push_back(have.empty() ? std::string() : have.front());  // rows still count
+        }
+        reader.for_each_row(cols, [&](int64_t row, const json& obj) {
           RowRef at{f, row};
           at.parquet = true;
           on_row(at, obj);
         });
         break;
+      }
       case Kind::Other:
         fail("{}: not a dataset file (expected .jsonl, .json, .parquet or .txt)", f);
     }

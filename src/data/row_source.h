@@ -18,7 +18,7 @@ struct RowRef {
 };
 
 struct RowSourceOptions {
-  std::vector<std::string> columns;  // Parquet: read only these (empty = all)
+  std::vector<std::string> columns;  // Parquet: decode only those of these that a file has (empty = all)
   std::string text_sample_by = "document";  // plain text: "line", "paragraph" or "document"
   std::string text_field = "text";   // the field plain-text rows are put in
 };

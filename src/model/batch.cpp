@@ -11,12 +11,17 @@ int64_t Batch::count_targets() const {
   return std::count_if(targets.begin(), targets.end(), [](int32_t t) { return t >= 0; });
 }
 
+namespace {
+int64_t round_up(int64_t n, int64_t m) { return m > 1 ? (n + m - 1) / m * m : n; }
+}  // namespace
+
 Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,
-                 const std::vector<const std::vector<int32_t>*>& labels, int32_t pad_id) {
+                 const std::vector<const std::vector<int32_t>*>& labels, int32_t pad_id, int64_t pad_multiple) {
   FT_ASSERT(ids.size() == labels.size() && !ids.empty());
   Batch b;
   b.batch = static_cast<int64_t>(ids.size());
   for (const auto* r : ids) b.seq = std::max<int64_t>(b.seq, static_cast<int64_t>(r->size()));
+  b.seq = round_up(b.seq, pad_multiple);
   b.ids.assign(b.n(), pad_id);
   b.targets.assign(b.n(), kIgnoreIndex);
   b.pos.assign(b.n(), 0);
@@ -36,7 +41,7 @@ Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,
 }
 
 Batch make_packed_batch(const std::vector<std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>>>& rows,
-                        int32_t pad_id) {
+                        int32_t pad_id, int64_t pad_multiple) {
   FT_ASSERT(!rows.empty());
   Batch b;
   b.batch = static_cast<int64_t>(rows.size());
@@ -45,6 +50,7 @@ Batch make_packed_batch(const std::vector<std::vector<std::pair<const std::vecto
     for (const auto& [ids, lab] : row) len += static_cast<int64_t>(ids->size());
     b.seq = std::max(b.seq, len);
   }
+  b.seq = round_up(b.seq, pad_multiple);
   b.ids.assign(b.n(), pad_id);
   b.targets.assign(b.n(), kIgnoreIndex);
   b.pos.assign(b.n(), 0);

@@ -23,11 +23,12 @@ struct Batch {
 // back, positions restart at 0 per document, doc ids tell the attention where documents end, and
 // no target crosses a document boundary. Rows are right-padded to the longest.
 Batch make_packed_batch(const std::vector<std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>>>& rows,
-                        int32_t pad_id);
+                        int32_t pad_id, int64_t pad_multiple = 1);
 
 // Builds a right-padded batch from token rows and HF-style labels (labels[i] is the label of
 // token i; the loss predicts labels[i+1] from position i, as transformers shifts them).
+// `pad_multiple` rounds the row length up (8 keeps GPU matrix shapes aligned).
 Batch make_batch(const std::vector<const std::vector<int32_t>*>& ids,
-                 const std::vector<const std::vector<int32_t>*>& labels, int32_t pad_id);
+                 const std::vector<const std::vector<int32_t>*>& labels, int32_t pad_id, int64_t pad_multiple = 1);
 
 }  // namespace ftune

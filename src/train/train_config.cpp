@@ -89,6 +89,7 @@ const std::vector<KeyDef>& key_table() {
        .choices = {"truncate", "drop"}},
       {.name = "data.add_bos", .field = FT_FIELD(data.add_bos), .doc = "Prepend the tokenizer's BOS token to `text` rows."},
       {.name = "data.add_eos", .field = FT_FIELD(data.add_eos), .doc = "Append the tokenizer's EOS token to `text` rows."},
+      {.name = "data.pad_to_multiple_of", .field = FT_FIELD(data.pad_to_multiple_of), .doc = "Round each micro-batch's row length up to a multiple of this (8 keeps GPU matrix shapes aligned; 1 = no rounding).", .range = at_least(1)},
       {.name = "data.packing", .field = FT_FIELD(data.packing), .doc = "Concatenate examples into rows of data.max_seq_len tokens; positions restart and attention never crosses an example boundary."},
       {.name = "train.method", .field = FT_FIELD(train.method), .doc = "Fine-tuning method.", .choices = {"lora"}, .planned = {"qlora", "full"}},
       {.name = "train.micro_batch_size", .field = FT_FIELD(train.micro_batch_size), .doc = "Sequences per forward and backward pass.", .range = at_least(1)},

@@ -35,6 +35,7 @@ struct DataSettings {
   bool add_bos = true;
   bool add_eos = true;
   bool packing = false;  // several examples per row, no attention across them
+  int64_t pad_to_multiple_of = 8;  // row length rounded up to this
 };
 
 struct TrainSettings {

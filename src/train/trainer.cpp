@@ -62,14 +62,14 @@ void write_text(const std::string& path, const std::string& text) {
 }
 
 // Mean loss over every trained token of the validation set (no dropout).
-double validation_loss(LlamaCpu& model, const std::vector<Example>& val, int64_t micro, int32_t pad) {
+double validation_loss(LlamaCpu& model, const std::vector<Example>& val, int64_t micro, int32_t pad, int64_t multiple) {
   double sum = 0;
   int64_t count = 0;
   for (size_t i = 0; i < val.size(); i += static_cast<size_t>(micro)) {
     std::vector<const std::vector<int32_t>*> ids, labels;
     for (size_t j = i; j < std::min(val.size(), i + static_cast<size_t>(micro)); ++j)
       ids.push_back(&val[j].ids), labels.push_back(&val[j].labels);
-    const auto r = model.loss(make_batch(ids, labels, pad));
+    const auto r = model.loss(make_batch(ids, labels, pad, multiple));
     sum += r.loss_sum;
     count += r.count;
   }
@@ -125,7 +125,8 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     for (const auto& e : *set) longest = std::max<int64_t>(longest, static_cast<int64_t>(e.ids.size()));
   ModelOptions mopt;
   mopt.max_batch = ts.micro_batch_size;
-  mopt.max_seq = cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest;
+  const int64_t m = cfg.data.pad_to_multiple_of;
+  mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
   LlamaCpu model(mcfg, weights, &lora, mopt);
   LoraParams grads = lora.zeros_like();
@@ -133,7 +134,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
   const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0 ? mcfg.pad_token_id : mcfg.eos_token_ids.at(0));
   MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
-                       cfg.data.packing ? cfg.data.max_seq_len : 0);
+                       cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
 
   const std::string metrics_path = (fs::path(cfg.output_dir) / "metrics.jsonl").string();
   std::ofstream metrics(metrics_path);
@@ -177,7 +178,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     metrics.flush();
     if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
     if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
-      const double vl = validation_loss(model, data.val, ts.micro_batch_size, pad);
+      const double vl = validation_loss(model, data.val, ts.micro_batch_size, pad, m);
       report.val_losses.emplace_back(sm.step, vl);
       metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}, \"val_ppl\": {:.4f}}}\n", sm.step, vl, std::exp(vl));
       metrics.flush();
