@@ -63,7 +63,9 @@ TEST(Batching, PackedRowsRespectBoundaries) {
       const int64_t i = r * b.seq + t;
       if (b.doc[i] != b.doc[i + 1]) {
         EXPECT_EQ(b.targets[i], kIgnoreIndex) << "target across a boundary at " << i;
-        if (b.doc[i + 1] >= 0) EXPECT_EQ(b.pos[i + 1], 0);
+        if (b.doc[i + 1] >= 0) {
+          EXPECT_EQ(b.pos[i + 1], 0);
+        }
       }
     }
     std::set<int32_t> docs(b.doc.begin() + r * b.seq, b.doc.begin() + (r + 1) * b.seq);

@@ -198,6 +198,25 @@ TEST(Sources, TextFilesByDocumentParagraphLineAndDirectories) {
   }
 }
 
+TEST(Sources, ParquetChatRowsThroughTheWholePipeline) {
+  // pyarrow-written file with a list<struct<role, content>> `messages` column (and others that the
+  // messages format never decodes).
+  FakeTokenizer tok;
+  DataSettings cfg;
+  cfg.format = "messages";
+  cfg.max_seq_len = 4096;
+  DatasetStats st;
+  const std::string path = std::string(FTUNE_SOURCE_DIR) + "/tests/fixtures/parquet/dict_snappy.parquet";
+  const auto ex = load_examples(path, cfg, &tok, 320, "llama3", &st);
+  EXPECT_EQ(st.rows, 60);
+  EXPECT_EQ(st.kept + st.bad + st.skipped + st.dropped, st.rows);
+  EXPECT_GT(st.kept, 10);
+  EXPECT_GT(st.bad, 0);  // null `messages` rows are reported, not fatal
+  ASSERT_FALSE(st.problems.empty());
+  EXPECT_NE(st.problems[0].find("dict_snappy.parquet row "), std::string::npos) << st.problems[0];
+  for (const auto& e : ex) EXPECT_EQ(e.ids.front(), 300);  // <|begin_of_text|>
+}
+
 TEST(Split, ValidationFractionIsDeterministicAndDisjoint) {
   testing::TempDir d("split");
   {
