@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "../test_util.h"
 #include "ops/cpu/rmsnorm.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/rmsnorm.h"
@@ -11,11 +12,7 @@
 namespace ftune {
 namespace {
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-  return std::sqrt(num / den);
-}
+using testing::rel_err;
 
 std::vector<float> randn(size_t n, uint64_t seed, float mean = 0.0f) {
   Rng r(seed);

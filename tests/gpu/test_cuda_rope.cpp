@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "../test_util.h"
 #include "model/rope.h"
 #include "ops/cpu/rope.h"
 #include "ops/cuda/context.h"
@@ -14,11 +15,7 @@
 namespace ftune {
 namespace {
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-  return std::sqrt(num / den);
-}
+using testing::rel_err;
 
 TEST(CudaRope, MatchesCpuForwardAndBackward) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";

@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "../test_util.h"
 #include "ops/cpu/swiglu.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/swiglu.h"
@@ -12,11 +13,7 @@
 namespace ftune {
 namespace {
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-  return std::sqrt(num / den);
-}
+using testing::rel_err;
 
 std::vector<float> randn(size_t n, uint64_t seed) {
   Rng r(seed);

@@ -1,17 +1,11 @@
 // RoPE forward and backward: one thread per (token, head, pair), math in fp32.
-#include <cuda_bf16.h>
-
 #include "ops/cuda/cuda_check.h"
+#include "ops/cuda/storage.cuh"
 #include "ops/cuda/rope.h"
 
 namespace ftune::cuda {
 
 namespace {
-
-__device__ __forceinline__ float ld(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void st(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16(v); }
 
 template <typename T>
 __global__ void rope_kernel(T* x, const float* cos, const float* sin, int64_t n, int64_t heads, int64_t half,
@@ -33,8 +27,7 @@ void launch(const Context& ctx, Storage s, void* x, const float* cos, const floa
   FT_ASSERT(n >= 0 && heads > 0 && d > 0 && d % 2 == 0);
   const int64_t total = n * heads * (d / 2);
   if (total == 0) return;
-  const int64_t blocks64 = (total + 255) / 256;
-  const unsigned blocks = static_cast<unsigned>(blocks64 < 65535 * 8 ? blocks64 : 65535 * 8);
+  const unsigned blocks = grid_for(total);
   if (s == Storage::F32)
     rope_kernel<<<blocks, 256, 0, ctx.stream()>>>(static_cast<float*>(x), cos, sin, n, heads, d / 2, sign);
   else

@@ -3,7 +3,7 @@
 #include <cstdint>
 
 #include "ops/cuda/context.h"
-#include "ops/cuda/swiglu.h"
+#include "ops/cuda/storage.h"
 
 namespace ftune::cuda {
 

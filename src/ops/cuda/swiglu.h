@@ -3,10 +3,9 @@
 #include <cstdint>
 
 #include "ops/cuda/context.h"
+#include "ops/cuda/storage.h"
 
 namespace ftune::cuda {
-
-enum class Storage { F32, BF16 };
 
 // gate, up, out: [n] device pointers of the given storage type.
 void swiglu_forward(const Context& ctx, Storage s, const void* gate, const void* up, void* out, int64_t n);
