@@ -79,60 +79,97 @@ std::vector<Example> load_examples(const std::string& path, const DataSettings& 
   src.text_sample_by = cfg.text_sample_by;
   src.columns = format_columns(cfg.format, cols);
 
+  // Rows are converted (format, template, tokenization) in parallel chunks; the outcomes are then
+  // applied in file order, so counts, kept order and the reported rows do not depend on threads.
+  struct Pending {
+    RowRef at;
+    nlohmann::json row;
+    std::string problem;  // set for rows the reader already rejected
+  };
+  struct Outcome {
+    Example ex;
+    std::string problem, fatal;
+  };
+  auto convert = [&](const Pending& p, Outcome& o) {
+    if (!p.problem.empty()) {
+      o.problem = p.problem;
+      return;
+    }
+    try {
+      const Sample s = to_sample(p.row, cfg.format, cols);
+      if (s.kind == Sample::Kind::Ids) {
+        o.ex = ids_example(s, vocab_size);
+        return;
+      }
+      if (!tok) fail("{}: a text row needs the model's tokenizer, and none was found", p.at.str());
+      try {
+        tokenize_pieces(render(s, tpl, *tok), *tok, template_name, &o.ex.ids, &o.ex.labels);
+      } catch (const Error& e) {  // a setting the template cannot honour: name where it surfaced
+        fail("{}: {}", p.at.str(), e.what());
+      }
+      for (int32_t id : o.ex.ids)
+        if (id < 0 || id >= vocab_size)
+          fail("{}: the tokenizer produced id {}, outside the model's vocabulary [0, {})", p.at.str(), id, vocab_size);
+    } catch (const RowProblem& e) {
+      o.problem = e.reason;
+    } catch (const Error& e) {
+      o.fatal = e.what();
+    }
+  };
+
   std::vector<Example> out;
-  auto problem = [&](const RowRef& at, const std::string& reason) {
-    if (cfg.strict) fail("{}: {} (data.strict is true)", at.str(), reason);
-    ++st.bad;
-    if (st.problems.size() < kProblemsKept) st.problems.push_back(fmt::format("{}: {}", at.str(), reason));
+  auto apply = [&](const Pending& p, Outcome& o) {
+    ++st.rows;
+    if (!o.fatal.empty()) throw Error(o.fatal);
+    if (!o.problem.empty()) {
+      if (cfg.strict) fail("{}: {} (data.strict is true)", p.at.str(), o.problem);
+      ++st.bad;
+      if (st.problems.size() < kProblemsKept) st.problems.push_back(fmt::format("{}: {}", p.at.str(), o.problem));
+      return;
+    }
+    Example& ex = o.ex;
+    if (static_cast<int64_t>(ex.ids.size()) > cfg.max_seq_len) {
+      if (cfg.overflow == "drop") {
+        ++st.dropped;
+        return;
+      }
+      ex.ids.resize(cfg.max_seq_len);
+      ex.labels.resize(cfg.max_seq_len);
+      ++st.truncated;
+    }
+    const int64_t t = targets(ex);
+    if (ex.ids.size() < 2 || t == 0) {
+      ++st.skipped;
+      return;
+    }
+    ++st.kept;
+    st.tokens += static_cast<int64_t>(ex.ids.size());
+    st.trained_tokens += t;
+    out.push_back(std::move(ex));
+  };
+
+  constexpr size_t kChunk = 4096;
+  std::vector<Pending> chunk;
+  std::vector<Outcome> outcomes;
+  auto flush = [&] {
+    outcomes.assign(chunk.size(), Outcome{});
+    const int64_t n = static_cast<int64_t>(chunk.size());
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t i = 0; i < n; ++i) convert(chunk[i], outcomes[i]);
+    for (size_t i = 0; i < chunk.size(); ++i) apply(chunk[i], outcomes[i]);
+    chunk.clear();
   };
   read_rows(
       path, src,
       [&](const RowRef& at, const nlohmann::json& row) {
-        ++st.rows;
-        Example ex;
-        try {
-          const Sample s = to_sample(row, cfg.format, cols);
-          if (s.kind == Sample::Kind::Ids) {
-            ex = ids_example(s, vocab_size);
-          } else {
-            if (!tok) fail("{}: a text row needs the model's tokenizer, and none was found", at.str());
-            try {
-              tokenize_pieces(render(s, tpl, *tok), *tok, template_name, &ex.ids, &ex.labels);
-            } catch (const Error& e) {  // a setting the template cannot honour: name where it surfaced
-              fail("{}: {}", at.str(), e.what());
-            }
-            for (int32_t id : ex.ids)
-              if (id < 0 || id >= vocab_size)
-                fail("{}: the tokenizer produced id {}, outside the model's vocabulary [0, {})", at.str(), id,
-                     vocab_size);
-          }
-        } catch (const RowProblem& p) {
-          problem(at, p.reason);
-          return;
-        }
-        if (static_cast<int64_t>(ex.ids.size()) > cfg.max_seq_len) {
-          if (cfg.overflow == "drop") {
-            ++st.dropped;
-            return;
-          }
-          ex.ids.resize(cfg.max_seq_len);
-          ex.labels.resize(cfg.max_seq_len);
-          ++st.truncated;
-        }
-        const int64_t t = targets(ex);
-        if (ex.ids.size() < 2 || t == 0) {
-          ++st.skipped;
-          return;
-        }
-        ++st.kept;
-        st.tokens += static_cast<int64_t>(ex.ids.size());
-        st.trained_tokens += t;
-        out.push_back(std::move(ex));
+        chunk.push_back({at, row, {}});
+        if (chunk.size() == kChunk) flush();
       },
       [&](const RowRef& at, const std::string& reason) {
-        ++st.rows;
-        problem(at, reason);
+        chunk.push_back({at, nlohmann::json(), reason});
+        if (chunk.size() == kChunk) flush();
       });
+  flush();
 
   if (st.rows == 0) fail("{}: dataset is empty", path);
   if (out.empty()) {
