@@ -1,0 +1,22 @@
+// Row-major GEMM on the GPU through cuBLASLt: C = alpha * op(A) @ op(B) + beta * C, with bf16 or
+// fp32 operands, fp32 accumulation, and C in bf16 or fp32 (beta = 1 accumulates, e.g. the LoRA
+// branch into the base output).
+#pragma once
+#include <cstdint>
+
+#include "ops/cuda/context.h"
+#include "ops/cuda/storage.h"
+
+namespace ftune::cuda {
+
+struct GemmOperand {
+  const void* ptr;
+  Storage type;
+  bool trans;  // stored transposed: op(X) = X^T
+};
+
+// op(A): [m, k], op(B): [k, n], C: [m, n], all row-major and contiguous. A and B share a type.
+void gemm(const Context& ctx, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, GemmOperand b, float beta,
+          void* c, Storage c_type);
+
+}  // namespace ftune::cuda
