@@ -24,6 +24,8 @@ struct LtHandle {
 void gemm(const Context& ctx, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, GemmOperand b, float beta,
           void* c, Storage c_type) {
   FT_ASSERT(m >= 0 && n >= 0 && k >= 0 && a.type == b.type);
+  if (a.type == Storage::F32 && c_type == Storage::BF16)
+    fail("internal error: cuBLASLt has no fp32 x fp32 -> bf16 GEMM; write fp32 and convert");
   if (m == 0 || n == 0) return;
   LtHandle<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy> op;
   FT_CUBLAS(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));

@@ -15,7 +15,8 @@ struct GemmOperand {
   bool trans;  // stored transposed: op(X) = X^T
 };
 
-// op(A): [m, k], op(B): [k, n], C: [m, n], all row-major and contiguous. A and B share a type.
+// op(A): [m, k], op(B): [k, n], C: [m, n], all row-major and contiguous. A and B share a type;
+// fp32 operands need an fp32 C (cuBLASLt has no fp32 -> bf16 path).
 void gemm(const Context& ctx, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, GemmOperand b, float beta,
           void* c, Storage c_type);
 
