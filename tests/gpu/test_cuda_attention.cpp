@@ -38,7 +38,7 @@ TEST(CudaAttention, MatchesCpuForwardAndBackward) {
     bool packed;
   };
   for (Case c : {Case{1, 1, 1, 1, 32, false}, Case{2, 37, 8, 2, 64, false}, Case{2, 130, 4, 4, 128, true},
-                 Case{1, 67, 8, 1, 64, true}}) {
+                 Case{1, 67, 8, 1, 64, true}, Case{2, 45, 4, 2, 16, true}, Case{1, 29, 2, 1, 80, false}}) {
     const int64_t N = c.batch * c.seq;
     Rng r(c.seq * 31 + c.heads);
     auto randv = [&](int64_t n) {

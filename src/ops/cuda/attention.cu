@@ -18,16 +18,29 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Lane `lane` holds elements lane, lane + 32, ... of a row of d; lanes past d hold zeros.
 template <typename T>
-__device__ __forceinline__ void load_row(const T* p, int per, int lane, float* r) {
-  for (int c = 0; c < per; ++c) r[c] = ld(p, c * 32 + lane);
+__device__ __forceinline__ void load_row(const T* p, int per, int lane, int64_t d, float* r) {
+  for (int c = 0; c < per; ++c) r[c] = c * 32 + lane < d ? ld(p, c * 32 + lane) : 0.0f;
 }
 
 template <typename T>
-__device__ __forceinline__ float dot_row(const T* p, int per, int lane, const float* r) {
+__device__ __forceinline__ float dot_row(const T* p, int per, int lane, int64_t d, const float* r) {
   float s = 0.0f;
-  for (int c = 0; c < per; ++c) s += r[c] * ld(p, c * 32 + lane);
+  for (int c = 0; c < per; ++c)
+    if (c * 32 + lane < d) s += r[c] * ld(p, c * 32 + lane);
   return warp_sum(s);
+}
+
+template <typename T>
+__device__ __forceinline__ float elem(const T* p, int c, int lane, int64_t d) {
+  return c * 32 + lane < d ? ld(p, c * 32 + lane) : 0.0f;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_row(T* p, int per, int lane, int64_t d, const float* r, float mul = 1.0f) {
+  for (int c = 0; c < per; ++c)
+    if (c * 32 + lane < d) st(p, c * 32 + lane, r[c] * mul);
 }
 
 // Row pointers: token t of batch b, head h.
@@ -45,23 +58,23 @@ __global__ void forward_kernel(AttnShape a, const T* q, const T* k, const T* v, 
   const int64_t h = blockIdx.y, b = blockIdx.z, kh = h / (a.heads / a.kv_heads);
   if (i >= a.seq) return;
   const Rows R{a.seq, a.heads, a.kv_heads, a.head_dim};
-  const int per = static_cast<int>(a.head_dim / 32);
+  const int per = static_cast<int>((a.head_dim + 31) / 32);
+  const int64_t d = a.head_dim;
   float qr[kMaxPer], acc[kMaxPer] = {};
-  load_row(q + R.q(b, i, h), per, lane, qr);
+  load_row(q + R.q(b, i, h), per, lane, d, qr);
   const int32_t di = doc ? doc[b * a.seq + i] : 0;
   float m = -FLT_MAX, l = 0.0f;
   for (int64_t j = 0; j <= i; ++j) {
     if (doc && doc[b * a.seq + j] != di) continue;
-    const float s = dot_row(k + R.kv(b, j, kh), per, lane, qr) * a.scale;
+    const float s = dot_row(k + R.kv(b, j, kh), per, lane, d, qr) * a.scale;
     const float nm = fmaxf(m, s);
     const float corr = __expf(m - nm), p = __expf(s - nm);
     l = l * corr + p;
     const T* vr = v + R.kv(b, j, kh);
-    for (int c = 0; c < per; ++c) acc[c] = acc[c] * corr + p * ld(vr, c * 32 + lane);
+    for (int c = 0; c < per; ++c) acc[c] = acc[c] * corr + p * elem(vr, c, lane, d);
     m = nm;
   }
-  T* o = out + R.q(b, i, h);
-  for (int c = 0; c < per; ++c) st(o, c * 32 + lane, acc[c] / l);
+  store_row(out + R.q(b, i, h), per, lane, d, acc, 1.0f / l);
   if (lane == 0) lse[(b * a.heads + h) * a.seq + i] = m + logf(l);
 }
 
@@ -73,10 +86,11 @@ __global__ void delta_kernel(AttnShape a, const T* out, const T* dout, float* de
   const int64_t h = blockIdx.y, b = blockIdx.z;
   if (i >= a.seq) return;
   const Rows R{a.seq, a.heads, a.kv_heads, a.head_dim};
-  const int per = static_cast<int>(a.head_dim / 32);
+  const int per = static_cast<int>((a.head_dim + 31) / 32);
+  const int64_t d = a.head_dim;
   float r[kMaxPer];
-  load_row(dout + R.q(b, i, h), per, lane, r);
-  const float s = dot_row(out + R.q(b, i, h), per, lane, r);
+  load_row(dout + R.q(b, i, h), per, lane, d, r);
+  const float s = dot_row(out + R.q(b, i, h), per, lane, d, r);
   if (lane == 0) delta[(b * a.heads + h) * a.seq + i] = s;
 }
 
@@ -88,21 +102,22 @@ __global__ void dq_kernel(AttnShape a, const T* q, const T* k, const T* v, const
   const int64_t h = blockIdx.y, b = blockIdx.z, kh = h / (a.heads / a.kv_heads);
   if (i >= a.seq) return;
   const Rows R{a.seq, a.heads, a.kv_heads, a.head_dim};
-  const int per = static_cast<int>(a.head_dim / 32);
+  const int per = static_cast<int>((a.head_dim + 31) / 32);
+  const int64_t d = a.head_dim;
   float qr[kMaxPer], dor[kMaxPer], acc[kMaxPer] = {};
-  load_row(q + R.q(b, i, h), per, lane, qr);
-  load_row(dout + R.q(b, i, h), per, lane, dor);
+  load_row(q + R.q(b, i, h), per, lane, d, qr);
+  load_row(dout + R.q(b, i, h), per, lane, d, dor);
   const int64_t row = (b * a.heads + h) * a.seq + i;
   const float L = lse[row], D = delta[row];
   const int32_t di = doc ? doc[b * a.seq + i] : 0;
   for (int64_t j = 0; j <= i; ++j) {
     if (doc && doc[b * a.seq + j] != di) continue;
     const T* kr = k + R.kv(b, j, kh);
-    const float p = __expf(dot_row(kr, per, lane, qr) * a.scale - L);
-    const float ds = p * (dot_row(v + R.kv(b, j, kh), per, lane, dor) - D) * a.scale;
-    for (int c = 0; c < per; ++c) acc[c] += ds * ld(kr, c * 32 + lane);
+    const float p = __expf(dot_row(kr, per, lane, d, qr) * a.scale - L);
+    const float ds = p * (dot_row(v + R.kv(b, j, kh), per, lane, d, dor) - D) * a.scale;
+    for (int c = 0; c < per; ++c) acc[c] += ds * elem(kr, c, lane, d);
   }
-  for (int c = 0; c < per; ++c) st(dq + R.q(b, i, h), c * 32 + lane, acc[c]);
+  store_row(dq + R.q(b, i, h), per, lane, d, acc);
 }
 
 // One warp per key row j of kv head kh: sums over the query heads of its group and rows i >= j.
@@ -114,10 +129,11 @@ __global__ void dkv_kernel(AttnShape a, const T* q, const T* k, const T* v, cons
   const int64_t kh = blockIdx.y, b = blockIdx.z, group = a.heads / a.kv_heads;
   if (j >= a.seq) return;
   const Rows R{a.seq, a.heads, a.kv_heads, a.head_dim};
-  const int per = static_cast<int>(a.head_dim / 32);
+  const int per = static_cast<int>((a.head_dim + 31) / 32);
+  const int64_t d = a.head_dim;
   float kr[kMaxPer], vr[kMaxPer], dka[kMaxPer] = {}, dva[kMaxPer] = {};
-  load_row(k + R.kv(b, j, kh), per, lane, kr);
-  load_row(v + R.kv(b, j, kh), per, lane, vr);
+  load_row(k + R.kv(b, j, kh), per, lane, d, kr);
+  load_row(v + R.kv(b, j, kh), per, lane, d, vr);
   const int32_t dj = doc ? doc[b * a.seq + j] : 0;
   for (int64_t h = kh * group; h < (kh + 1) * group; ++h) {
     for (int64_t i = j; i < a.seq; ++i) {
@@ -125,25 +141,22 @@ __global__ void dkv_kernel(AttnShape a, const T* q, const T* k, const T* v, cons
       const int64_t row = (b * a.heads + h) * a.seq + i;
       const T* qr = q + R.q(b, i, h);
       const T* dor = dout + R.q(b, i, h);
-      const float p = __expf(dot_row(qr, per, lane, kr) * a.scale - lse[row]);
-      const float ds = p * (dot_row(dor, per, lane, vr) - delta[row]) * a.scale;
+      const float p = __expf(dot_row(qr, per, lane, d, kr) * a.scale - lse[row]);
+      const float ds = p * (dot_row(dor, per, lane, d, vr) - delta[row]) * a.scale;
       for (int c = 0; c < per; ++c) {
-        dva[c] += p * ld(dor, c * 32 + lane);
-        dka[c] += ds * ld(qr, c * 32 + lane);
+        dva[c] += p * elem(dor, c, lane, d);
+        dka[c] += ds * elem(qr, c, lane, d);
       }
     }
   }
-  for (int c = 0; c < per; ++c) {
-    st(dk + R.kv(b, j, kh), c * 32 + lane, dka[c]);
-    st(dv + R.kv(b, j, kh), c * 32 + lane, dva[c]);
-  }
+  store_row(dk + R.kv(b, j, kh), per, lane, d, dka);
+  store_row(dv + R.kv(b, j, kh), per, lane, d, dva);
 }
 
 void check(const AttnShape& a) {
   FT_ASSERT(a.batch >= 0 && a.seq >= 0 && a.heads > 0 && a.kv_heads > 0 && a.heads % a.kv_heads == 0);
-  if (a.head_dim % 32 != 0 || a.head_dim > 32 * kMaxPer)
-    fail("attention: head_dim {} is not supported by the GPU kernel (a multiple of 32, at most {})", a.head_dim,
-         32 * kMaxPer);
+  if (a.head_dim <= 0 || a.head_dim > 32 * kMaxPer)
+    fail("attention: head_dim {} is not supported by the GPU kernel (at most {})", a.head_dim, 32 * kMaxPer);
 }
 
 dim3 grid(const AttnShape& a, int64_t heads) {

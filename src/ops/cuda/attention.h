@@ -11,7 +11,7 @@
 namespace ftune::cuda {
 
 struct AttnShape {
-  int64_t batch, seq, heads, kv_heads, head_dim;  // head_dim a multiple of 32, at most 256
+  int64_t batch, seq, heads, kv_heads, head_dim;  // head_dim at most 256
   float scale;
 };
 

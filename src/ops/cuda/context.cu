@@ -31,6 +31,14 @@ Context::~Context() {
 
 void Context::synchronize() const { FT_CUDA(cudaStreamSynchronize(stream_)); }
 
+void Context::copy(void* dst, const void* src, size_t bytes) const {
+  if (bytes) FT_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
+void Context::zero(void* dst, size_t bytes) const {
+  if (bytes) FT_CUDA(cudaMemsetAsync(dst, 0, bytes, stream_));
+}
+
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes) FT_CUDA(cudaMalloc(&ptr_, bytes));
 }

@@ -30,6 +30,9 @@ class Context {
   void* workspace() const { return workspace_.data(); }
   size_t workspace_bytes() const { return workspace_.bytes(); }
   void synchronize() const;
+  // Stream-ordered device-to-device copy and zero fill.
+  void copy(void* dst, const void* src, size_t bytes) const;
+  void zero(void* dst, size_t bytes) const;
 
  private:
   int device_ = 0;
