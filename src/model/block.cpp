@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/dropout_hash.h"
 #include "model/lora_linear.h"
 #include "ops/cpu/attention.h"
 #include "ops/cpu/rmsnorm.h"
@@ -69,7 +70,7 @@ LoraLinear make_linear(const StepShape& s, int64_t layer, const LayerWeights& w,
   if (pair) {
     l.scaling = spec->scaling();
     l.dropout = s.dropout_key ? static_cast<float>(spec->dropout) : 0.0f;
-    l.dropout_key = s.dropout_key * 0x100000001B3ull + static_cast<uint64_t>(layer * kNumProj + i + 1);
+    l.dropout_key = dropout_key_for(s.dropout_key, layer, i);
   }
   return l;
 }

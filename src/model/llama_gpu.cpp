@@ -1,9 +1,11 @@
 // LlamaGpu: the CPU model's forward and backward (model/block.cpp, model/llama.cpp) on the GPU.
 #include "model/llama_gpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "core/dropout_hash.h"
 #include "core/error.h"
 #include "model/rope.h"
 #include "ops/cuda/attention.h"
@@ -63,6 +65,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeight
   dh_ = floats(N * H), dn_ = floats(N * H), dq_ = floats(N * Q), dk_ = floats(N * KV), dv_ = floats(N * KV);
   datt_ = floats(N * Q), dgate_ = floats(N * I), dup_ = floats(N * I), dact_ = floats(N * I);
   dt_ = floats(N * std::max<int64_t>(r, 1)), delta_ = floats(N * cfg.num_attention_heads);
+  if (has_lora_ && spec_.dropout > 0) xd_ = floats(N * std::max({H, I, Q})), dxd_ = floats(N * std::max({H, I, Q}));
 }
 
 void LlamaGpu::upload_lora(const LoraParams& lora) {
@@ -97,7 +100,12 @@ void LlamaGpu::linear_fwd(int64_t l, Proj p, const float* x, float* y, float* t)
   cuda::gemm(ctx_, n_, out, in, 1.0f, {x, F32, false}, {layers_[l].proj[i].data(), F32, true}, 0.0f, y, F32);
   if (!has_lora_ || !spec_.targets[i]) return;
   const Pair& P = layers_[l].lora[i];
-  cuda::gemm(ctx_, n_, spec_.r, in, 1.0f, {x, F32, false}, {P.a.data(), F32, true}, 0.0f, t, F32);
+  const float* xin = x;
+  if (dropout_key_ && spec_.dropout > 0) {
+    cuda::dropout_forward(ctx_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x, f(xd_), n_ * in);
+    xin = f(xd_);
+  }
+  cuda::gemm(ctx_, n_, spec_.r, in, 1.0f, {xin, F32, false}, {P.a.data(), F32, true}, 0.0f, t, F32);
   cuda::gemm(ctx_, n_, out, spec_.r, spec_.scaling(), {t, F32, false}, {P.b.data(), F32, true}, 1.0f, y, F32);
 }
 
@@ -111,6 +119,15 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const float* x, const float* t, con
   const float s = spec_.scaling();
   cuda::gemm(ctx_, out, spec_.r, n_, s, {dy, F32, true}, {t, F32, false}, 1.0f, f(P.db), F32);
   cuda::gemm(ctx_, n_, spec_.r, out, s, {dy, F32, false}, {P.b.data(), F32, false}, 0.0f, f(dt_), F32);
+  if (dropout_key_ && spec_.dropout > 0) {
+    const uint64_t key = dropout_key_for(dropout_key_, l, i);
+    const float p = static_cast<float>(spec_.dropout);
+    cuda::dropout_forward(ctx_, key, p, x, f(xd_), n_ * in);  // the forward's dropped input again
+    cuda::gemm(ctx_, spec_.r, in, n_, 1.0f, {f(dt_), F32, true}, {f(xd_), F32, false}, 1.0f, f(P.da), F32);
+    cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {f(dt_), F32, false}, {P.a.data(), F32, false}, 0.0f, f(dxd_), F32);
+    cuda::dropout_backward_add(ctx_, key, p, f(dxd_), dx, n_ * in);
+    return;
+  }
   cuda::gemm(ctx_, spec_.r, in, n_, 1.0f, {f(dt_), F32, true}, {x, F32, false}, 1.0f, f(P.da), F32);
   cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {f(dt_), F32, false}, {P.a.data(), F32, false}, 1.0f, dx, F32);
 }
@@ -180,14 +197,17 @@ std::pair<double, int64_t> LlamaGpu::head(const Batch& b, float grad_scale, bool
                         static_cast<float>(cfg_.rms_norm_eps));
   cuda::lm_head_cross_entropy(ctx_, F32, normed_.data(), head_.data(), targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
                               grad_scale, f(loss_), backward ? dnormed_.data() : nullptr, logits_.data(), kHeadChunk);
+  ctx_.synchronize();  // the copy below runs outside the model's stream
   const auto losses = loss_.to_host<float>(n_);
   double sum = 0;
   for (float x : losses) sum += x;
   return {sum, b.count_targets()};
 }
 
-std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad_scale, LoraParams& grads) {
+std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad_scale, LoraParams& grads,
+                                                      uint64_t dropout_key) {
   prepare(b);
+  dropout_key_ = dropout_key;
   for (auto& L : layers_)
     for (auto& P : L.lora)
       if (P.da.data()) ctx_.zero(P.da.data(), P.da.bytes()), ctx_.zero(P.db.data(), P.db.bytes());
@@ -211,6 +231,7 @@ std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad
 
 std::pair<double, int64_t> LlamaGpu::loss(const Batch& b) {
   prepare(b);
+  dropout_key_ = 0;
   return head(b, 0.0f, false);
 }
 

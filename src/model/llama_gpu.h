@@ -23,7 +23,9 @@ class LlamaGpu {
   void upload_lora(const LoraParams& lora);
   // Forward and backward of one micro-batch; LoRA gradients (scaled by grad_scale) are added into
   // `grads` on the host. Returns the summed loss and the number of targets.
-  std::pair<double, int64_t> forward_backward(const Batch& b, float grad_scale, LoraParams& grads);
+  // `dropout_key` != 0 turns LoRA dropout on, with the CPU model's masks.
+  std::pair<double, int64_t> forward_backward(const Batch& b, float grad_scale, LoraParams& grads,
+                                              uint64_t dropout_key = 0);
   // Loss only.
   std::pair<double, int64_t> loss(const Batch& b);
 
@@ -60,6 +62,8 @@ class LlamaGpu {
   cuda::DeviceBuffer ids_, targets_, doc_, cos_, sin_;  // [N] x3, [N, d/2] x2
   cuda::DeviceBuffer out_, final_rstd_, normed_, dnormed_, dy_, loss_, logits_;
   cuda::DeviceBuffer dh_, dn_, dq_, dk_, dv_, datt_, dgate_, dup_, dact_, dt_, delta_;
+  cuda::DeviceBuffer xd_, dxd_;  // [N, max(H, I, heads*d)] dropout scratch
+  uint64_t dropout_key_ = 0;
   std::vector<float> inv_freq_;
   bool has_doc_ = false;
 };

@@ -2,19 +2,14 @@
 // so the backward and a checkpointed recompute see exactly the forward's mask.
 #include "model/lora_linear.h"
 
+#include "core/dropout_hash.h"
 #include "ops/cpu/matmul.h"
 
 namespace ftune {
 
 namespace {
 
-inline bool keep(uint64_t key, uint64_t i, float p) {
-  uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f) >= p;
-}
+using ftune::dropout_keep;
 
 // xd = x with the dropout mask applied and the kept values scaled by 1/(1-p).
 const float* dropped_input(const LoraLinear& l, const float* x, int64_t rows, float* xd) {
@@ -22,7 +17,7 @@ const float* dropped_input(const LoraLinear& l, const float* x, int64_t rows, fl
   const int64_t n = rows * l.in();
   const float s = 1.0f / (1.0f - l.dropout);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) xd[i] = keep(l.dropout_key, static_cast<uint64_t>(i), l.dropout) ? x[i] * s : 0.0f;
+  for (int64_t i = 0; i < n; ++i) xd[i] = dropout_keep(l.dropout_key, static_cast<uint64_t>(i), l.dropout) ? x[i] * s : 0.0f;
   return xd;
 }
 
@@ -59,7 +54,7 @@ void lora_linear_backward(const LoraLinear& l, const float* x, int64_t rows, con
   const float s = 1.0f / (1.0f - l.dropout);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
-    if (keep(l.dropout_key, static_cast<uint64_t>(i), l.dropout)) dx[i] += xd[i] * s;
+    if (dropout_keep(l.dropout_key, static_cast<uint64_t>(i), l.dropout)) dx[i] += xd[i] * s;
 }
 
 }  // namespace ftune

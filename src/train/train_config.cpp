@@ -109,6 +109,8 @@ const std::vector<KeyDef>& key_table() {
       {.name = "train.shuffle", .field = FT_FIELD(train.shuffle), .doc = "Shuffle the examples every epoch."},
       {.name = "train.eval_every", .field = FT_FIELD(train.eval_every), .doc = "Validation loss every this many steps (and at the end) when there is validation data; 0 = only at the end.", .range = at_least(0)},
       {.name = "train.log_every", .field = FT_FIELD(train.log_every), .doc = "Log metrics every this many optimizer steps.", .range = at_least(1)},
+      {.name = "train.device", .field = FT_FIELD(train.device), .doc = "Where to train: `cpu` (fp32 reference), `cuda` (one GPU), or `auto` (cuda when present).",
+       .choices = {"cpu", "cuda", "auto"}},
       {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores.", .range = at_least(0)},
   };
   return kTable;

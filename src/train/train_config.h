@@ -56,6 +56,7 @@ struct TrainSettings {
   int64_t eval_every = 0;          // 0 = evaluate at the end only
   int64_t log_every = 1;
   int64_t threads = 0;              // 0 = all cores
+  std::string device = "cpu";       // cpu, cuda or auto
 };
 
 struct TrainConfig {

@@ -24,6 +24,7 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "tokenizer/tokenizer.h"
+#include "train/backend.h"
 #include "train/progress.h"
 
 namespace ftune {
@@ -62,7 +63,7 @@ void write_text(const std::string& path, const std::string& text) {
 }
 
 // Mean loss over every trained token of the validation set (no dropout).
-double validation_loss(LlamaCpu& model, const std::vector<Example>& val, int64_t micro, int32_t pad, int64_t multiple) {
+double validation_loss(TrainBackend& model, const std::vector<Example>& val, int64_t micro, int32_t pad, int64_t multiple) {
   double sum = 0;
   int64_t count = 0;
   for (size_t i = 0; i < val.size(); i += static_cast<size_t>(micro)) {
@@ -128,7 +129,8 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
-  LlamaCpu model(mcfg, weights, &lora, mopt);
+  const auto model = make_backend(ts.device, mcfg, weights, lora, mopt);
+  fmt::print(stderr, "ftune: running on {}\n", model->name());
   LoraParams grads = lora.zeros_like();
   AdamW opt(lora, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay});
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
@@ -160,13 +162,14 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     double loss_sum = 0.0;
     const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
     for (size_t m = 0; m < micro.size(); ++m)
-      loss_sum += model.forward_backward(micro[m], scale, grads, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
+      loss_sum += model->forward_backward(micro[m], scale, grads, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
     StepMetrics sm;
     sm.step = step + 1;
     sm.loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
     sm.grad_norm = clip_grad_norm(grads, ts.max_grad_norm);
     sm.lr = sched.at(step);
     opt.step(lora, grads, sm.lr);
+    model->params_changed();
     const auto now = std::chrono::steady_clock::now();
     sm.tokens = tokens;
     sm.tokens_per_s = static_cast<double>(tokens) / std::chrono::duration<double>(now - ts0).count();
@@ -178,7 +181,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     metrics.flush();
     if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
     if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
-      const double vl = validation_loss(model, data.val, ts.micro_batch_size, pad, m);
+      const double vl = validation_loss(*model, data.val, ts.micro_batch_size, pad, m);
       report.val_losses.emplace_back(sm.step, vl);
       metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}, \"val_ppl\": {:.4f}}}\n", sm.step, vl, std::exp(vl));
       metrics.flush();

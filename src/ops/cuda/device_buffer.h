@@ -20,6 +20,8 @@ class DeviceBuffer {
   T* as() const { return static_cast<T*>(ptr_); }
   size_t bytes() const { return bytes_; }
 
+  // Synchronous copies outside any Context stream: synchronize the stream that last wrote (or
+  // will read) the buffer before calling them.
   void upload(const void* host, size_t bytes);
   void download(void* host, size_t bytes) const;
   template <typename T>
