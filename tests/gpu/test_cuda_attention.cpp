@@ -15,12 +15,7 @@ namespace ftune {
 namespace {
 
 using testing::rel_err;
-
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = f32_to_bf16(v[i]);
-  return o;
-}
+using testing::to_bf16;
 
 std::vector<float> back(const cuda::DeviceBuffer& b, size_t n, bool bf16) {
   if (!bf16) return b.to_host<float>(n);

@@ -13,12 +13,7 @@ namespace ftune {
 namespace {
 
 using testing::rel_err;
-
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = f32_to_bf16(v[i]);
-  return o;
-}
+using testing::to_bf16;
 
 TEST(CudaCrossEntropy, MatchesCpu) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";

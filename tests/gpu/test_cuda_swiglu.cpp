@@ -14,23 +14,14 @@ namespace ftune {
 namespace {
 
 using testing::rel_err;
+using testing::to_bf16;
+using testing::from_bf16;
 
 std::vector<float> randn(size_t n, uint64_t seed) {
   Rng r(seed);
   std::vector<float> v(n);
   for (float& x : v) x = 2.0f * r.normal();
   return v;
-}
-
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = f32_to_bf16(v[i]);
-  return o;
-}
-std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
-  std::vector<float> o(v.size());
-  for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_to_f32(v[i]);
-  return o;
 }
 
 TEST(CudaSwiglu, MatchesCpuInF32AndBf16) {
