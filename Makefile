@@ -20,7 +20,7 @@ build: deps
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the parsers and the CPU model (no CUDA).
 asan: deps
-	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFTUNE_SANITIZE=ON
+	cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DFTUNE_SANITIZE=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
 test-release: build assets
