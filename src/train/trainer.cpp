@@ -134,7 +134,10 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   LoraParams grads = lora.zeros_like();
   AdamW opt(lora, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay});
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
-  const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0 ? mcfg.pad_token_id : mcfg.eos_token_ids.at(0));
+  // Padding never reaches the loss or, through the causal mask, a real token; any valid id will do.
+  const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0        ? mcfg.pad_token_id
+                                           : !mcfg.eos_token_ids.empty() ? mcfg.eos_token_ids[0]
+                                                                         : 0);
   MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
                        cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
 
