@@ -1,17 +1,23 @@
 // LlamaGpu: the CPU model's forward and backward (model/block.cpp, model/llama.cpp) on the GPU.
+// Data flow per layer, with dt the activation storage (bf16, or fp32):
+//   x -> rmsnorm -> n1 -> q,k,v (+LoRA) -> rope -> attention -> att -> o (+LoRA) + x = h
+//   h -> rmsnorm -> n2 -> gate, up (+LoRA) -> swiglu -> act -> down (+LoRA) + h = y
+// Residual adds ride in the GEMM epilogue (C = the residual, D = the output). The backward keeps
+// the residual-stream gradient dy in fp32; GEMMs read a dt copy of it.
 #include "model/llama_gpu.h"
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "core/dropout_hash.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "model/rope.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cross_entropy.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
+#include "ops/cuda/flash_attention.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/rmsnorm.h"
 #include "ops/cuda/rope.h"
@@ -21,218 +27,378 @@ namespace ftune {
 
 namespace {
 constexpr cuda::Storage F32 = cuda::Storage::F32;
-constexpr int64_t kHeadChunk = 256;  // rows of logits alive at once
-
-cuda::DeviceBuffer upload(const Tensor& t) { return cuda::DeviceBuffer::from(t.data); }
-cuda::DeviceBuffer floats(int64_t n) { return cuda::DeviceBuffer(static_cast<size_t>(n) * 4); }
 float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
 }  // namespace
 
-LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeights& w, const LoraSpec* spec,
-                   int64_t max_batch, int64_t max_seq)
-    : ctx_(ctx), cfg_(cfg), spec_(spec ? *spec : LoraSpec{}), has_lora_(spec != nullptr), max_n_(max_batch * max_seq),
-      inv_freq_(rope_inv_freq(cfg)) {
-  const int64_t N = max_n_, H = cfg.hidden_size, I = cfg.intermediate_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
-  const int64_t r = spec_.r;
-  embed_ = upload(w.embed);
-  final_norm_ = upload(w.final_norm);
-  head_ = upload(w.head());
-  layers_.resize(cfg.num_hidden_layers);
-  acts_.resize(cfg.num_hidden_layers);
-  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
-    Layer& L = layers_[l];
-    L.input_norm = upload(w.layers[l].input_norm);
-    L.post_norm = upload(w.layers[l].post_norm);
-    for (int p = 0; p < kNumProj; ++p) {
-      L.proj[p] = upload(w.layers[l].proj[p]);
-      if (has_lora_ && spec_.targets[p]) {
-        auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
-        L.lora[p].a = floats(r * in), L.lora[p].b = floats(out * r);
-        L.lora[p].da = floats(r * in), L.lora[p].db = floats(out * r);
-      }
-    }
-    Acts& A = acts_[l];
-    A.x = floats(N * H), A.n1 = floats(N * H), A.rstd1 = floats(N), A.q = floats(N * Q), A.k = floats(N * KV);
-    A.v = floats(N * KV), A.att = floats(N * Q), A.lse = floats(N * cfg.num_attention_heads), A.h = floats(N * H);
-    A.n2 = floats(N * H), A.rstd2 = floats(N), A.gate = floats(N * I), A.up = floats(N * I), A.act = floats(N * I);
-    for (int p = 0; p < kNumProj; ++p)
-      if (has_lora_ && spec_.targets[p]) A.t[p] = floats(N * r);
-  }
-  ids_ = cuda::DeviceBuffer(N * 4), targets_ = cuda::DeviceBuffer(N * 4), doc_ = cuda::DeviceBuffer(N * 4);
-  cos_ = floats(N * cfg.head_dim / 2), sin_ = floats(N * cfg.head_dim / 2);
-  out_ = floats(N * H), final_rstd_ = floats(N), normed_ = floats(N * H), dnormed_ = floats(N * H), dy_ = floats(N * H);
-  loss_ = floats(N), logits_ = floats(kHeadChunk * cfg.vocab_size);
-  dh_ = floats(N * H), dn_ = floats(N * H), dq_ = floats(N * Q), dk_ = floats(N * KV), dv_ = floats(N * KV);
-  datt_ = floats(N * Q), dgate_ = floats(N * I), dup_ = floats(N * I), dact_ = floats(N * I);
-  dt_ = floats(N * std::max<int64_t>(r, 1)), delta_ = floats(N * cfg.num_attention_heads);
-  if (has_lora_ && spec_.dropout > 0) xd_ = floats(N * std::max({H, I, Q})), dxd_ = floats(N * std::max({H, I, Q}));
+cuda::DeviceBuffer LlamaGpu::alloc(size_t bytes) {
+  planned_ += bytes;
+  return cuda::DeviceBuffer(bytes);
 }
 
-void LlamaGpu::upload_lora(const LoraParams& lora) {
+cuda::DeviceBuffer LlamaGpu::weights_from(const Tensor& t, bool as_dt) {
+  if (!as_dt || dt_ == F32) {
+    auto b = alloc(t.data.size() * 4);
+    b.upload(t.data.data(), t.data.size() * 4);
+    return b;
+  }
+  std::vector<uint16_t> h(t.data.size());
+  for (size_t i = 0; i < h.size(); ++i) h[i] = f32_to_bf16(t.data[i]);
+  auto b = alloc(h.size() * 2);
+  b.upload(h.data(), h.size() * 2);
+  return b;
+}
+
+cuda::DeviceBuffer LlamaGpu::random_weights(int64_t n, bool as_dt, float mean, float std, uint64_t seed) {
+  const cuda::Storage s = as_dt ? dt_ : F32;
+  auto b = alloc(static_cast<size_t>(n) * (s == F32 ? 4 : 2));
+  cuda::fill_normal(ctx_, s, b.data(), n, seed, mean, std);
+  return b;
+}
+
+LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeights* w, const LoraSpec* spec,
+                   const GpuModelOptions& opt, uint64_t seed)
+    : ctx_(ctx),
+      cfg_(cfg),
+      spec_(spec ? *spec : LoraSpec{}),
+      has_lora_(spec != nullptr),
+      opt_(opt),
+      dt_(opt.bf16 ? cuda::Storage::BF16 : F32),
+      esz_(opt.bf16 ? 2 : 4),
+      max_n_(opt.max_batch * opt.max_seq) {
+  const int64_t N = max_n_, H = cfg.hidden_size, I = cfg.intermediate_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
+  const int64_t V = cfg.vocab_size, L = cfg.num_hidden_layers, r = spec_.r, d2 = cfg.head_dim / 2;
+  // Base weights.
+  uint64_t salt = seed * 0x9E3779B97F4A7C15ull;
+  auto rnd = [&](int64_t n, bool as_dt, float mean, float std) { return random_weights(n, as_dt, mean, std, ++salt); };
+  embed_ = w ? weights_from(w->embed, true) : rnd(V * H, true, 0.0f, 0.02f);
+  final_norm_ = w ? weights_from(w->final_norm, false) : rnd(H, false, 1.0f, 0.0f);
+  if (!cfg.tie_word_embeddings) head_ = w ? weights_from(w->head(), true) : rnd(V * H, true, 0.0f, 0.02f);
+  layers_.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& Ly = layers_[l];
+    Ly.input_norm = w ? weights_from(w->layers[l].input_norm, false) : rnd(H, false, 1.0f, 0.0f);
+    Ly.post_norm = w ? weights_from(w->layers[l].post_norm, false) : rnd(H, false, 1.0f, 0.0f);
+    for (int p = 0; p < kNumProj; ++p) {
+      auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
+      Ly.proj[p] = w ? weights_from(w->layers[l].proj[p], true) : rnd(out * in, true, 0.0f, 0.02f);
+    }
+  }
+  // The adapter: flat fp32 masters, gradients and moments, and the dt compute copy.
+  slots_.resize(L);
+  if (has_lora_)
+    for (int64_t l = 0; l < L; ++l)
+      for (int p = 0; p < kNumProj; ++p)
+        if (spec_.targets[p]) {
+          auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
+          slots_[l][p].a = lora_n_, lora_n_ += r * in;
+          slots_[l][p].b = lora_n_, lora_n_ += out * r;
+        }
+  if (lora_n_ > 0) {
+    lora_p_ = alloc(lora_n_ * 4), lora_g_ = alloc(lora_n_ * 4), lora_m_ = alloc(lora_n_ * 4);
+    lora_v_ = alloc(lora_n_ * 4);
+    ctx_.zero(lora_p_.data(), lora_n_ * 4), ctx_.zero(lora_g_.data(), lora_n_ * 4);
+    ctx_.zero(lora_m_.data(), lora_n_ * 4), ctx_.zero(lora_v_.data(), lora_n_ * 4);
+    if (dt_ != F32) lora_c_ = alloc_dt(lora_n_), ctx_.zero(lora_c_.data(), lora_n_ * esz_);
+  }
+  // Activations: every layer's, or one reused set when checkpointing.
+  acts_.resize(opt.checkpointing ? 1 : L);
+  for (Acts& A : acts_) {
+    A.n1 = alloc_dt(N * H), A.q = alloc_dt(N * Q), A.k = alloc_dt(N * KV), A.v = alloc_dt(N * KV);
+    A.att = alloc_dt(N * Q), A.h = alloc_dt(N * H), A.n2 = alloc_dt(N * H);
+    A.gate = alloc_dt(N * I), A.up = alloc_dt(N * I), A.act = alloc_dt(N * I);
+    A.rstd1 = alloc(N * 4), A.rstd2 = alloc(N * 4), A.lse = alloc(N * cfg.num_attention_heads * 4);
+    for (int p = 0; p < kNumProj; ++p)
+      if (adapted(p)) A.t[p] = alloc_dt(N * r);
+  }
+  xs_.resize(L + 1);
+  for (auto& x : xs_) x = alloc_dt(N * H);
+  ids_ = alloc(N * 4), targets_ = alloc(N * 4), doc_ = alloc(N * 4), pos_ = alloc(N * 4);
+  {  // RoPE tables for every position a row can hold
+    std::vector<int32_t> pos(opt.max_seq);
+    for (int64_t i = 0; i < opt.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
+    std::vector<float> c, s;
+    rope_tables(rope_inv_freq(cfg), pos.data(), opt.max_seq, c, s);
+    cos_tab_ = alloc(c.size() * 4), sin_tab_ = alloc(s.size() * 4);
+    cos_tab_.upload(c.data(), c.size() * 4), sin_tab_.upload(s.data(), s.size() * 4);
+  }
+  cos_ = alloc(N * d2 * 4), sin_ = alloc(N * d2 * 4);
+  chunk_ = std::clamp<int64_t>((int64_t{64} << 20) / (V * static_cast<int64_t>(esz_)), 16, N);
+  normed_ = alloc_dt(N * H), dnormed_ = alloc_dt(N * H), logits_ = alloc_dt(chunk_ * V), loss_ = alloc(N * 4);
+  final_rstd_ = alloc(N * 4);
+  dy_ = alloc(N * H * 4), dn_ = alloc(N * H * 4);
+  dyb_ = dt_ == F32 ? cuda::DeviceBuffer() : alloc_dt(N * H);
+  datt_ = alloc_dt(N * Q), dq_ = alloc_dt(N * Q), dk_ = alloc_dt(N * KV), dv_ = alloc_dt(N * KV);
+  dtb_ = alloc_dt(N * std::max<int64_t>(r, 1));
+  delta_ = alloc(N * cfg.num_attention_heads * 4);
+  const cuda::AttnShape biggest{opt.max_batch, opt.max_seq, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                cfg.head_dim, 1.0f};
+  if (use_flash(biggest))
+    attn_scratch_ = alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest)) * 4);
+  if (has_lora_ && spec_.dropout > 0) {
+    const int64_t widest = std::max({H, I, Q});
+    xd_ = alloc_dt(N * widest), dxd_ = alloc(N * widest * 4);
+  }
+  norm_acc_ = alloc(8);
+  ctx_.synchronize();
+}
+
+void LlamaGpu::set_lora(const LoraParams& lora) {
   FT_ASSERT(has_lora_);
+  std::vector<float> flat(lora_n_);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
     for (int p = 0; p < kNumProj; ++p)
-      if (lora.layers[l][p].active()) {
-        layers_[l].lora[p].a.upload(lora.layers[l][p].a.ptr(), lora.layers[l][p].a.numel() * 4);
-        layers_[l].lora[p].b.upload(lora.layers[l][p].b.ptr(), lora.layers[l][p].b.numel() * 4);
+      if (adapted(p)) {
+        const LoraPair& pr = lora.layers[l][p];
+        FT_ASSERT(pr.active());
+        std::copy(pr.a.data.begin(), pr.a.data.end(), flat.begin() + slots_[l][p].a);
+        std::copy(pr.b.data.begin(), pr.b.data.end(), flat.begin() + slots_[l][p].b);
       }
+  ctx_.synchronize();
+  lora_p_.upload(flat.data(), flat.size() * 4);
+  if (dt_ != F32) cuda::convert(ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+}
+
+void LlamaGpu::get_lora(LoraParams& lora) const {
+  ctx_.synchronize();
+  const auto flat = lora_p_.to_host<float>(lora_n_);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+    for (int p = 0; p < kNumProj; ++p)
+      if (adapted(p)) {
+        LoraPair& pr = lora.layers[l][p];
+        std::copy_n(flat.begin() + slots_[l][p].a, pr.a.numel(), pr.a.data.begin());
+        std::copy_n(flat.begin() + slots_[l][p].b, pr.b.numel(), pr.b.data.begin());
+      }
+}
+
+void LlamaGpu::zero_grads() {
+  if (lora_n_) ctx_.zero(lora_g_.data(), lora_n_ * 4);
+}
+
+void LlamaGpu::add_grads_to(LoraParams& grads) const {
+  ctx_.synchronize();
+  const auto flat = lora_g_.to_host<float>(lora_n_);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+    for (int p = 0; p < kNumProj; ++p)
+      if (adapted(p)) {
+        LoraPair& g = grads.layers[l][p];
+        for (int64_t i = 0; i < g.a.numel(); ++i) g.a.data[i] += flat[slots_[l][p].a + i];
+        for (int64_t i = 0; i < g.b.numel(); ++i) g.b.data[i] += flat[slots_[l][p].b + i];
+      }
+}
+
+double LlamaGpu::grad_norm() const {
+  if (!lora_n_) return 0.0;
+  ctx_.zero(norm_acc_.data(), 8);
+  cuda::sum_squares(ctx_, f(lora_g_), lora_n_, norm_acc_.as<double>());
+  ctx_.synchronize();
+  return std::sqrt(norm_acc_.to_host<double>(1)[0]);
+}
+
+void LlamaGpu::adamw_step(const cuda::AdamWStep& s, float grad_coef) {
+  if (!lora_n_) return;
+  cuda::AdamWStep st = s;
+  st.grad_coef = grad_coef;
+  cuda::adamw_update(ctx_, st, f(lora_p_), f(lora_g_), f(lora_m_), f(lora_v_), lora_n_);
+  if (dt_ != F32) cuda::convert(ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
 }
 
 void LlamaGpu::prepare(const Batch& b) {
-  if (b.n() > max_n_) fail("internal error: batch of {} tokens exceeds the planned {}", b.n(), max_n_);
+  if (b.n() > max_n_ || b.seq > opt_.max_seq)
+    fail("internal error: batch of {}x{} tokens exceeds the planned {}x{}", b.batch, b.seq, opt_.max_batch,
+         opt_.max_seq);
   n_ = b.n(), batch_ = b.batch, seq_ = b.seq;
+  for (int64_t i = 0; i < n_; ++i)
+    if (b.pos[i] < 0 || b.pos[i] >= opt_.max_seq) fail("internal error: position {} out of range", b.pos[i]);
+  ctx_.synchronize();  // the uploads below are outside the stream
   ids_.upload(b.ids.data(), n_ * 4);
   targets_.upload(b.targets.data(), n_ * 4);
+  pos_.upload(b.pos.data(), n_ * 4);
   has_doc_ = !b.doc.empty();
   if (has_doc_) doc_.upload(b.doc.data(), n_ * 4);
-  std::vector<float> cos, sin;
-  rope_tables(inv_freq_, b.pos.data(), n_, cos, sin);
-  cos_.upload(cos.data(), cos.size() * 4);
-  sin_.upload(sin.data(), sin.size() * 4);
-  cuda::embedding_forward(ctx_, F32, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size,
-                          acts_.empty() ? out_.data() : acts_[0].x.data());
+  const int64_t d2 = cfg_.head_dim / 2;
+  cuda::gather_rows(ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
+  cuda::gather_rows(ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
+  cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size,
+                          xs_[0].data());
 }
 
-// y = x W^T + s * (x A^T) B^T, t = x A^T saved.
-void LlamaGpu::linear_fwd(int64_t l, Proj p, const float* x, float* y, float* t) {
+// y = x W^T (+ residual) + s * (drop(x) A^T) B^T, t = drop(x) A^T saved. y null: only t (the
+// recompute under checkpointing needs t but not the output).
+void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t) {
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
-  cuda::gemm(ctx_, n_, out, in, 1.0f, {x, F32, false}, {layers_[l].proj[i].data(), F32, true}, 0.0f, y, F32);
-  if (!has_lora_ || !spec_.targets[i]) return;
-  const Pair& P = layers_[l].lora[i];
-  const float* xin = x;
+  if (y)
+    cuda::gemm(ctx_, n_, out, in, 1.0f, {x, dt_, false}, {layers_[l].proj[i].data(), dt_, true}, residual ? 1.0f : 0.0f,
+               residual, y, dt_);
+  if (!adapted(i)) return;
+  const void* lp = dt_ == F32 ? lora_p_.data() : lora_c_.data();
+  const void* A = static_cast<const char*>(lp) + slots_[l][i].a * esz_;
+  const void* B = static_cast<const char*>(lp) + slots_[l][i].b * esz_;
+  const void* xin = x;
   if (dropout_key_ && spec_.dropout > 0) {
-    cuda::dropout_forward(ctx_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x, f(xd_), n_ * in);
-    xin = f(xd_);
+    cuda::dropout_forward(ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
+                          xd_.data(), n_ * in);
+    xin = xd_.data();
   }
-  cuda::gemm(ctx_, n_, spec_.r, in, 1.0f, {xin, F32, false}, {P.a.data(), F32, true}, 0.0f, t, F32);
-  cuda::gemm(ctx_, n_, out, spec_.r, spec_.scaling(), {t, F32, false}, {P.b.data(), F32, true}, 1.0f, y, F32);
+  cuda::gemm(ctx_, n_, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
+  if (y) cuda::gemm(ctx_, n_, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
 }
 
-// dx += dy W + (s dy B) A; dB += s dy^T t; dA += (s dy B)^T x.
-void LlamaGpu::linear_bwd(int64_t l, Proj p, const float* x, const float* t, const float* dy, float* dx) {
+// dx = beta * dx + dy W + (s dy B) A; dB += s dy^T t; dA += (s dy B)^T drop(x). The adapter's
+// terms that read x come first, so dx may be x's own buffer (the down projection's act).
+void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx,
+                          cuda::Storage dx_type, float beta) {
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
-  cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, F32, false}, {layers_[l].proj[i].data(), F32, false}, 1.0f, dx, F32);
-  if (!has_lora_ || !spec_.targets[i]) return;
-  Pair& P = layers_[l].lora[i];
-  const float s = spec_.scaling();
-  cuda::gemm(ctx_, out, spec_.r, n_, s, {dy, F32, true}, {t, F32, false}, 1.0f, f(P.db), F32);
-  cuda::gemm(ctx_, n_, spec_.r, out, s, {dy, F32, false}, {P.b.data(), F32, false}, 0.0f, f(dt_), F32);
-  if (dropout_key_ && spec_.dropout > 0) {
-    const uint64_t key = dropout_key_for(dropout_key_, l, i);
-    const float p = static_cast<float>(spec_.dropout);
-    cuda::dropout_forward(ctx_, key, p, x, f(xd_), n_ * in);  // the forward's dropped input again
-    cuda::gemm(ctx_, spec_.r, in, n_, 1.0f, {f(dt_), F32, true}, {f(xd_), F32, false}, 1.0f, f(P.da), F32);
-    cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {f(dt_), F32, false}, {P.a.data(), F32, false}, 0.0f, f(dxd_), F32);
-    cuda::dropout_backward_add(ctx_, key, p, f(dxd_), dx, n_ * in);
+  const void* W = layers_[l].proj[i].data();
+  if (!adapted(i)) {
+    cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
     return;
   }
-  cuda::gemm(ctx_, spec_.r, in, n_, 1.0f, {f(dt_), F32, true}, {x, F32, false}, 1.0f, f(P.da), F32);
-  cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {f(dt_), F32, false}, {P.a.data(), F32, false}, 1.0f, dx, F32);
+  const void* lp = dt_ == F32 ? lora_p_.data() : lora_c_.data();
+  const void* A = static_cast<const char*>(lp) + slots_[l][i].a * esz_;
+  const void* B = static_cast<const char*>(lp) + slots_[l][i].b * esz_;
+  float* dA = f(lora_g_) + slots_[l][i].a;
+  float* dB = f(lora_g_) + slots_[l][i].b;
+  const float s = spec_.scaling();
+  cuda::gemm(ctx_, out, spec_.r, n_, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
+  cuda::gemm(ctx_, n_, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
+  const bool drop = dropout_key_ && spec_.dropout > 0;
+  const uint64_t key = drop ? dropout_key_for(dropout_key_, l, i) : 0;
+  const float prob = static_cast<float>(spec_.dropout);
+  if (drop) {
+    cuda::dropout_forward(ctx_, dt_, key, prob, x, xd_.data(), n_ * in);  // the forward's dropped input again
+    x = xd_.data();
+  }
+  cuda::gemm(ctx_, spec_.r, in, n_, 1.0f, {dtb_.data(), dt_, true}, {x, dt_, false}, 1.0f, dA, F32);
+  cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
+  if (drop) {
+    cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 0.0f, dxd_.data(), F32);
+    cuda::dropout_backward_add(ctx_, key, prob, f(dxd_), dx_type, dx, n_ * in);
+  } else {
+    cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 1.0f, dx, dx_type);
+  }
 }
 
-void LlamaGpu::layer_forward(int64_t l, const float* x, float* y) {
-  Acts& A = acts_[l];
-  const Layer& L = layers_[l];
+bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
+  return dt_ == cuda::Storage::BF16 && cuda::flash_attention_supported(ctx_, a);
+}
+
+void LlamaGpu::attention_fwd(Acts& A) {
+  const cuda::AttnShape as{batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
+                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
+  const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
+  if (use_flash(as))
+    cuda::flash_attention_forward(ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
+  else
+    cuda::attention_forward(ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
+}
+
+void LlamaGpu::attention_bwd(const Acts& A) {
+  const cuda::AttnShape as{batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
+                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
+  const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
+  if (use_flash(as))
+    cuda::flash_attention_backward(ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
+                                   datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_));
+  else
+    cuda::attention_backward(ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
+                             datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_));
+}
+
+void LlamaGpu::layer_forward(int64_t l, bool recompute) {
+  Acts& A = acts(l);
+  const Layer& Ly = layers_[l];
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  if (x != f(A.x)) ctx_.copy(f(A.x), x, n_ * H * 4);
-  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data() ? f(A.t[static_cast<int>(p)]) : nullptr; };
-  cuda::rmsnorm_forward(ctx_, f(A.x), f(L.input_norm), f(A.n1), f(A.rstd1), n_, H, eps);
-  linear_fwd(l, Proj::Q, f(A.n1), f(A.q), t(Proj::Q));
-  linear_fwd(l, Proj::K, f(A.n1), f(A.k), t(Proj::K));
-  linear_fwd(l, Proj::V, f(A.n1), f(A.v), t(Proj::V));
-  cuda::rope_forward(ctx_, F32, A.q.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
-  cuda::rope_forward(ctx_, F32, A.k.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
-  const cuda::AttnShape as{batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
-                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
-  cuda::attention_forward(ctx_, F32, as, A.q.data(), A.k.data(), A.v.data(), has_doc_ ? doc_.as<int32_t>() : nullptr,
-                          A.att.data(), f(A.lse));
-  linear_fwd(l, Proj::O, f(A.att), f(A.h), t(Proj::O));
-  cuda::add_inplace(ctx_, f(A.h), f(A.x), n_ * H);
-  cuda::rmsnorm_forward(ctx_, f(A.h), f(L.post_norm), f(A.n2), f(A.rstd2), n_, H, eps);
-  linear_fwd(l, Proj::Gate, f(A.n2), f(A.gate), t(Proj::Gate));
-  linear_fwd(l, Proj::Up, f(A.n2), f(A.up), t(Proj::Up));
-  cuda::swiglu_forward(ctx_, F32, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
-  linear_fwd(l, Proj::Down, f(A.act), y, t(Proj::Down));
-  cuda::add_inplace(ctx_, y, f(A.h), n_ * H);
+  const void* x = xs_[l].data();
+  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
+  cuda::rmsnorm_forward(ctx_, dt_, x, f(Ly.input_norm), A.n1.data(), f(A.rstd1), n_, H, eps);
+  linear_fwd(l, Proj::Q, A.n1.data(), nullptr, A.q.data(), t(Proj::Q));
+  linear_fwd(l, Proj::K, A.n1.data(), nullptr, A.k.data(), t(Proj::K));
+  linear_fwd(l, Proj::V, A.n1.data(), nullptr, A.v.data(), t(Proj::V));
+  cuda::rope_forward(ctx_, dt_, A.q.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
+  cuda::rope_forward(ctx_, dt_, A.k.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
+  attention_fwd(A);
+  linear_fwd(l, Proj::O, A.att.data(), x, A.h.data(), t(Proj::O));  // h = o(att) + x
+  cuda::rmsnorm_forward(ctx_, dt_, A.h.data(), f(Ly.post_norm), A.n2.data(), f(A.rstd2), n_, H, eps);
+  linear_fwd(l, Proj::Gate, A.n2.data(), nullptr, A.gate.data(), t(Proj::Gate));
+  linear_fwd(l, Proj::Up, A.n2.data(), nullptr, A.up.data(), t(Proj::Up));
+  cuda::swiglu_forward(ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
+  // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
+  linear_fwd(l, Proj::Down, A.act.data(), A.h.data(), recompute ? nullptr : xs_[l + 1].data(), t(Proj::Down));
 }
 
-void LlamaGpu::layer_backward(int64_t l, float* dy) {
-  const Acts& A = acts_[l];
-  const Layer& L = layers_[l];
+// dy_ holds dL/d(layer output) on entry and dL/d(layer input) on exit.
+void LlamaGpu::layer_backward(int64_t l) {
+  if (opt_.checkpointing) layer_forward(l, true);
+  Acts& A = acts(l);
+  const Layer& Ly = layers_[l];
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
-  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data() ? f(A.t[static_cast<int>(p)]) : nullptr; };
-  ctx_.zero(f(dact_), n_ * I * 4);
-  linear_bwd(l, Proj::Down, f(A.act), t(Proj::Down), dy, f(dact_));
-  cuda::swiglu_backward(ctx_, F32, A.gate.data(), A.up.data(), dact_.data(), dgate_.data(), dup_.data(), n_ * I);
-  ctx_.zero(f(dn_), n_ * H * 4);
-  linear_bwd(l, Proj::Gate, f(A.n2), t(Proj::Gate), f(dgate_), f(dn_));
-  linear_bwd(l, Proj::Up, f(A.n2), t(Proj::Up), f(dup_), f(dn_));
-  ctx_.copy(f(dh_), dy, n_ * H * 4);
-  cuda::rmsnorm_backward(ctx_, f(dn_), f(A.h), f(L.post_norm), f(A.rstd2), f(dh_), n_, H);
-  ctx_.zero(f(datt_), n_ * cfg_.q_dim() * 4);
-  linear_bwd(l, Proj::O, f(A.att), t(Proj::O), f(dh_), f(datt_));
-  const cuda::AttnShape as{batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
-                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
-  cuda::attention_backward(ctx_, F32, as, A.q.data(), A.k.data(), A.v.data(), has_doc_ ? doc_.as<int32_t>() : nullptr,
-                           A.att.data(), f(A.lse), datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_));
-  cuda::rope_backward(ctx_, F32, dq_.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
-  cuda::rope_backward(ctx_, F32, dk_.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
-  ctx_.zero(f(dn_), n_ * H * 4);
-  linear_bwd(l, Proj::Q, f(A.n1), t(Proj::Q), f(dq_), f(dn_));
-  linear_bwd(l, Proj::K, f(A.n1), t(Proj::K), f(dk_), f(dn_));
-  linear_bwd(l, Proj::V, f(A.n1), t(Proj::V), f(dv_), f(dn_));
-  ctx_.copy(dy, f(dh_), n_ * H * 4);
-  cuda::rmsnorm_backward(ctx_, f(dn_), f(A.x), f(L.input_norm), f(A.rstd1), dy, n_, H);
+  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
+  auto dy_op = [&]() -> const void* {  // the residual gradient as a GEMM operand
+    if (dt_ == F32) return dy_.data();
+    cuda::convert(ctx_, F32, dy_.data(), dt_, dyb_.data(), n_ * H);
+    return dyb_.data();
+  };
+  const void* dyo = dy_op();
+  // Buffers reused in place: d act overwrites act (linear_bwd reads x before it writes dx), and
+  // the gate/up gradients overwrite gate/up (read and written element by element).
+  linear_bwd(l, Proj::Down, A.act.data(), t(Proj::Down), dyo, A.act.data(), dt_, 0.0f);
+  cuda::swiglu_backward(ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), n_ * I);
+  linear_bwd(l, Proj::Gate, A.n2.data(), t(Proj::Gate), A.gate.data(), dn_.data(), F32, 0.0f);
+  linear_bwd(l, Proj::Up, A.n2.data(), t(Proj::Up), A.up.data(), dn_.data(), F32, 1.0f);
+  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H);  // dy = dL/dh
+  dyo = dy_op();
+  linear_bwd(l, Proj::O, A.att.data(), t(Proj::O), dyo, datt_.data(), dt_, 0.0f);
+  attention_bwd(A);
+  cuda::rope_backward(ctx_, dt_, dq_.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
+  cuda::rope_backward(ctx_, dt_, dk_.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
+  linear_bwd(l, Proj::Q, A.n1.data(), t(Proj::Q), dq_.data(), dn_.data(), F32, 0.0f);
+  linear_bwd(l, Proj::K, A.n1.data(), t(Proj::K), dk_.data(), dn_.data(), F32, 1.0f);
+  linear_bwd(l, Proj::V, A.n1.data(), t(Proj::V), dv_.data(), dn_.data(), F32, 1.0f);
+  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xs_[l].data(), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
 }
 
-std::pair<double, int64_t> LlamaGpu::head(const Batch& b, float grad_scale, bool backward) {
-  const int64_t H = cfg_.hidden_size;
-  float* last = f(out_);
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
-    layer_forward(l, f(acts_[l].x), l + 1 < cfg_.num_hidden_layers ? f(acts_[l + 1].x) : last);
-  cuda::rmsnorm_forward(ctx_, last, f(final_norm_), f(normed_), f(final_rstd_), n_, H,
+// Final norm, lm_head and the per-row losses; with `backward`, dy_ = dL/d(last layer output).
+void LlamaGpu::head(bool backward) {
+  const int64_t H = cfg_.hidden_size, L = cfg_.num_hidden_layers;
+  cuda::rmsnorm_forward(ctx_, dt_, xs_[L].data(), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
                         static_cast<float>(cfg_.rms_norm_eps));
-  cuda::lm_head_cross_entropy(ctx_, F32, normed_.data(), head_.data(), targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
-                              grad_scale, f(loss_), backward ? dnormed_.data() : nullptr, logits_.data(), kHeadChunk);
-  ctx_.synchronize();  // the copy below runs outside the model's stream
+  const void* w = cfg_.tie_word_embeddings ? embed_.data() : head_.data();
+  cuda::lm_head_cross_entropy(ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
+                              backward ? grad_scale_ : 0.0f, f(loss_), backward ? dnormed_.data() : nullptr,
+                              logits_.data(), chunk_);
+  if (!backward) return;
+  ctx_.zero(f(dy_), n_ * H * 4);
+  cuda::convert(ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
+  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xs_[L].data(), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
+}
+
+double LlamaGpu::read_loss() {
+  ctx_.synchronize();
   const auto losses = loss_.to_host<float>(n_);
   double sum = 0;
   for (float x : losses) sum += x;
-  return {sum, b.count_targets()};
+  return sum;
 }
 
-std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad_scale, LoraParams& grads,
-                                                      uint64_t dropout_key) {
+std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key) {
   prepare(b);
   dropout_key_ = dropout_key;
-  for (auto& L : layers_)
-    for (auto& P : L.lora)
-      if (P.da.data()) ctx_.zero(P.da.data(), P.da.bytes()), ctx_.zero(P.db.data(), P.db.bytes());
-  const auto res = head(b, grad_scale, true);
-  const int64_t H = cfg_.hidden_size;
-  ctx_.zero(f(dy_), n_ * H * 4);
-  cuda::rmsnorm_backward(ctx_, f(dnormed_), f(out_), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
-  for (int64_t l = cfg_.num_hidden_layers - 1; l >= 0; --l) layer_backward(l, f(dy_));
-  ctx_.synchronize();
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
-    for (int p = 0; p < kNumProj; ++p) {
-      LoraPair& g = grads.layers[l][p];
-      if (!g.active()) continue;
-      const auto da = layers_[l].lora[p].da.to_host<float>(g.a.numel());
-      const auto db = layers_[l].lora[p].db.to_host<float>(g.b.numel());
-      for (int64_t i = 0; i < g.a.numel(); ++i) g.a.data[i] += da[i];
-      for (int64_t i = 0; i < g.b.numel(); ++i) g.b.data[i] += db[i];
-    }
-  return res;
+  grad_scale_ = grad_scale;
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) layer_forward(l, false);
+  head(true);
+  for (int64_t l = cfg_.num_hidden_layers - 1; l >= 0; --l) layer_backward(l);
+  return {read_loss(), b.count_targets()};
 }
 
 std::pair<double, int64_t> LlamaGpu::loss(const Batch& b) {
   prepare(b);
   dropout_key_ = 0;
-  return head(b, 0.0f, false);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) layer_forward(l, false);
+  head(false);
+  return {read_loss(), b.count_targets()};
 }
 
 }  // namespace ftune

@@ -1,71 +1,125 @@
-// The Llama model on one GPU with LoRA (fp32 storage in this first version): the same
-// computation as LlamaCpu, layer by layer, through the CUDA ops. Base weights are uploaded once;
-// activations are allocated once for the largest micro-batch.
+// The Llama model on one GPU with LoRA: the same computation as LlamaCpu, layer by layer, through
+// the CUDA ops, with weights and activations in bf16 (or fp32, the exact twin of the CPU model),
+// fp32 gradients along the residual stream, and the adapter, its gradients and its AdamW moments
+// resident on the device in fp32 (one flat buffer each, so the optimizer step is one launch).
+// Every buffer is allocated once, at construction, for the largest micro-batch.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "model/batch.h"
 #include "model/llama_config.h"
 #include "model/lora.h"
 #include "model/weights.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/adamw.h"
 #include "ops/cuda/context.h"
+#include "ops/cuda/storage.h"
 
 namespace ftune {
 
+struct GpuModelOptions {
+  int64_t max_batch = 1;  // rows per micro-batch
+  int64_t max_seq = 2048;  // tokens per row
+  bool bf16 = true;        // weights and activations in bf16; false: fp32 throughout
+  bool checkpointing = false;  // keep only each layer's input; recompute the layer in the backward
+};
+
 class LlamaGpu {
  public:
-  LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeights& w, const LoraSpec* spec, int64_t max_batch,
-           int64_t max_seq);
+  // `w` null: random base weights generated on the device (N(0, 0.02), norms 1) from `seed`, so
+  // benchmarks need no checkpoint. `spec` null: no adapter.
+  LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeights* w, const LoraSpec* spec,
+           const GpuModelOptions& opt, uint64_t seed = 0);
 
-  // Copies adapter weights to the device (after init or an optimizer step on the host).
-  void upload_lora(const LoraParams& lora);
-  // Forward and backward of one micro-batch; LoRA gradients (scaled by grad_scale) are added into
-  // `grads` on the host. Returns the summed loss and the number of targets.
-  // `dropout_key` != 0 turns LoRA dropout on, with the CPU model's masks.
-  std::pair<double, int64_t> forward_backward(const Batch& b, float grad_scale, LoraParams& grads,
-                                              uint64_t dropout_key = 0);
+  // The adapter from the host (fp32 masters) and back.
+  void set_lora(const LoraParams& lora);
+  void get_lora(LoraParams& lora) const;
+  // Forward and backward of one micro-batch; LoRA gradients scaled by grad_scale accumulate on
+  // the device until zero_grads(). `dropout_key` != 0 turns LoRA dropout on, with the CPU model's
+  // masks. Returns the summed loss and the number of targets.
+  std::pair<double, int64_t> forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key = 0);
   // Loss only.
   std::pair<double, int64_t> loss(const Batch& b);
+  void zero_grads();
+  void add_grads_to(LoraParams& grads) const;  // host copy of the accumulated gradients, added in
+  double grad_norm() const;                    // global L2 norm of the accumulated gradients
+  // One AdamW update of the adapter with the gradients multiplied by grad_coef (clipping).
+  void adamw_step(const cuda::AdamWStep& s, float grad_coef);
+
+  int64_t lora_parameters() const { return lora_n_; }
+  size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
 
  private:
-  struct Pair {
-    cuda::DeviceBuffer a, b;     // A [r, in], B [out, r]
-    cuda::DeviceBuffer da, db;   // their gradients
-  };
   struct Layer {
-    cuda::DeviceBuffer input_norm, post_norm;              // [H]
-    std::array<cuda::DeviceBuffer, kNumProj> proj;         // as LayerWeights
-    std::array<Pair, kNumProj> lora;                       // empty buffers where not targeted
+    cuda::DeviceBuffer input_norm, post_norm;       // [H] fp32
+    std::array<cuda::DeviceBuffer, kNumProj> proj;  // as LayerWeights, storage dt_
   };
-  struct Acts {  // one layer's saved activations
-    cuda::DeviceBuffer x, n1, rstd1, q, k, v, att, lse, h, n2, rstd2, gate, up, act;
-    std::array<cuda::DeviceBuffer, kNumProj> t;  // [N, r]
+  struct Acts {  // one layer's saved activations (all layers, or one reused under checkpointing)
+    cuda::DeviceBuffer n1, q, k, v, att, h, n2, gate, up, act;  // [N, H|Q|KV|I] storage dt_
+    cuda::DeviceBuffer rstd1, rstd2, lse;                       // [N], [N], [B, heads, T] fp32
+    std::array<cuda::DeviceBuffer, kNumProj> t;                 // [N, r] x A^T, storage dt_
   };
+  struct LoraSlot {
+    int64_t a = -1, b = -1;  // element offsets of A [r, in] and B [out, r] in the flat buffers
+  };
+  cuda::DeviceBuffer alloc(size_t bytes);
+  cuda::DeviceBuffer alloc_dt(int64_t n) { return alloc(static_cast<size_t>(n) * esz_); }
+  cuda::DeviceBuffer weights_from(const Tensor& t, bool as_dt);
+  cuda::DeviceBuffer random_weights(int64_t n, bool as_dt, float mean, float std, uint64_t seed);
+  char* dt(const cuda::DeviceBuffer& b, int64_t elem_offset = 0) const {
+    return b.as<char>() + elem_offset * static_cast<int64_t>(esz_);
+  }
+  bool adapted(int p) const { return has_lora_ && spec_.targets[p]; }
   void prepare(const Batch& b);
-  void linear_fwd(int64_t l, Proj p, const float* x, float* y, float* t);
-  void linear_bwd(int64_t l, Proj p, const float* x, const float* t, const float* dy, float* dx);
-  void layer_forward(int64_t l, const float* x, float* y);
-  void layer_backward(int64_t l, float* dy);
-  std::pair<double, int64_t> head(const Batch& b, float grad_scale, bool backward);
+  void linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t);
+  void linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx, cuda::Storage dx_type,
+                  float beta);
+  void layer_forward(int64_t l, bool recompute);
+  void layer_backward(int64_t l);
+  void attention_fwd(Acts& A);
+  void attention_bwd(const Acts& A);
+  void head(bool backward);
+  double read_loss();
+  bool use_flash(const cuda::AttnShape& a) const;
+  Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : l]; }
 
   cuda::Context& ctx_;
   LlamaConfig cfg_;
   LoraSpec spec_;
   bool has_lora_;
+  GpuModelOptions opt_;
+  cuda::Storage dt_;
+  size_t esz_;
   int64_t max_n_;
+  size_t planned_ = 0;
   int64_t n_ = 0, batch_ = 0, seq_ = 0;
-  cuda::DeviceBuffer embed_, final_norm_, head_;  // [V, H], [H], [V, H] (copy of embed when tied)
+  bool has_doc_ = false;
+  uint64_t dropout_key_ = 0;
+  float grad_scale_ = 0.0f;
+
+  cuda::DeviceBuffer embed_, final_norm_, head_;  // [V, H] dt, [H] fp32, [V, H] dt (the embedding when tied)
   std::vector<Layer> layers_;
   std::vector<Acts> acts_;
-  cuda::DeviceBuffer ids_, targets_, doc_, cos_, sin_;  // [N] x3, [N, d/2] x2
-  cuda::DeviceBuffer out_, final_rstd_, normed_, dnormed_, dy_, loss_, logits_;
-  cuda::DeviceBuffer dh_, dn_, dq_, dk_, dv_, datt_, dgate_, dup_, dact_, dt_, delta_;
-  cuda::DeviceBuffer xd_, dxd_;  // [N, max(H, I, heads*d)] dropout scratch
-  uint64_t dropout_key_ = 0;
-  std::vector<float> inv_freq_;
-  bool has_doc_ = false;
+  std::vector<cuda::DeviceBuffer> xs_;  // [L + 1] x [N, H] dt: each layer's input, then the last output
+  std::vector<std::array<LoraSlot, kNumProj>> slots_;
+  int64_t lora_n_ = 0;
+  cuda::DeviceBuffer lora_p_, lora_g_, lora_m_, lora_v_;  // [lora_n_] fp32: masters, grads, AdamW moments
+  cuda::DeviceBuffer lora_c_;                             // [lora_n_] dt: the compute copy (bf16 only)
+  int64_t adam_t_ = 0;
+  cuda::DeviceBuffer ids_, targets_, doc_, pos_;  // [N] int32
+  cuda::DeviceBuffer cos_tab_, sin_tab_;          // [max_seq, d/2] fp32, per position
+  cuda::DeviceBuffer cos_, sin_;                  // [N, d/2] fp32, gathered per batch
+  cuda::DeviceBuffer normed_, dnormed_, logits_, loss_;  // [N, H] dt x2, [chunk, V] dt, [N] fp32
+  cuda::DeviceBuffer final_rstd_;                        // [N] fp32
+  cuda::DeviceBuffer dy_, dn_;                           // [N, H] fp32: residual gradient, norm input gradient
+  cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_ only in bf16)
+  cuda::DeviceBuffer dtb_;                               // [N, r] dt
+  cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
+  cuda::DeviceBuffer xd_, dxd_, norm_acc_;               // dropout: [N, max(H, I, Q)] dt and fp32; [1] f64
+  int64_t chunk_ = 0;                                    // lm_head rows per chunk
 };
 
 }  // namespace ftune

@@ -9,30 +9,40 @@ namespace {
 
 class CpuBackend final : public TrainBackend {
  public:
-  CpuBackend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora, const ModelOptions& opt)
-      : model_(cfg, w, &lora, opt) {}
+  CpuBackend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora, const BackendOptions& opt)
+      : lora_(lora), grads_(lora.zeros_like()), opt_(lora_, opt.adamw), model_(cfg, w, &lora_, opt.model) {}
   std::string name() const override { return "cpu"; }
-  cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, LoraParams& grads, uint64_t key) override {
-    return model_.forward_backward(b, scale, grads, key);
+  cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
+    return model_.forward_backward(b, scale, grads_, key);
   }
   cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
+  double step(double lr, double max_norm) override {
+    const double norm = clip_grad_norm(grads_, max_norm);
+    opt_.step(lora_, grads_, lr);
+    grads_.for_each([](const std::string&, Tensor& t) { t.zero(); });
+    return norm;
+  }
+  void read_adapter(LoraParams& out) const override { out = lora_; }
 
  private:
-  LlamaCpu model_;  // reads the adapter through the reference it was given
+  LoraParams lora_;   // the adapter being trained
+  LoraParams grads_;  // same shapes
+  AdamW opt_;
+  LlamaCpu model_;  // reads the adapter through a reference to lora_
 };
 
 }  // namespace
 
 #ifndef FTUNE_HAVE_CUDA
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig&, const LlamaWeights&, const LoraParams&,
-                                               const ModelOptions&) {
+                                               const BackendOptions&) {
   fail("train.device: this ftune was built without CUDA (nvcc was not found at build time)");
 }
 bool gpu_available() { return false; }
 #endif
 
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg, const LlamaWeights& w,
-                                           const LoraParams& lora, const ModelOptions& opt) {
+                                           const LoraParams& lora, const BackendOptions& opt) {
   if (device == "cuda" || (device == "auto" && gpu_available())) return make_gpu_backend(cfg, w, lora, opt);
   if (device != "cpu" && device != "auto") fail("train.device: unknown device '{}' (cpu, cuda, auto)", device);
   return std::make_unique<CpuBackend>(cfg, w, lora, opt);

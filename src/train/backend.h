@@ -1,5 +1,6 @@
 // Where a training step runs: the CPU reference model or the GPU model, behind one interface so
-// the trainer loop is the same for both.
+// the trainer loop is the same for both. A backend owns the adapter during training, its
+// gradients and its optimizer state (on the GPU all of them stay on the device).
 #pragma once
 #include <memory>
 #include <string>
@@ -8,6 +9,7 @@
 #include "model/llama.h"
 #include "model/lora.h"
 #include "ops/cpu/cross_entropy.h"
+#include "optim/adamw.h"
 
 namespace ftune {
 
@@ -15,21 +17,32 @@ class TrainBackend {
  public:
   virtual ~TrainBackend() = default;
   virtual std::string name() const = 0;
-  // Loss gradients scaled by grad_scale are added into `grads` (host).
-  virtual cpu::CrossEntropyResult forward_backward(const Batch& b, float grad_scale, LoraParams& grads,
-                                                   uint64_t dropout_key) = 0;
+  // Loss gradients scaled by grad_scale accumulate in the backend until the next step().
+  virtual cpu::CrossEntropyResult forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key) = 0;
   virtual cpu::CrossEntropyResult loss(const Batch& b) = 0;
-  // The adapter changed on the host (an optimizer step).
-  virtual void params_changed() {}
+  // Clips the accumulated gradients to a global norm of max_norm (0: no clipping), applies one
+  // AdamW update at lr and zeroes the gradients. Returns the norm before clipping.
+  virtual double step(double lr, double max_norm) = 0;
+  // The adapter as it is now.
+  virtual void read_adapter(LoraParams& out) const = 0;
+  // Device memory the backend planned and the peak it measured, in bytes (0 on the CPU).
+  virtual size_t planned_bytes() const { return 0; }
 };
 
-// device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is present).
+struct BackendOptions {
+  ModelOptions model;
+  AdamWSettings adamw;
+  bool bf16 = true;  // GPU storage precision (the CPU model is fp32)
+};
+
+// device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is present). `lora` is
+// the adapter to start from.
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg, const LlamaWeights& w,
-                                           const LoraParams& lora, const ModelOptions& opt);
+                                           const LoraParams& lora, const BackendOptions& opt);
 
 // Part of the CUDA build only.
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora,
-                                               const ModelOptions& opt);
+                                               const BackendOptions& opt);
 bool gpu_available();
 
 }  // namespace ftune

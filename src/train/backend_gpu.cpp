@@ -1,4 +1,5 @@
-// The GPU backend: LlamaGpu with the adapter mirrored on the device.
+// The GPU backend: LlamaGpu with the adapter, its gradients and AdamW state on the device; only
+// the losses and the gradient norm come back to the host each step.
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -12,27 +13,48 @@ namespace {
 
 class GpuBackend final : public TrainBackend {
  public:
-  GpuBackend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora, const ModelOptions& opt)
-      : lora_(lora), model_(ctx_, cfg, w, &lora.spec, opt.max_batch, opt.max_seq) {
-    if (opt.gradient_checkpointing)
-      fail("train.gradient_checkpointing is not available on the GPU backend yet (use train.device=cpu or turn it off)");
-    model_.upload_lora(lora_);
+  GpuBackend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora, const BackendOptions& opt)
+      : adamw_(opt.adamw),
+        shape_(lora.zeros_like()),
+        model_(ctx_, cfg, &w, &lora.spec,
+               GpuModelOptions{opt.model.max_batch, opt.model.max_seq, opt.bf16, opt.model.gradient_checkpointing}) {
+    if (opt.bf16 && ctx_.sm_version() < 80)
+      fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32)",
+           ctx_.name(), ctx_.sm_version());
+    model_.set_lora(lora);
   }
   std::string name() const override { return fmt::format("cuda ({}, sm_{})", ctx_.name(), ctx_.sm_version()); }
-  cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, LoraParams& grads, uint64_t key) override {
-    const auto [sum, count] = model_.forward_backward(b, scale, grads, key);
+  cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
+    const auto [sum, count] = model_.forward_backward(b, scale, key);
     return {sum, count};
   }
   cpu::CrossEntropyResult loss(const Batch& b) override {
     const auto [sum, count] = model_.loss(b);
     return {sum, count};
   }
-  void params_changed() override { model_.upload_lora(lora_); }
+  double step(double lr, double max_norm) override {
+    // torch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6), applied only below 1.
+    const double norm = model_.grad_norm();
+    const double coef = max_norm / (norm + 1e-6);
+    const float c = max_norm > 0 && coef < 1.0 ? static_cast<float>(coef) : 1.0f;
+    model_.adamw_step({static_cast<float>(lr), static_cast<float>(adamw_.beta1), static_cast<float>(adamw_.beta2),
+                       static_cast<float>(adamw_.eps), static_cast<float>(adamw_.weight_decay), ++t_},
+                      c);
+    model_.zero_grads();
+    return norm;
+  }
+  void read_adapter(LoraParams& out) const override {
+    out = shape_;
+    model_.get_lora(out);
+  }
+  size_t planned_bytes() const override { return model_.planned_bytes(); }
 
  private:
   cuda::Context ctx_;
-  const LoraParams& lora_;
+  AdamWSettings adamw_;
+  LoraParams shape_;  // zeros of the adapter's shapes (spec included)
   LlamaGpu model_;
+  int64_t t_ = 0;
 };
 
 }  // namespace
@@ -40,7 +62,7 @@ class GpuBackend final : public TrainBackend {
 bool gpu_available() { return cuda::device_count() > 0; }
 
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora,
-                                               const ModelOptions& opt) {
+                                               const BackendOptions& opt) {
   if (!gpu_available()) fail("train.device=cuda: no CUDA device is visible");
   return std::make_unique<GpuBackend>(cfg, w, lora, opt);
 }

@@ -129,10 +129,9 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
-  const auto model = make_backend(ts.device, mcfg, weights, lora, mopt);
+  BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision == "bf16"};
+  const auto model = make_backend(ts.device, mcfg, weights, lora, bopt);
   fmt::print(stderr, "ftune: running on {}\n", model->name());
-  LoraParams grads = lora.zeros_like();
-  AdamW opt(lora, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay});
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
   // Padding never reaches the loss or, through the causal mask, a real token; any valid id will do.
   const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0        ? mcfg.pad_token_id
@@ -159,20 +158,15 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
       targets += b.count_targets();
       tokens += b.tokens;
     }
-    for (auto& g : grads.layers)
-      for (auto& pr : g)
-        if (pr.active()) pr.a.zero(), pr.b.zero();
     double loss_sum = 0.0;
     const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
     for (size_t m = 0; m < micro.size(); ++m)
-      loss_sum += model->forward_backward(micro[m], scale, grads, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
+      loss_sum += model->forward_backward(micro[m], scale, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
     StepMetrics sm;
     sm.step = step + 1;
     sm.loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
-    sm.grad_norm = clip_grad_norm(grads, ts.max_grad_norm);
     sm.lr = sched.at(step);
-    opt.step(lora, grads, sm.lr);
-    model->params_changed();
+    sm.grad_norm = model->step(sm.lr, ts.max_grad_norm);
     const auto now = std::chrono::steady_clock::now();
     sm.tokens = tokens;
     sm.tokens_per_s = static_cast<double>(tokens) / std::chrono::duration<double>(now - ts0).count();
@@ -194,6 +188,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     report.steps.push_back(sm);
     if (on_step) on_step(sm);
   }
+  model->read_adapter(lora);
   save_peft_adapter(cfg.output_dir, lora, cfg.model);
   return report;
 }

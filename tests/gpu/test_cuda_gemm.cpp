@@ -61,5 +61,27 @@ TEST(CudaGemm, MatchesCpuForEveryLayoutAndType) {
   }
 }
 
+// D = A B + C with C and D distinct (the residual add fused into the epilogue): C is read, not
+// written, and D gets the sum.
+TEST(CudaGemm, SeparateInputAndOutputMatrices) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  const int64_t m = 45, n = 96, k = 80;
+  Rng r(5);
+  std::vector<float> a(m * k), b(n * k), c(m * n);
+  for (auto* v : {&a, &b, &c})
+    for (float& x : *v) x = bf16_to_f32(f32_to_bf16(r.normal()));
+  std::vector<float> want = c;
+  cpu::gemm(false, true, m, n, k, 1.0f, a.data(), b.data(), 1.0f, want.data());
+  auto da = cuda::DeviceBuffer::from(to_bf16(a)), db = cuda::DeviceBuffer::from(to_bf16(b)),
+       dc = cuda::DeviceBuffer::from(to_bf16(c));
+  cuda::DeviceBuffer dd(m * n * 2);
+  const auto bf = cuda::Storage::BF16;
+  cuda::gemm(ctx, m, n, k, 1.0f, {da.data(), bf, false}, {db.data(), bf, true}, 1.0f, dc.data(), dd.data(), bf);
+  ctx.synchronize();
+  EXPECT_LT(rel_err(testing::from_bf16(dd.to_host<uint16_t>(m * n)), want), 4e-3);  // one bf16 rounding
+  EXPECT_EQ(testing::from_bf16(dc.to_host<uint16_t>(m * n)), c);                     // C untouched
+}
+
 }  // namespace
 }  // namespace ftune

@@ -9,6 +9,7 @@ namespace ftune::cuda {
 struct AdamWStep {
   float lr, beta1, beta2, eps, weight_decay;
   int64_t t;  // 1-based step, for the bias corrections
+  float grad_coef = 1.0f;  // the gradient is read multiplied by this (global-norm clipping)
 };
 
 // p, m, v updated in place from g; all [n] fp32 device pointers.

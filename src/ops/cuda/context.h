@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "ops/cuda/device_buffer.h"
@@ -11,6 +12,11 @@ typedef struct CUstream_st* cudaStream_t;
 typedef struct cublasLtContext* cublasLtHandle_t;
 
 namespace ftune::cuda {
+
+struct GemmCache;  // gemm.cu: planned cuBLASLt problems
+struct GemmCacheDeleter {
+  void operator()(GemmCache* c) const;
+};
 
 // Number of CUDA devices visible, 0 when there is no driver or no GPU (never throws).
 int device_count();
@@ -33,6 +39,7 @@ class Context {
   // Stream-ordered device-to-device copy and zero fill.
   void copy(void* dst, const void* src, size_t bytes) const;
   void zero(void* dst, size_t bytes) const;
+  GemmCache& gemm_cache() const;
 
  private:
   int device_ = 0;
@@ -41,6 +48,7 @@ class Context {
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t blas_ = nullptr;
   DeviceBuffer workspace_;
+  mutable std::unique_ptr<GemmCache, GemmCacheDeleter> gemm_cache_;  // declared last: freed first
 };
 
 }  // namespace ftune::cuda

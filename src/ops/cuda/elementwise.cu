@@ -1,4 +1,4 @@
-// Elementwise kernels.
+// Elementwise kernels: grid-stride loops, fp32 math on fp32 or bf16 storage.
 #include "core/dropout_hash.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/elementwise.h"
@@ -7,41 +7,122 @@
 namespace ftune::cuda {
 
 namespace {
-__global__ void add_kernel(float* y, const float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+
+#define FT_GRID_STRIDE(i, n)                                                                \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] += x[i];
-}
-__global__ void dropout_kernel(uint64_t key, float p, const float* x, float* out, int64_t n) {
-  const float s = 1.0f / (1.0f - p);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = dropout_keep(key, static_cast<uint64_t>(i), p) ? x[i] * s : 0.0f;
+
+template <typename X, typename Y>
+__global__ void convert_kernel(const X* x, Y* y, int64_t n) {
+  FT_GRID_STRIDE(i, n) st(y, i, ld(x, i));
 }
 
-__global__ void dropout_backward_kernel(uint64_t key, float p, const float* dxd, float* dx, int64_t n) {
-  const float s = 1.0f / (1.0f - p);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    if (dropout_keep(key, static_cast<uint64_t>(i), p)) dx[i] += dxd[i] * s;
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  FT_GRID_STRIDE(i, n) y[i] += x[i];
 }
+
+template <typename T>
+__global__ void dropout_kernel(uint64_t key, float p, const T* x, T* out, int64_t n) {
+  const float s = 1.0f / (1.0f - p);
+  FT_GRID_STRIDE(i, n) st(out, i, dropout_keep(key, static_cast<uint64_t>(i), p) ? ld(x, i) * s : 0.0f);
+}
+
+template <typename T>
+__global__ void dropout_backward_kernel(uint64_t key, float p, const float* dxd, T* dx, int64_t n) {
+  const float s = 1.0f / (1.0f - p);
+  FT_GRID_STRIDE(i, n) {
+    if (dropout_keep(key, static_cast<uint64_t>(i), p)) st(dx, i, ld(dx, i) + dxd[i] * s);
+  }
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void fill_normal_kernel(T* p, int64_t n, uint64_t seed, float mean, float std) {
+  FT_GRID_STRIDE(i, n) {  // Box-Muller on two 24-bit uniforms from one 64-bit hash
+    const uint64_t z = mix64(seed + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ull);
+    const float u1 = (static_cast<float>(z >> 40) + 1.0f) * (1.0f / 16777217.0f);
+    const float u2 = static_cast<float>((z >> 16) & 0xFFFFFFu) * (1.0f / 16777216.0f);
+    st(p, i, mean + std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
+  }
+}
+
+__global__ void gather_rows_kernel(const float* table, const int32_t* idx, int64_t n, int64_t width, float* out) {
+  FT_GRID_STRIDE(i, n * width) out[i] = table[static_cast<int64_t>(idx[i / width]) * width + i % width];
+}
+
+__global__ void sum_squares_kernel(const float* x, int64_t n, double* acc) {
+  float s = 0.0f;
+  FT_GRID_STRIDE(i, n) s += x[i] * x[i];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (threadIdx.x % 32 == 0) atomicAdd(acc, static_cast<double>(s));
+}
+
+using bf16 = __nv_bfloat16;
+
 }  // namespace
 
-void dropout_forward(const Context& ctx, uint64_t key, float p, const float* x, float* out, int64_t n) {
+void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y, int64_t n) {
   if (n <= 0) return;
-  dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, x, out, n);
-  FT_CUDA_LAUNCH();
-}
-
-void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, float* dx, int64_t n) {
-  if (n <= 0) return;
-  dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, dx, n);
+  const unsigned g = grid_for(n);
+  if (xs == Storage::F32 && ys == Storage::BF16)
+    convert_kernel<<<g, 256, 0, ctx.stream()>>>(static_cast<const float*>(x), static_cast<bf16*>(y), n);
+  else if (xs == Storage::BF16 && ys == Storage::F32)
+    convert_kernel<<<g, 256, 0, ctx.stream()>>>(static_cast<const bf16*>(x), static_cast<float*>(y), n);
+  else
+    return ctx.copy(y, x, static_cast<size_t>(n) * (xs == Storage::F32 ? 4 : 2));
   FT_CUDA_LAUNCH();
 }
 
 void add_inplace(const Context& ctx, float* y, const float* x, int64_t n) {
   if (n <= 0) return;
   add_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(y, x, n);
+  FT_CUDA_LAUNCH();
+}
+
+void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n) {
+  if (n <= 0) return;
+  if (s == Storage::F32)
+    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const float*>(x), static_cast<float*>(out),
+                                                          n);
+  else
+    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const bf16*>(x), static_cast<bf16*>(out),
+                                                          n);
+  FT_CUDA_LAUNCH();
+}
+
+void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, Storage dxs, void* dx,
+                          int64_t n) {
+  if (n <= 0) return;
+  if (dxs == Storage::F32)
+    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<float*>(dx), n);
+  else
+    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<bf16*>(dx), n);
+  FT_CUDA_LAUNCH();
+}
+
+void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std) {
+  if (n <= 0) return;
+  if (s == Storage::F32)
+    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<float*>(p), n, seed, mean, std);
+  else
+    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<bf16*>(p), n, seed, mean, std);
+  FT_CUDA_LAUNCH();
+}
+
+void gather_rows(const Context& ctx, const float* table, const int32_t* idx, int64_t n, int64_t width, float* out) {
+  if (n <= 0 || width <= 0) return;
+  gather_rows_kernel<<<grid_for(n * width), 256, 0, ctx.stream()>>>(table, idx, n, width, out);
+  FT_CUDA_LAUNCH();
+}
+
+void sum_squares(const Context& ctx, const float* x, int64_t n, double* acc) {
+  if (n <= 0) return;
+  sum_squares_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(x, n, acc);
   FT_CUDA_LAUNCH();
 }
 

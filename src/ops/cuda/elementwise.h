@@ -1,16 +1,33 @@
-// Small elementwise helpers on the GPU (fp32): y += x, and dropout with the shared mask.
+// Small elementwise helpers on the GPU: storage conversion, y += x, and LoRA dropout with the
+// mask shared with the CPU model (core/dropout_hash.h).
 #pragma once
 #include <cstdint>
 
 #include "ops/cuda/context.h"
+#include "ops/cuda/storage.h"
 
 namespace ftune::cuda {
 
+// y[n] (storage ys) = x[n] (storage xs), rounded to nearest when narrowing.
+void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y, int64_t n);
+
+// y[n] += x[n], both fp32.
 void add_inplace(const Context& ctx, float* y, const float* x, int64_t n);
 
-// out = x * mask / (1 - p), the mask from core/dropout_hash.h (same elements as the CPU).
-void dropout_forward(const Context& ctx, uint64_t key, float p, const float* x, float* out, int64_t n);
-// dx += dxd * mask / (1 - p).
-void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, float* dx, int64_t n);
+// out[n] = x * mask / (1 - p), x and out in storage s.
+void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n);
+// dx[n] (storage dxs) += dxd[n] (fp32) * mask / (1 - p).
+void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, Storage dxs, void* dx,
+                          int64_t n);
+
+// p[n] (storage s) = mean + std * N(0, 1), a counter-based draw from (seed, index): the same
+// values on every run and device (random weights for benchmarks).
+void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std);
+
+// out[i, :] = table[idx[i], :] for i < n; rows of `width` fp32.
+void gather_rows(const Context& ctx, const float* table, const int32_t* idx, int64_t n, int64_t width, float* out);
+
+// *acc (one double on the device) += sum of x[i]^2 over n fp32 elements.
+void sum_squares(const Context& ctx, const float* x, int64_t n, double* acc);
 
 }  // namespace ftune::cuda

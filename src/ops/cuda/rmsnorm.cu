@@ -1,6 +1,7 @@
 // RMSNorm forward and backward kernels: one block per row, fp32 accumulation, block reduce.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/rmsnorm.h"
+#include "ops/cuda/storage.cuh"
 
 namespace ftune::cuda {
 
@@ -25,42 +26,57 @@ __device__ float block_sum(float v) {
   return r;
 }
 
-__global__ void rmsnorm_forward_kernel(const float* x, const float* w, float* y, float* rstd, int64_t dim, float eps) {
-  const float* xr = x + blockIdx.x * dim;
+template <typename T>
+__global__ void rmsnorm_forward_kernel(const T* x, const float* w, T* y, float* rstd, int64_t dim, float eps) {
+  const int64_t off = blockIdx.x * dim;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads) ss += xr[i] * xr[i];
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float v = ld(x, off + i);
+    ss += v * v;
+  }
   const float s = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = s;
-  float* yr = y + blockIdx.x * dim;
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads) yr[i] = w[i] * (xr[i] * s);
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) st(y, off + i, w[i] * (ld(x, off + i) * s));
 }
 
-__global__ void rmsnorm_backward_kernel(const float* dy, const float* x, const float* w, const float* rstd, float* dx,
+template <typename T>
+__global__ void rmsnorm_backward_kernel(const float* dy, const T* x, const float* w, const float* rstd, float* dx,
                                         int64_t dim) {
   const int64_t off = blockIdx.x * dim;
   const float s = rstd[blockIdx.x];
   float dot = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads) dot += dy[off + i] * w[i] * x[off + i] * s;
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) dot += dy[off + i] * w[i] * ld(x, off + i) * s;
   const float m = block_sum(dot) / static_cast<float>(dim);
   for (int64_t i = threadIdx.x; i < dim; i += kThreads)
-    dx[off + i] += s * (dy[off + i] * w[i] - x[off + i] * s * m);
+    dx[off + i] += s * (dy[off + i] * w[i] - ld(x, off + i) * s * m);
 }
 
 }  // namespace
 
-void rmsnorm_forward(const Context& ctx, const float* x, const float* w, float* y, float* rstd, int64_t rows,
+void rmsnorm_forward(const Context& ctx, Storage st, const void* x, const float* w, void* y, float* rstd, int64_t rows,
                      int64_t dim, float eps) {
   FT_ASSERT(rows >= 0 && dim > 0);
   if (rows == 0) return;
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(x, w, y, rstd, dim, eps);
+  const auto grid = static_cast<unsigned>(rows);
+  if (st == Storage::F32)
+    rmsnorm_forward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(static_cast<const float*>(x), w, static_cast<float*>(y),
+                                                                rstd, dim, eps);
+  else
+    rmsnorm_forward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(static_cast<const __nv_bfloat16*>(x), w,
+                                                                static_cast<__nv_bfloat16*>(y), rstd, dim, eps);
   FT_CUDA_LAUNCH();
 }
 
-void rmsnorm_backward(const Context& ctx, const float* dy, const float* x, const float* w, const float* rstd,
+void rmsnorm_backward(const Context& ctx, Storage st, const float* dy, const void* x, const float* w, const float* rstd,
                       float* dx, int64_t rows, int64_t dim) {
   FT_ASSERT(rows >= 0 && dim > 0);
   if (rows == 0) return;
-  rmsnorm_backward_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(dy, x, w, rstd, dx, dim);
+  const auto grid = static_cast<unsigned>(rows);
+  if (st == Storage::F32)
+    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const float*>(x), w, rstd, dx, dim);
+  else
+    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const __nv_bfloat16*>(x), w, rstd,
+                                                                 dx, dim);
   FT_CUDA_LAUNCH();
 }
 

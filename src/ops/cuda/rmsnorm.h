@@ -1,16 +1,19 @@
-// RMSNorm on the GPU (fp32 in this first kernel family; bf16 variants follow the same launcher).
+// RMSNorm on the GPU: the input and output in fp32 or bf16 storage, the weight, the per-row
+// inverse RMS and the gradients in fp32 (the gradient flows on in fp32 along the residual stream).
 #pragma once
 #include <cstdint>
 
 #include "ops/cuda/context.h"
+#include "ops/cuda/storage.h"
 
 namespace ftune::cuda {
 
-// x, y: [rows, dim]; w: [dim]; rstd: [rows]. Device pointers.
-void rmsnorm_forward(const Context& ctx, const float* x, const float* w, float* y, float* rstd, int64_t rows,
+// x, y: [rows, dim] (storage s); w: [dim] fp32; rstd: [rows] fp32.
+void rmsnorm_forward(const Context& ctx, Storage s, const void* x, const float* w, void* y, float* rstd, int64_t rows,
                      int64_t dim, float eps);
-// dx[rows, dim] += gradient through the norm (weight frozen).
-void rmsnorm_backward(const Context& ctx, const float* dy, const float* x, const float* w, const float* rstd,
+// dx[rows, dim] (fp32) += the gradient through the norm of dy[rows, dim] (fp32); x in storage s.
+// The weight is frozen (no weight gradient).
+void rmsnorm_backward(const Context& ctx, Storage s, const float* dy, const void* x, const float* w, const float* rstd,
                       float* dx, int64_t rows, int64_t dim);
 
 }  // namespace ftune::cuda

@@ -1,0 +1,124 @@
+// LoRA training throughput of ftune on one GPU: a Llama shape with random bf16 weights generated
+// on the device (no checkpoint file), LoRA on all seven projections, AdamW on the device, random
+// token ids. After the warmup steps, the timed steps run end to end (forward, backward, gradient
+// norm, optimizer) and one JSON line reports tokens/s, model TFLOP/s and device memory:
+// ftune_planned_gib is every buffer the model allocated, ftune_peak_gib the process's device memory
+// in use after the run beyond what it held before the model (so cuBLAS's own allocations count).
+//   bench_lora_gpu --shape llama2-7b [--seq 2048] [--micro-batch 4] [--rank 16] [--alpha 32]
+//                  [--checkpointing] [--fp32] [--steps 10] [--warmup 3] [--gpu-name NAME]
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "model/batch.h"
+#include "model/llama_gpu.h"
+#include "model/presets.h"
+
+namespace {
+
+// Model FLOPs per trained token, as bench/peer_lora.py counts them: 4 N_base (forward and input
+// gradient of the frozen projections and lm_head), 6 N_lora, and 6 L d T for causal attention.
+double flops_per_token(const ftune::LlamaConfig& c, int64_t n_lora, int64_t seq) {
+  const double d = static_cast<double>(c.hidden_size), i = static_cast<double>(c.intermediate_size);
+  const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
+  const double L = static_cast<double>(c.num_hidden_layers), V = static_cast<double>(c.vocab_size);
+  const double n_base = L * (2 * d * q + 2 * d * kv + 3 * d * i) + d * V;
+  return 4 * n_base + 6 * static_cast<double>(n_lora) + 6 * L * q * static_cast<double>(seq);
+}
+
+size_t used_bytes() {
+  size_t free = 0, total = 0;
+  cudaMemGetInfo(&free, &total);
+  return total - free;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace ftune;
+  std::string shape = "llama2-7b", gpu_name;
+  int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
+  double alpha = 32;
+  bool ckpt = false, fp32 = false;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto val = [&]() -> std::string {
+        if (i + 1 >= argc) fail("{} needs a value", a);
+        return argv[++i];
+      };
+      if (a == "--shape") shape = val();
+      else if (a == "--seq") seq = std::stoll(val());
+      else if (a == "--micro-batch") mb = std::stoll(val());
+      else if (a == "--rank") rank = std::stoll(val());
+      else if (a == "--alpha") alpha = std::stod(val());
+      else if (a == "--steps") steps = std::stoll(val());
+      else if (a == "--warmup") warmup = std::stoll(val());
+      else if (a == "--gpu-name") gpu_name = val();
+      else if (a == "--checkpointing") ckpt = true;
+      else if (a == "--fp32") fp32 = true;
+      else fail("unknown argument '{}'", a);
+    }
+    const LlamaConfig cfg = preset_config(shape);
+    cuda::Context ctx;
+    if (gpu_name.empty()) gpu_name = ctx.name();
+    ctx.synchronize();
+    const size_t before = used_bytes();
+    LoraSpec spec;
+    spec.r = rank;
+    spec.alpha = alpha;
+    spec.targets.fill(true);
+    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, !fp32, ckpt}, 1);
+    // peft's init (B = 0) would leave A without gradient for the first step; give B small values so
+    // every GEMM does real work from the start.
+    LoraParams lora = LoraParams::init(cfg, spec, 2);
+    Rng r(3);
+    lora.for_each([&](const std::string& key, Tensor& t) {
+      if (key.find("lora_B") != std::string::npos)
+        for (float& x : t.data) x = 0.01f * r.normal();
+    });
+    model.set_lora(lora);
+    std::vector<std::vector<int32_t>> rows(mb, std::vector<int32_t>(seq));
+    std::vector<const std::vector<int32_t>*> ptrs;
+    for (auto& row : rows) {
+      for (auto& x : row) x = static_cast<int32_t>(r.below(static_cast<uint64_t>(cfg.vocab_size)));
+      ptrs.push_back(&row);
+    }
+    const Batch batch = make_batch(ptrs, ptrs, 0);
+    double first = 0, last = 0;
+    int64_t t = 0;
+    auto step = [&]() {
+      const auto [sum, count] = model.forward_backward(batch, 1.0f / static_cast<float>(batch.count_targets()));
+      const double norm = model.grad_norm();
+      const double coef = 1.0 / (norm + 1e-6);
+      model.adamw_step({1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, ++t}, coef < 1.0 ? static_cast<float>(coef) : 1.0f);
+      model.zero_grads();
+      return sum / static_cast<double>(count);
+    };
+    for (int64_t i = 0; i < warmup; ++i) first = step();
+    ctx.synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < steps; ++i) last = step();
+    ctx.synchronize();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double tok_s = static_cast<double>(steps * mb * seq) / secs;
+    const double tflops = flops_per_token(cfg, model.lora_parameters(), seq) * tok_s / 1e12;
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    fmt::print(
+        "{{\"bench\": \"lora_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
+        "\"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, \"loss_last\": {:.4f}, "
+        "\"steps\": {}, \"precision\": \"{}\"}}\n",
+        shape, seq, mb, rank, ckpt ? "_ckpt" : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
+        static_cast<double>(used_bytes() - before) / gib, static_cast<double>(model.planned_bytes()) / gib, tflops,
+        first, last, steps, fp32 ? "fp32" : "bf16");
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
