@@ -142,7 +142,7 @@ struct Fwd {
   static constexpr size_t kSmem = (size_t(kBr) * D + 4 * kBc * D) * sizeof(bf16) + 2 * kBc * 4 + 16;
 };
 
-template <int D>
+template <int D, bool kDoc>
 __global__ void __launch_bounds__(Fwd<D>::kThreads, 2) fwd_kernel(Args p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using F = Fwd<D>;
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(Fwd<D>::kThreads, 2) fwd_kernel(Args p) {
   const int64_t tok0 = int64_t(b) * T, ldq = int64_t(p.H) * D, ldk = int64_t(p.KV) * D;
   const bf16* gk = p.k + (tok0 * p.KV + kh) * D;  // key row 0 of this batch row, stride ldk
   const bf16* gv = p.v + (tok0 * p.KV + kh) * D;
-  const int32_t* doc = p.doc ? p.doc + tok0 : nullptr;
+  const int32_t* doc = kDoc ? p.doc + tok0 : nullptr;  // kDoc: p.doc != nullptr
 
   // Key blocks [nb_first, nb_last]: causal end; with documents, keys before the first one whose
   // id reaches the smallest query id of the block cannot match any query.
@@ -374,7 +374,7 @@ struct Bwd {
                                   6 * kBr * 4 + 16;
 };
 
-template <int D>
+template <int D, bool kDoc>
 __global__ void __launch_bounds__(Bwd<D>::kThreads, 1) bwd_kernel(Args p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using B = Bwd<D>;
@@ -394,7 +394,7 @@ __global__ void __launch_bounds__(Bwd<D>::kThreads, 1) bwd_kernel(Args p) {
   const int kh = blockIdx.x, b = blockIdx.y, k0 = blockIdx.z * kBc;  // first blocks have the most rows
   const int group = p.H / p.KV, T = p.T, k_end = min(T, k0 + kBc);
   const int64_t tok0 = int64_t(b) * T, ldq = int64_t(p.H) * D, ldk = int64_t(p.KV) * D;
-  const int32_t* doc = p.doc ? p.doc + tok0 : nullptr;
+  const int32_t* doc = kDoc ? p.doc + tok0 : nullptr;  // kDoc: p.doc != nullptr
 
   // Query blocks: from the one holding key k0 to the last query whose id is at most the largest
   // key id of the block (later queries have larger ids when ids are non-decreasing).
@@ -617,25 +617,25 @@ void check(const Context& ctx, const AttnShape& a) {
   FT_ASSERT(a.batch <= 65535 && (a.seq + 63) / 64 <= 65535);
 }
 
-template <int D>
+template <int D, bool kDoc>
 void forward_d(const Context& ctx, Args p, int64_t batch) {
   using F = Fwd<D>;
-  FT_CUDA(cudaFuncSetAttribute(fwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(F::kSmem)));
+  FT_CUDA(cudaFuncSetAttribute(fwd_kernel<D, kDoc>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(F::kSmem)));
   const dim3 grid(p.H, static_cast<unsigned>(batch), (p.T + F::kBr - 1) / F::kBr);
-  fwd_kernel<D><<<grid, F::kThreads, F::kSmem, ctx.stream()>>>(p);
+  fwd_kernel<D, kDoc><<<grid, F::kThreads, F::kSmem, ctx.stream()>>>(p);
   FT_CUDA_LAUNCH();
 }
 
-template <int D>
+template <int D, bool kDoc>
 void backward_d(const Context& ctx, Args p, int64_t batch) {
   using B = Bwd<D>;
   const int64_t rows = batch * p.T * p.H, n = rows * D;
   delta_kernel<D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, ctx.stream()>>>(p, rows);
   FT_CUDA_LAUNCH();
   ctx.zero(p.dq_acc, static_cast<size_t>(n) * sizeof(float));
-  FT_CUDA(cudaFuncSetAttribute(bwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(B::kSmem)));
+  FT_CUDA(cudaFuncSetAttribute(bwd_kernel<D, kDoc>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(B::kSmem)));
   const dim3 grid(p.KV, static_cast<unsigned>(batch), (p.T + B::kBc - 1) / B::kBc);
-  bwd_kernel<D><<<grid, B::kThreads, B::kSmem, ctx.stream()>>>(p);
+  bwd_kernel<D, kDoc><<<grid, B::kThreads, B::kSmem, ctx.stream()>>>(p);
   FT_CUDA_LAUNCH();
   dq_convert_kernel<<<grid_for(n / 4), 256, 0, ctx.stream()>>>(p, n);
   FT_CUDA_LAUNCH();
@@ -648,8 +648,8 @@ bool flash_attention_supported(const Context& ctx, const AttnShape& a) {
   if (a.heads <= 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return false;
   // A kernel image for this device (a build without sm_80+ code only has empty bodies).
   cudaFuncAttributes attr{};
-  const cudaError_t err = a.head_dim == 64 ? cudaFuncGetAttributes(&attr, bwd_kernel<64>)
-                                           : cudaFuncGetAttributes(&attr, bwd_kernel<128>);
+  const cudaError_t err = a.head_dim == 64 ? cudaFuncGetAttributes(&attr, bwd_kernel<64, true>)
+                                           : cudaFuncGetAttributes(&attr, bwd_kernel<128, true>);
   if (err != cudaSuccess) {
     cudaGetLastError();
     return false;
@@ -669,8 +669,8 @@ void flash_attention_forward(const Context& ctx, const AttnShape& a, const void*
   Args p = make_args(a);
   p.q = static_cast<const bf16*>(q), p.k = static_cast<const bf16*>(k), p.v = static_cast<const bf16*>(v);
   p.doc = doc, p.o = static_cast<bf16*>(out), p.lse = lse;
-  if (a.head_dim == 64) forward_d<64>(ctx, p, a.batch);
-  else forward_d<128>(ctx, p, a.batch);
+  if (a.head_dim == 64) doc ? forward_d<64, true>(ctx, p, a.batch) : forward_d<64, false>(ctx, p, a.batch);
+  else doc ? forward_d<128, true>(ctx, p, a.batch) : forward_d<128, false>(ctx, p, a.batch);
 }
 
 int64_t flash_attention_scratch_floats(const AttnShape& a) { return a.batch * a.seq * a.heads * a.head_dim; }
@@ -687,8 +687,8 @@ void flash_attention_backward(const Context& ctx, const AttnShape& a, const void
   p.out = static_cast<const bf16*>(out), p.dout = static_cast<const bf16*>(dout), p.doc = doc;
   p.dq = static_cast<bf16*>(dq), p.dk = static_cast<bf16*>(dk), p.dv = static_cast<bf16*>(dv);
   p.lse = const_cast<float*>(lse), p.delta = delta, p.dq_acc = scratch;
-  if (a.head_dim == 64) backward_d<64>(ctx, p, a.batch);
-  else backward_d<128>(ctx, p, a.batch);
+  if (a.head_dim == 64) doc ? backward_d<64, true>(ctx, p, a.batch) : backward_d<64, false>(ctx, p, a.batch);
+  else doc ? backward_d<128, true>(ctx, p, a.batch) : backward_d<128, false>(ctx, p, a.batch);
 }
 
 }  // namespace ftune::cuda
