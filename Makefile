@@ -3,7 +3,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 
-.PHONY: all deps assets build asan test test-release test-asan demo clean
+.PHONY: all deps assets build release asan test test-release test-asan demo clean
 
 all: build
 
@@ -17,6 +17,12 @@ assets:
 build: deps
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(BUILD) -j $(JOBS)
+
+# A release build for every GPU generation ftune supports (T4 sm_75 through H100/H200 sm_90);
+# `build` compiles sm_90 only, which is what CI checks.
+release: deps
+	cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFTUNE_CUDA_ARCHS="75;80;86;89;90"
+	cmake --build build-release -j $(JOBS)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the parsers and the CPU model (no CUDA).
 asan: deps

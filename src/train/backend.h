@@ -25,8 +25,10 @@ class TrainBackend {
   virtual double step(double lr, double max_norm) = 0;
   // The adapter as it is now.
   virtual void read_adapter(LoraParams& out) const = 0;
-  // Device memory the backend planned and the peak it measured, in bytes (0 on the CPU).
+  // Device memory: what the backend planned (every buffer, allocated once up front) and what the
+  // process has in use on the device beyond what it held before the model, in bytes (0 on the CPU).
   virtual size_t planned_bytes() const { return 0; }
+  virtual size_t measured_bytes() const { return 0; }
 };
 
 struct BackendOptions {

@@ -1,5 +1,6 @@
 // The GPU backend: LlamaGpu with the adapter, its gradients and AdamW state on the device; only
 // the losses and the gradient norm come back to the host each step.
+#include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include "core/error.h"
@@ -11,10 +12,17 @@ namespace ftune {
 
 namespace {
 
+size_t device_used() {
+  size_t free = 0, total = 0;
+  cudaMemGetInfo(&free, &total);
+  return total - free;
+}
+
 class GpuBackend final : public TrainBackend {
  public:
   GpuBackend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora, const BackendOptions& opt)
-      : adamw_(opt.adamw),
+      : baseline_(device_used()),
+        adamw_(opt.adamw),
         shape_(lora.zeros_like()),
         model_(ctx_, cfg, &w, &lora.spec,
                GpuModelOptions{opt.model.max_batch, opt.model.max_seq, opt.bf16, opt.model.gradient_checkpointing}) {
@@ -48,9 +56,11 @@ class GpuBackend final : public TrainBackend {
     model_.get_lora(out);
   }
   size_t planned_bytes() const override { return model_.planned_bytes(); }
+  size_t measured_bytes() const override { return device_used() - baseline_; }
 
  private:
   cuda::Context ctx_;
+  size_t baseline_;  // device bytes in use before the model (CUDA context, cuBLAS workspace)
   AdamWSettings adamw_;
   LoraParams shape_;  // zeros of the adapter's shapes (spec included)
   LlamaGpu model_;

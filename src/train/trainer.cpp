@@ -132,6 +132,10 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision == "bf16"};
   const auto model = make_backend(ts.device, mcfg, weights, lora, bopt);
   fmt::print(stderr, "ftune: running on {}\n", model->name());
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  if (model->planned_bytes())
+    fmt::print(stderr, "ftune: device memory planned {:.2f} GiB (weights, activations, adapter and optimizer state)\n",
+               static_cast<double>(model->planned_bytes()) / kGiB);
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
   // Padding never reaches the loss or, through the causal mask, a real token; any valid id will do.
   const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0        ? mcfg.pad_token_id
@@ -188,6 +192,9 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     report.steps.push_back(sm);
     if (on_step) on_step(sm);
   }
+  if (model->planned_bytes())
+    fmt::print(stderr, "ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
+               static_cast<double>(model->measured_bytes()) / kGiB, static_cast<double>(model->planned_bytes()) / kGiB);
   model->read_adapter(lora);
   save_peft_adapter(cfg.output_dir, lora, cfg.model);
   return report;

@@ -20,12 +20,14 @@ Context::Context(int device, size_t workspace_bytes) : device_(device) {
   sm_ = prop.major * 10 + prop.minor;
   name_ = prop.name;
   FT_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  FT_CUDA(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
   FT_CUBLAS(cublasLtCreate(&blas_));
   workspace_ = DeviceBuffer(workspace_bytes);
 }
 
 Context::~Context() {
   if (blas_) cublasLtDestroy(blas_);
+  if (side_) cudaStreamDestroy(side_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 

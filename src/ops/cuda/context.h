@@ -32,6 +32,8 @@ class Context {
   int sm_version() const { return sm_; }  // e.g. 90 for sm_90
   std::string name() const { return name_; }
   cudaStream_t stream() const { return stream_; }
+  // A second stream for copies that overlap the compute stream (paged optimizer states).
+  cudaStream_t side_stream() const { return side_; }
   cublasLtHandle_t blas() const { return blas_; }
   void* workspace() const { return workspace_.data(); }
   size_t workspace_bytes() const { return workspace_.bytes(); }
@@ -46,6 +48,7 @@ class Context {
   int sm_ = 0;
   std::string name_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t side_ = nullptr;
   cublasLtHandle_t blas_ = nullptr;
   DeviceBuffer workspace_;
   mutable std::unique_ptr<GemmCache, GemmCacheDeleter> gemm_cache_;  // declared last: freed first
