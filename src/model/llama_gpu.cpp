@@ -32,30 +32,18 @@ float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
 
 cuda::DeviceBuffer LlamaGpu::alloc(size_t bytes) {
   planned_ += bytes;
-  return cuda::DeviceBuffer(bytes);
+  return dry_ ? cuda::DeviceBuffer() : cuda::DeviceBuffer(bytes);
 }
 
-cuda::DeviceBuffer LlamaGpu::weights_from(const Tensor& t, bool as_dt) {
-  if (!as_dt || dt_ == F32) {
-    auto b = alloc(t.data.size() * 4);
-    b.upload(t.data.data(), t.data.size() * 4);
-    return b;
-  }
+// fp32 from the host into a device buffer of storage dt_ (as_dt) or fp32.
+void LlamaGpu::upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt) {
+  if (!as_dt || dt_ == F32) return dst.upload(t.data.data(), t.data.size() * 4);
   std::vector<uint16_t> h(t.data.size());
   for (size_t i = 0; i < h.size(); ++i) h[i] = f32_to_bf16(t.data[i]);
-  auto b = alloc(h.size() * 2);
-  b.upload(h.data(), h.size() * 2);
-  return b;
+  dst.upload(h.data(), h.size() * 2);
 }
 
-cuda::DeviceBuffer LlamaGpu::random_weights(int64_t n, bool as_dt, float mean, float std, uint64_t seed) {
-  const cuda::Storage s = as_dt ? dt_ : F32;
-  auto b = alloc(static_cast<size_t>(n) * (s == F32 ? 4 : 2));
-  cuda::fill_normal(ctx_, s, b.data(), n, seed, mean, std);
-  return b;
-}
-
-LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeights* w, const LoraSpec* spec,
+LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSource* w, const LoraSpec* spec,
                    const GpuModelOptions& opt, uint64_t seed)
     : ctx_(ctx),
       cfg_(cfg),
@@ -65,62 +53,72 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeight
       dt_(opt.bf16 ? cuda::Storage::BF16 : F32),
       esz_(opt.bf16 ? 2 : 4),
       max_n_(opt.max_batch * opt.max_seq) {
-  const int64_t N = max_n_, H = cfg.hidden_size, I = cfg.intermediate_size, Q = cfg.q_dim(), KV = cfg.kv_dim();
-  const int64_t V = cfg.vocab_size, L = cfg.num_hidden_layers, r = spec_.r, d2 = cfg.head_dim / 2;
-  // Base weights.
-  uint64_t salt = seed * 0x9E3779B97F4A7C15ull;
-  auto rnd = [&](int64_t n, bool as_dt, float mean, float std) { return random_weights(n, as_dt, mean, std, ++salt); };
-  embed_ = w ? weights_from(w->embed, true) : rnd(V * H, true, 0.0f, 0.02f);
-  final_norm_ = w ? weights_from(w->final_norm, false) : rnd(H, false, 1.0f, 0.0f);
-  if (!cfg.tie_word_embeddings) head_ = w ? weights_from(w->head(), true) : rnd(V * H, true, 0.0f, 0.02f);
-  layers_.resize(L);
-  for (int64_t l = 0; l < L; ++l) {
-    Layer& Ly = layers_[l];
-    Ly.input_norm = w ? weights_from(w->layers[l].input_norm, false) : rnd(H, false, 1.0f, 0.0f);
-    Ly.post_norm = w ? weights_from(w->layers[l].post_norm, false) : rnd(H, false, 1.0f, 0.0f);
-    for (int p = 0; p < kNumProj; ++p) {
-      auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
-      Ly.proj[p] = w ? weights_from(w->layers[l].proj[p], true) : rnd(out * in, true, 0.0f, 0.02f);
-    }
-  }
-  // The adapter: flat fp32 masters, gradients and moments, and the dt compute copy.
-  slots_.resize(L);
+  // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
+  slots_.resize(cfg.num_hidden_layers);
   if (has_lora_)
-    for (int64_t l = 0; l < L; ++l)
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
       for (int p = 0; p < kNumProj; ++p)
         if (spec_.targets[p]) {
           auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
-          slots_[l][p].a = lora_n_, lora_n_ += r * in;
-          slots_[l][p].b = lora_n_, lora_n_ += out * r;
+          slots_[l][p].a = lora_n_, lora_n_ += spec_.r * in;
+          slots_[l][p].b = lora_n_, lora_n_ += out * spec_.r;
         }
+  // Plan first: a model that cannot fit says so before it allocates anything.
+  dry_ = true;
+  allocate();
+  size_t free = 0, total = 0;
+  cuda::memory_info(free, total);
+  if (planned_ > free) {
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    fail("the model needs {:.2f} GiB of device memory for {} rows of {} tokens ({}{}), but {} has {:.2f} GiB free of "
+         "{:.2f}; try a smaller train.micro_batch_size or data.max_seq_len{}",
+         static_cast<double>(planned_) / kGiB, opt.max_batch, opt.max_seq, opt.bf16 ? "bf16" : "fp32",
+         opt.checkpointing ? ", checkpointed" : "", ctx.name(), static_cast<double>(free) / kGiB,
+         static_cast<double>(total) / kGiB, opt.checkpointing ? "" : ", or train.gradient_checkpointing: true");
+  }
+  dry_ = false;
+  planned_ = 0;
+  allocate();
+  fill(w, seed);
+  ctx_.synchronize();
+}
+
+// Every device buffer, sized for the largest micro-batch. With dry_ set, only counts the bytes.
+void LlamaGpu::allocate() {
+  const int64_t N = max_n_, H = cfg_.hidden_size, I = cfg_.intermediate_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
+  const int64_t V = cfg_.vocab_size, L = cfg_.num_hidden_layers, r = spec_.r, d2 = cfg_.head_dim / 2;
+  embed_ = alloc_dt(V * H), final_norm_ = alloc(H * 4);
+  if (!cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
+  layers_.clear();
+  layers_.resize(L);
+  for (Layer& Ly : layers_) {
+    Ly.input_norm = alloc(H * 4), Ly.post_norm = alloc(H * 4);
+    for (int p = 0; p < kNumProj; ++p) {
+      auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
+      Ly.proj[p] = alloc_dt(out * in);
+    }
+  }
   if (lora_n_ > 0) {
     lora_p_ = alloc(lora_n_ * 4), lora_g_ = alloc(lora_n_ * 4), lora_m_ = alloc(lora_n_ * 4);
     lora_v_ = alloc(lora_n_ * 4);
-    ctx_.zero(lora_p_.data(), lora_n_ * 4), ctx_.zero(lora_g_.data(), lora_n_ * 4);
-    ctx_.zero(lora_m_.data(), lora_n_ * 4), ctx_.zero(lora_v_.data(), lora_n_ * 4);
-    if (dt_ != F32) lora_c_ = alloc_dt(lora_n_), ctx_.zero(lora_c_.data(), lora_n_ * esz_);
+    if (dt_ != F32) lora_c_ = alloc_dt(lora_n_);
   }
   // Activations: every layer's, or one reused set when checkpointing.
-  acts_.resize(opt.checkpointing ? 1 : L);
+  acts_.clear();
+  acts_.resize(opt_.checkpointing ? 1 : L);
   for (Acts& A : acts_) {
     A.n1 = alloc_dt(N * H), A.q = alloc_dt(N * Q), A.k = alloc_dt(N * KV), A.v = alloc_dt(N * KV);
     A.att = alloc_dt(N * Q), A.h = alloc_dt(N * H), A.n2 = alloc_dt(N * H);
     A.gate = alloc_dt(N * I), A.up = alloc_dt(N * I), A.act = alloc_dt(N * I);
-    A.rstd1 = alloc(N * 4), A.rstd2 = alloc(N * 4), A.lse = alloc(N * cfg.num_attention_heads * 4);
+    A.rstd1 = alloc(N * 4), A.rstd2 = alloc(N * 4), A.lse = alloc(N * cfg_.num_attention_heads * 4);
     for (int p = 0; p < kNumProj; ++p)
       if (adapted(p)) A.t[p] = alloc_dt(N * r);
   }
+  xs_.clear();
   xs_.resize(L + 1);
   for (auto& x : xs_) x = alloc_dt(N * H);
   ids_ = alloc(N * 4), targets_ = alloc(N * 4), doc_ = alloc(N * 4), pos_ = alloc(N * 4);
-  {  // RoPE tables for every position a row can hold
-    std::vector<int32_t> pos(opt.max_seq);
-    for (int64_t i = 0; i < opt.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
-    std::vector<float> c, s;
-    rope_tables(rope_inv_freq(cfg), pos.data(), opt.max_seq, c, s);
-    cos_tab_ = alloc(c.size() * 4), sin_tab_ = alloc(s.size() * 4);
-    cos_tab_.upload(c.data(), c.size() * 4), sin_tab_.upload(s.data(), s.size() * 4);
-  }
+  cos_tab_ = alloc(opt_.max_seq * d2 * 4), sin_tab_ = alloc(opt_.max_seq * d2 * 4);
   cos_ = alloc(N * d2 * 4), sin_ = alloc(N * d2 * 4);
   chunk_ = std::clamp<int64_t>((int64_t{64} << 20) / (V * static_cast<int64_t>(esz_)), 16, N);
   normed_ = alloc_dt(N * H), dnormed_ = alloc_dt(N * H), logits_ = alloc_dt(chunk_ * V), loss_ = alloc(N * 4);
@@ -129,17 +127,55 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeight
   dyb_ = dt_ == F32 ? cuda::DeviceBuffer() : alloc_dt(N * H);
   datt_ = alloc_dt(N * Q), dq_ = alloc_dt(N * Q), dk_ = alloc_dt(N * KV), dv_ = alloc_dt(N * KV);
   dtb_ = alloc_dt(N * std::max<int64_t>(r, 1));
-  delta_ = alloc(N * cfg.num_attention_heads * 4);
-  const cuda::AttnShape biggest{opt.max_batch, opt.max_seq, cfg.num_attention_heads, cfg.num_key_value_heads,
-                                cfg.head_dim, 1.0f};
-  if (use_flash(biggest))
-    attn_scratch_ = alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest)) * 4);
+  delta_ = alloc(N * cfg_.num_attention_heads * 4);
+  const cuda::AttnShape biggest{opt_.max_batch, opt_.max_seq, cfg_.num_attention_heads, cfg_.num_key_value_heads,
+                                cfg_.head_dim, 1.0f};
+  attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest)) * 4)
+                                     : cuda::DeviceBuffer();
   if (has_lora_ && spec_.dropout > 0) {
     const int64_t widest = std::max({H, I, Q});
     xd_ = alloc_dt(N * widest), dxd_ = alloc(N * widest * 4);
   }
   norm_acc_ = alloc(8);
-  ctx_.synchronize();
+}
+
+// Base weights from the source (tensor by tensor) or random on the device; the adapter zeroed;
+// the RoPE tables.
+void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
+  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
+  uint64_t salt = seed * 0x9E3779B97F4A7C15ull;
+  auto rnd = [&](cuda::DeviceBuffer& b, int64_t n, bool as_dt, float mean, float std) {
+    cuda::fill_normal(ctx_, as_dt ? dt_ : F32, b.data(), n, ++salt, mean, std);
+  };
+  if (w) {
+    upload(w->embed(), embed_, true), upload(w->final_norm(), final_norm_, false);
+    if (!cfg_.tie_word_embeddings) upload(w->lm_head(), head_, true);
+  } else {
+    rnd(embed_, V * H, true, 0.0f, 0.02f), rnd(final_norm_, H, false, 1.0f, 0.0f);
+    if (!cfg_.tie_word_embeddings) rnd(head_, V * H, true, 0.0f, 0.02f);
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& Ly = layers_[l];
+    if (w) {
+      upload(w->norm(l, false), Ly.input_norm, false), upload(w->norm(l, true), Ly.post_norm, false);
+    } else {
+      rnd(Ly.input_norm, H, false, 1.0f, 0.0f), rnd(Ly.post_norm, H, false, 1.0f, 0.0f);
+    }
+    for (int p = 0; p < kNumProj; ++p) {
+      auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
+      if (w)
+        upload(w->proj(l, static_cast<Proj>(p)), Ly.proj[p], true);
+      else
+        rnd(Ly.proj[p], out * in, true, 0.0f, 0.02f);
+    }
+  }
+  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_})
+    if (b->data()) ctx_.zero(b->data(), b->bytes());
+  std::vector<int32_t> pos(opt_.max_seq);
+  for (int64_t i = 0; i < opt_.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
+  std::vector<float> c, s;
+  rope_tables(rope_inv_freq(cfg_), pos.data(), opt_.max_seq, c, s);
+  cos_tab_.upload(c.data(), c.size() * 4), sin_tab_.upload(s.data(), s.size() * 4);
 }
 
 void LlamaGpu::set_lora(const LoraParams& lora) {

@@ -29,9 +29,10 @@ struct GpuModelOptions {
 
 class LlamaGpu {
  public:
-  // `w` null: random base weights generated on the device (N(0, 0.02), norms 1) from `seed`, so
-  // benchmarks need no checkpoint. `spec` null: no adapter.
-  LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const LlamaWeights* w, const LoraSpec* spec,
+  // Base weights come tensor by tensor from `w`; null: random weights generated on the device
+  // (N(0, 0.02), norms 1) from `seed`, so benchmarks need no checkpoint. `spec` null: no adapter.
+  // Fails, before allocating anything, when the planned buffers exceed the device's free memory.
+  LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSource* w, const LoraSpec* spec,
            const GpuModelOptions& opt, uint64_t seed = 0);
 
   // The adapter from the host (fp32 masters) and back.
@@ -67,8 +68,9 @@ class LlamaGpu {
   };
   cuda::DeviceBuffer alloc(size_t bytes);
   cuda::DeviceBuffer alloc_dt(int64_t n) { return alloc(static_cast<size_t>(n) * esz_); }
-  cuda::DeviceBuffer weights_from(const Tensor& t, bool as_dt);
-  cuda::DeviceBuffer random_weights(int64_t n, bool as_dt, float mean, float std, uint64_t seed);
+  void allocate();
+  void fill(const WeightSource* w, uint64_t seed);
+  void upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt);
   char* dt(const cuda::DeviceBuffer& b, int64_t elem_offset = 0) const {
     return b.as<char>() + elem_offset * static_cast<int64_t>(esz_);
   }
@@ -95,6 +97,7 @@ class LlamaGpu {
   size_t esz_;
   int64_t max_n_;
   size_t planned_ = 0;
+  bool dry_ = false;  // allocate() only counts
   int64_t n_ = 0, batch_ = 0, seq_ = 0;
   bool has_doc_ = false;
   uint64_t dropout_key_ = 0;

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -42,13 +43,22 @@ namespace {
 
 std::string layer_key(int64_t l, const std::string& rest) { return fmt::format("model.layers.{}.{}", l, rest); }
 
-Tensor load_checked(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
+void check_present(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
   if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
   const TensorInfo& info = ck.info(name);
   if (info.shape != want)
     fail("{}: tensor '{}' has shape {} but config.json implies {}", ck.file_of(name), name, shape_str(info.shape),
          shape_str(want));
-  return ck.read_f32(name);
+}
+
+Tensor load_checked(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
+  check_present(ck, name, want);
+  Tensor t = ck.read_f32(name);
+  for (size_t i = 0; i < t.data.size(); ++i)
+    if (!std::isfinite(t.data[i]))
+      fail("{}: tensor '{}' holds {} at element {}", ck.file_of(name), name, std::isnan(t.data[i]) ? "NaN" : "infinity",
+           i);
+  return t;
 }
 
 // Calls f(name, tensor) for every tensor of the model in a fixed order.
@@ -86,6 +96,52 @@ LlamaWeights load_llama_weights(const LlamaConfig& cfg, const CheckpointReader& 
   w.layers.resize(cfg.num_hidden_layers);
   for_each_weight(cfg, w, [&](const std::string& name, Tensor& t) { t = load_checked(ck, name, expected_shape(cfg, name)); });
   return w;
+}
+
+void check_llama_checkpoint(const LlamaConfig& cfg, const CheckpointReader& ck) {
+  LlamaWeights shapes;  // empty tensors: only the names are walked
+  shapes.layers.resize(cfg.num_hidden_layers);
+  for_each_weight(cfg, shapes, [&](const std::string& name, Tensor&) { check_present(ck, name, expected_shape(cfg, name)); });
+}
+
+namespace {
+
+class MemorySource final : public WeightSource {
+ public:
+  explicit MemorySource(const LlamaWeights& w) : w_(w) {}
+  Tensor embed() const override { return w_.embed; }
+  Tensor final_norm() const override { return w_.final_norm; }
+  Tensor lm_head() const override { return w_.lm_head; }
+  Tensor norm(int64_t l, bool post) const override { return post ? w_.layers[l].post_norm : w_.layers[l].input_norm; }
+  Tensor proj(int64_t l, Proj p) const override { return w_.layers[l].proj[static_cast<int>(p)]; }
+
+ private:
+  const LlamaWeights& w_;
+};
+
+class CheckpointSource final : public WeightSource {
+ public:
+  CheckpointSource(const LlamaConfig& cfg, const CheckpointReader& ck) : cfg_(cfg), ck_(ck) {}
+  Tensor embed() const override { return get("model.embed_tokens.weight"); }
+  Tensor final_norm() const override { return get("model.norm.weight"); }
+  Tensor lm_head() const override { return get("lm_head.weight"); }
+  Tensor norm(int64_t l, bool post) const override {
+    return get(layer_key(l, post ? "post_attention_layernorm.weight" : "input_layernorm.weight"));
+  }
+  Tensor proj(int64_t l, Proj p) const override { return get(layer_key(l, std::string(proj_module(p)) + ".weight")); }
+
+ private:
+  Tensor get(const std::string& name) const { return load_checked(ck_, name, expected_shape(cfg_, name)); }
+  LlamaConfig cfg_;
+  const CheckpointReader& ck_;
+};
+
+}  // namespace
+
+std::unique_ptr<WeightSource> memory_source(const LlamaWeights& w) { return std::make_unique<MemorySource>(w); }
+
+std::unique_ptr<WeightSource> checkpoint_source(const LlamaConfig& cfg, const CheckpointReader& ckpt) {
+  return std::make_unique<CheckpointSource>(cfg, ckpt);
 }
 
 LlamaWeights random_llama_weights(const LlamaConfig& cfg, uint64_t seed) {

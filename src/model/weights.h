@@ -2,6 +2,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,26 @@ struct LlamaWeights {
 // Loads every tensor, checking each shape against `cfg`; errors name the directory, tensor,
 // expected and found shape. A tensor missing from the checkpoint is an error too.
 LlamaWeights load_llama_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt);
+// One base tensor at a time, by role, so that a backend can upload (or quantize) tensor by tensor
+// and the host never holds the whole model. Every tensor comes back in fp32, shape-checked.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual Tensor embed() const = 0;                          // [V, H]
+  virtual Tensor final_norm() const = 0;                     // [H]
+  virtual Tensor lm_head() const = 0;                        // [V, H]; only when not tied
+  virtual Tensor norm(int64_t layer, bool post) const = 0;   // [H]: input (false) or post-attention
+  virtual Tensor proj(int64_t layer, Proj p) const = 0;      // [out, in]
+};
+// Copies out of weights already in memory (tests, the CPU model's).
+std::unique_ptr<WeightSource> memory_source(const LlamaWeights& w);
+// Reads each tensor from the checkpoint when asked (the reader must outlive the source).
+std::unique_ptr<WeightSource> checkpoint_source(const LlamaConfig& cfg, const CheckpointReader& ckpt);
+
+// Checks that every tensor the model needs is in the checkpoint with the shape config.json implies,
+// without reading any data (the same one-line errors as load_llama_weights).
+void check_llama_checkpoint(const LlamaConfig& cfg, const CheckpointReader& ckpt);
+
 // Random weights for tests and the quickstart: N(0, 0.02) matrices, norms 1.
 LlamaWeights random_llama_weights(const LlamaConfig& cfg, uint64_t seed);
 // Writes config.json + model.safetensors (as `dtype`) into an existing directory `dir`.

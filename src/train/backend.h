@@ -8,6 +8,7 @@
 #include "model/batch.h"
 #include "model/llama.h"
 #include "model/lora.h"
+#include "io/checkpoint.h"
 #include "ops/cpu/cross_entropy.h"
 #include "optim/adamw.h"
 
@@ -37,14 +38,16 @@ struct BackendOptions {
   bool bf16 = true;  // GPU storage precision (the CPU model is fp32)
 };
 
-// device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is present). `lora` is
-// the adapter to start from.
-std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg, const LlamaWeights& w,
-                                           const LoraParams& lora, const BackendOptions& opt);
+// device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is present). The base
+// weights are read from `ckpt` (the CPU model loads them all; the GPU one uploads tensor by
+// tensor). `lora` is the adapter to start from.
+std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg,
+                                           const CheckpointReader& ckpt, const LoraParams& lora,
+                                           const BackendOptions& opt);
 
 // Part of the CUDA build only.
-std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora,
-                                               const BackendOptions& opt);
+std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
+                                               const LoraParams& lora, const BackendOptions& opt);
 bool gpu_available();
 
 }  // namespace ftune

@@ -20,11 +20,11 @@ size_t device_used() {
 
 class GpuBackend final : public TrainBackend {
  public:
-  GpuBackend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora, const BackendOptions& opt)
+  GpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
       : baseline_(device_used()),
         adamw_(opt.adamw),
         shape_(lora.zeros_like()),
-        model_(ctx_, cfg, &w, &lora.spec,
+        model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), &lora.spec,
                GpuModelOptions{opt.model.max_batch, opt.model.max_seq, opt.bf16, opt.model.gradient_checkpointing}) {
     if (opt.bf16 && ctx_.sm_version() < 80)
       fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32)",
@@ -71,10 +71,10 @@ class GpuBackend final : public TrainBackend {
 
 bool gpu_available() { return cuda::device_count() > 0; }
 
-std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams& lora,
-                                               const BackendOptions& opt) {
+std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
+                                               const LoraParams& lora, const BackendOptions& opt) {
   if (!gpu_available()) fail("train.device=cuda: no CUDA device is visible");
-  return std::make_unique<GpuBackend>(cfg, w, lora, opt);
+  return std::make_unique<GpuBackend>(cfg, ckpt, lora, opt);
 }
 
 }  // namespace ftune

@@ -94,6 +94,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   prepare_output_dir(cfg.output_dir, cfg.overwrite);
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
+  check_llama_checkpoint(mcfg, ckpt);
   std::unique_ptr<Tokenizer> tok;
   const bool has_tokenizer = fs::exists(fs::path(cfg.model) / "tokenizer.model") ||
                              fs::exists(fs::path(cfg.model) / "tokenizer.json");
@@ -109,7 +110,6 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
     spec.dropout = cfg.lora.dropout;
     lora.spec = spec;
   }
-  const LlamaWeights weights = load_llama_weights(mcfg, ckpt);
   if (cfg.lora.init_adapter.empty()) lora = LoraParams::init(mcfg, spec, ts.seed);
 
   write_text((fs::path(cfg.output_dir) / "config.yaml").string(), train_config_to_yaml(cfg));
@@ -130,7 +130,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
   BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision == "bf16"};
-  const auto model = make_backend(ts.device, mcfg, weights, lora, bopt);
+  const auto model = make_backend(ts.device, mcfg, ckpt, lora, bopt);
   fmt::print(stderr, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   if (model->planned_bytes())

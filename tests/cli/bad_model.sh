@@ -56,8 +56,33 @@ sed -i 's/LlamaForCausalLM/MistralForCausalLM/; s/"model_type": "llama"/"model_t
 write_recipe "$WORK/r6.yaml" "$WORK/arch" "$WORK/data.jsonl" "$WORK/out6"
 expect_fail other-architecture "MistralForCausalLM" "$FTUNE" train "$WORK/r6.yaml"
 
+# A NaN inside a weight (the error names the tensor and the element; the run's progress lines
+# before it are normal output, so only the error line is checked here)
+cp -r "$WORK/good" "$WORK/nan"
+python3 - "$WORK/nan/model.safetensors" <<'PY'
+import json, struct, sys
+p = sys.argv[1]
+raw = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+t = hdr["model.layers.1.self_attn.v_proj.weight"]
+assert t["dtype"] == "F32", t["dtype"]
+at = 8 + n + t["data_offsets"][0] + 4 * 5
+raw[at:at + 4] = struct.pack("<f", float("nan"))
+open(p, "wb").write(raw)
+PY
+write_recipe "$WORK/r7.yaml" "$WORK/nan" "$WORK/data.jsonl" "$WORK/out7"
+rc=0
+err=$("$FTUNE" train "$WORK/r7.yaml" 2>&1 >/dev/null) || rc=$?
+if [ "$rc" -ne 0 ] && [ "$(printf '%s\n' "$err" | grep -c 'error')" -eq 1 ] &&
+  printf '%s' "$err" | grep -Eq "error: .*nan/model\.safetensors: tensor 'model\.layers\.1\.self_attn\.v_proj\.weight' holds NaN at element 5"; then
+  echo "ok   nan-weight: $(printf '%s\n' "$err" | grep error)"
+else
+  echo "FAIL nan-weight (exit $rc): $err"; fails=$((fails + 1))
+fi
+
 # Nothing was written for any failed run
-for i in 1 2 3 4 5 6; do
+for i in 1 2 3 4 5 6 7; do
   if [ -e "$WORK/out$i/adapter_model.safetensors" ]; then echo "FAIL out$i has an adapter"; fails=$((fails + 1)); fi
 done
 finish

@@ -46,7 +46,7 @@ void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_
     std::vector<const std::vector<int32_t>*> pi, pl;
     for (size_t i = 0; i < ids.size(); ++i) pi.push_back(&ids[i]), pl.push_back(&labels[i]);
     const Batch b = make_batch(pi, pl, 0);
-    LlamaGpu gpu(ctx, cfg, &w, &lora.spec, GpuModelOptions{b.batch, b.seq, bf16, checkpointing});
+    LlamaGpu gpu(ctx, cfg, memory_source(w).get(), &lora.spec, GpuModelOptions{b.batch, b.seq, bf16, checkpointing});
     gpu.set_lora(lora);
     LoraParams grads = lora.zeros_like();
     const auto [sum, count] = gpu.forward_backward(b, 1.0f / static_cast<float>(b.count_targets()));
@@ -126,7 +126,7 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
   // rounding of activations and weights, 5e-3 on the loss and 5e-2 on the gradients.
   for (bool bf16 : {false, true})
     for (bool ckpt : {false, true}) {
-      LlamaGpu gpu(ctx, c, &w, &s, GpuModelOptions{b.batch, b.seq, bf16, ckpt});
+      LlamaGpu gpu(ctx, c, memory_source(w).get(), &s, GpuModelOptions{b.batch, b.seq, bf16, ckpt});
       gpu.set_lora(lora);
       LoraParams gg = lora.zeros_like();
       const auto [sum, count] = gpu.forward_backward(b, scale);
@@ -177,7 +177,7 @@ TEST(LlamaGpu, CheckpointingGivesIdenticalGradientsWithDropout) {
     std::vector<std::vector<float>> got;
     std::vector<double> losses;
     for (bool ckpt : {false, true}) {
-      LlamaGpu gpu(ctx, c, &w, &s, GpuModelOptions{b.batch, b.seq, bf16, ckpt});
+      LlamaGpu gpu(ctx, c, memory_source(w).get(), &s, GpuModelOptions{b.batch, b.seq, bf16, ckpt});
       gpu.set_lora(lora);
       LoraParams g = lora.zeros_like();
       losses.push_back(gpu.forward_backward(b, 0.01f, 0x1234567).first);

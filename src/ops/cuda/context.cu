@@ -13,6 +13,8 @@ int device_count() {
   return n;
 }
 
+void memory_info(size_t& free, size_t& total) { FT_CUDA(cudaMemGetInfo(&free, &total)); }
+
 Context::Context(int device, size_t workspace_bytes) : device_(device) {
   FT_CUDA(cudaSetDevice(device));
   cudaDeviceProp prop{};

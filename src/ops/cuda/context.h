@@ -20,6 +20,8 @@ struct GemmCacheDeleter {
 
 // Number of CUDA devices visible, 0 when there is no driver or no GPU (never throws).
 int device_count();
+// Free and total memory of the current device, in bytes.
+void memory_info(size_t& free, size_t& total);
 
 class Context {
  public:
