@@ -5,7 +5,9 @@
 // ftune_planned_gib is every buffer the model allocated, ftune_peak_gib the process's device memory
 // in use after the run beyond what it held before the model (so cuBLAS's own allocations count).
 //   bench_lora_gpu --shape llama2-7b [--seq 2048] [--micro-batch 4] [--rank 16] [--alpha 32]
-//                  [--checkpointing] [--fp32] [--steps 10] [--warmup 3] [--gpu-name NAME]
+//                  [--checkpointing] [--fp32] [--qlora] [--steps 10] [--warmup 3] [--gpu-name NAME]
+// --qlora: the projections in NF4 (random codes generated on the device), as `method: qlora`.
+// --optimizer adamw|adamw_8bit|paged_adamw_8bit: as train.optimizer.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -41,10 +43,10 @@ size_t used_bytes() {
 
 int main(int argc, char** argv) {
   using namespace ftune;
-  std::string shape = "llama2-7b", gpu_name;
+  std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
-  bool ckpt = false, fp32 = false;
+  bool ckpt = false, fp32 = false, qlora = false;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -60,8 +62,10 @@ int main(int argc, char** argv) {
       else if (a == "--steps") steps = std::stoll(val());
       else if (a == "--warmup") warmup = std::stoll(val());
       else if (a == "--gpu-name") gpu_name = val();
+      else if (a == "--optimizer") optimizer = val();
       else if (a == "--checkpointing") ckpt = true;
       else if (a == "--fp32") fp32 = true;
+      else if (a == "--qlora") qlora = true;
       else fail("unknown argument '{}'", a);
     }
     const LlamaConfig cfg = preset_config(shape);
@@ -73,7 +77,11 @@ int main(int argc, char** argv) {
     spec.r = rank;
     spec.alpha = alpha;
     spec.targets.fill(true);
-    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, !fp32, ckpt}, 1);
+    const GpuOptimizer opt = optimizer == "adamw"              ? GpuOptimizer::AdamW
+                             : optimizer == "adamw_8bit"       ? GpuOptimizer::AdamW8bit
+                             : optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
+                                                               : (fail("unknown optimizer '{}'", optimizer), GpuOptimizer::AdamW);
+    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, !fp32, ckpt, qlora, opt}, 1);
     // peft's init (B = 0) would leave A without gradient for the first step; give B small values so
     // every GEMM does real work from the start.
     LoraParams lora = LoraParams::init(cfg, spec, 2);
@@ -110,12 +118,12 @@ int main(int argc, char** argv) {
     const double tflops = flops_per_token(cfg, model.lora_parameters(), seq) * tok_s / 1e12;
     const double gib = 1024.0 * 1024.0 * 1024.0;
     fmt::print(
-        "{{\"bench\": \"lora_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
+        "{{\"bench\": \"{}_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
         "\"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, \"loss_last\": {:.4f}, "
-        "\"steps\": {}, \"precision\": \"{}\"}}\n",
-        shape, seq, mb, rank, ckpt ? "_ckpt" : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
+        "\"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
+        qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? "_ckpt" : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
         static_cast<double>(used_bytes() - before) / gib, static_cast<double>(model.planned_bytes()) / gib, tflops,
-        first, last, steps, fp32 ? "fp32" : "bf16");
+        first, last, steps, fp32 ? "fp32" : "bf16", optimizer);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());
     return 1;

@@ -23,7 +23,7 @@ const std::vector<std::string> kAllKeys = {
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
     "data.packing", "data.pad_to_multiple_of", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
-    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision",
+    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
@@ -356,9 +356,9 @@ TEST(TrainConfigErrors, EnumValues) {
   expect_set_error("train.schedule=step", "--set: train.schedule: must be one of 'constant', 'linear', 'cosine', found 'step'");
   expect_set_error("data.overflow=wrap", "data.overflow: must be one of 'truncate', 'drop', found 'wrap'");
   expect_set_error("data.format=parquet", "data.format: must be one of 'auto', 'text', 'alpaca', 'messages', 'prompt_completion', 'input_ids', found 'parquet'");
-  expect_set_error("train.method=qlora", "--set: train.method: 'qlora' is not available yet (available: 'lora')");
+  expect_set_error("train.method=full", "--set: train.method: 'full' is not available yet (available: 'lora', 'qlora')");
   expect_recipe_error("train:\n  method: full\n", "recipe.yaml: train.method: 'full' is not available yet");
-  expect_set_error("train.method=dora", "train.method: must be one of 'lora', found 'dora'");
+  expect_set_error("train.method=dora", "train.method: must be one of 'lora', 'qlora', found 'dora'");
   expect_set_error("lora.target_modules=[q_proj,lm_head]", "lora.target_modules: 'lm_head' is not one of 'q_proj'");
   expect_set_error("lora.target_modules=[]", "lora.target_modules: must name at least one module");
 }

@@ -13,12 +13,14 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "model/rope.h"
+#include "quant/nf4.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cross_entropy.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/nf4.h"
 #include "ops/cuda/rmsnorm.h"
 #include "ops/cuda/rope.h"
 #include "ops/cuda/swiglu.h"
@@ -27,6 +29,7 @@ namespace ftune {
 
 namespace {
 constexpr cuda::Storage F32 = cuda::Storage::F32;
+constexpr int64_t kNf4Block = 64;  // bitsandbytes' default for QLoRA
 float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
 }  // namespace
 
@@ -53,6 +56,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
       dt_(opt.bf16 ? cuda::Storage::BF16 : F32),
       esz_(opt.bf16 ? 2 : 4),
       max_n_(opt.max_batch * opt.max_seq) {
+  if (opt.nf4 && !opt.bf16) fail("internal error: NF4 base weights need bf16 compute");
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
   slots_.resize(cfg.num_hidden_layers);
   if (has_lora_)
@@ -91,17 +95,32 @@ void LlamaGpu::allocate() {
   if (!cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
   layers_.clear();
   layers_.resize(L);
+  int64_t widest_w = 0;  // elements of the largest projection
   for (Layer& Ly : layers_) {
     Ly.input_norm = alloc(H * 4), Ly.post_norm = alloc(H * 4);
     for (int p = 0; p < kNumProj; ++p) {
       auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
-      Ly.proj[p] = alloc_dt(out * in);
+      widest_w = std::max(widest_w, out * in);
+      if (!opt_.nf4) {
+        Ly.proj[p] = alloc_dt(out * in);
+        continue;
+      }
+      const int64_t blocks = (out * in + kNf4Block - 1) / kNf4Block;
+      Ly.q4[p].packed = alloc((out * in + 1) / 2), Ly.q4[p].absmax_q = alloc(blocks);
+      Ly.q4[p].absmax2 = alloc((blocks + kNf4NestedBlocksize - 1) / kNf4NestedBlocksize * 4);
     }
   }
+  if (opt_.nf4) wbuf_ = alloc_dt(widest_w), code2_ = alloc(256 * 4);
   if (lora_n_ > 0) {
-    lora_p_ = alloc(lora_n_ * 4), lora_g_ = alloc(lora_n_ * 4), lora_m_ = alloc(lora_n_ * 4);
-    lora_v_ = alloc(lora_n_ * 4);
+    lora_p_ = alloc(lora_n_ * 4), lora_g_ = alloc(lora_n_ * 4);
     if (dt_ != F32) lora_c_ = alloc_dt(lora_n_);
+    switch (opt_.optimizer) {
+      case GpuOptimizer::AdamW: lora_m_ = alloc(lora_n_ * 4), lora_v_ = alloc(lora_n_ * 4); break;
+      case GpuOptimizer::AdamW8bit:  // the optimizer object allocates its states in fill(); counted here
+        planned_ += Adam8bitLayout{lora_n_, lora_n_ >= kMin8bitSize}.bytes() + 2 * 256 * 4;
+        break;
+      case GpuOptimizer::PagedAdamW8bit: planned_ += 2 * PagedAdamW8bit::kDefaultChunkBytes + 2 * 256 * 4; break;
+    }
   }
   // Activations: every layer's, or one reused set when checkpointing.
   acts_.clear();
@@ -163,12 +182,34 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
     }
     for (int p = 0; p < kNumProj; ++p) {
       auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
-      if (w)
-        upload(w->proj(l, static_cast<Proj>(p)), Ly.proj[p], true);
-      else
-        rnd(Ly.proj[p], out * in, true, 0.0f, 0.02f);
+      if (!opt_.nf4) {
+        if (w)
+          upload(w->proj(l, static_cast<Proj>(p)), Ly.proj[p], true);
+        else
+          rnd(Ly.proj[p], out * in, true, 0.0f, 0.02f);
+        continue;
+      }
+      Nf4Weight& q = Ly.q4[p];
+      if (!w) {  // codes uniform over the 16 values: N(0, ~0.02)-like weights
+        q.offset = 0.04f;
+        cuda::nf4_fill_random(ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), out * in,
+                              kNf4Block, ++salt, q.offset);
+        continue;
+      }
+      // Quantized on the host as each tensor is read: host memory holds one projection at a time.
+      const Tensor t = w->proj(l, static_cast<Proj>(p));
+      const Nf4Tensor n4 = nf4_quantize(t.data.data(), {out, in}, kNf4Block, true);
+      ctx_.synchronize();
+      q.packed.upload(n4.packed.data(), n4.packed.size());
+      q.absmax_q.upload(n4.absmax_q.data(), n4.absmax_q.size());
+      q.absmax2.upload(n4.absmax2.data(), n4.absmax2.size() * 4);
+      q.offset = n4.offset;
     }
   }
+  if (opt_.nf4) code2_.upload(dynamic_map(true).data(), 256 * 4);
+  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(ctx_, lora_n_);
+  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::PagedAdamW8bit)
+    paged8_ = std::make_unique<PagedAdamW8bit>(ctx_, lora_n_);
   for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_})
     if (b->data()) ctx_.zero(b->data(), b->bytes());
   std::vector<int32_t> pos(opt_.max_seq);
@@ -232,9 +273,15 @@ double LlamaGpu::grad_norm() const {
 
 void LlamaGpu::adamw_step(const cuda::AdamWStep& s, float grad_coef) {
   if (!lora_n_) return;
-  cuda::AdamWStep st = s;
-  st.grad_coef = grad_coef;
-  cuda::adamw_update(ctx_, st, f(lora_p_), f(lora_g_), f(lora_m_), f(lora_v_), lora_n_);
+  if (adam8_ || paged8_) {  // bitsandbytes' AdamW8bit: decay applied after the step
+    const AdamW8bitStep st{s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.t, grad_coef};
+    if (adam8_) adam8_->step(st, f(lora_p_), f(lora_g_));
+    if (paged8_) paged8_->step(st, f(lora_p_), f(lora_g_));
+  } else {
+    cuda::AdamWStep st = s;
+    st.grad_coef = grad_coef;
+    cuda::adamw_update(ctx_, st, f(lora_p_), f(lora_g_), f(lora_m_), f(lora_v_), lora_n_);
+  }
   if (dt_ != F32) cuda::convert(ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
 }
 
@@ -258,13 +305,22 @@ void LlamaGpu::prepare(const Batch& b) {
                           xs_[0].data());
 }
 
+const void* LlamaGpu::weight(int64_t l, int p) {
+  if (!opt_.nf4) return layers_[l].proj[p].data();
+  const Nf4Weight& q = layers_[l].q4[p];
+  auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
+  cuda::nf4_dequantize_bf16(ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
+                            code2_.as<float>(), out * in, kNf4Block, wbuf_.data());
+  return wbuf_.data();
+}
+
 // y = x W^T (+ residual) + s * (drop(x) A^T) B^T, t = drop(x) A^T saved. y null: only t (the
 // recompute under checkpointing needs t but not the output).
 void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t) {
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
   if (y)
-    cuda::gemm(ctx_, n_, out, in, 1.0f, {x, dt_, false}, {layers_[l].proj[i].data(), dt_, true}, residual ? 1.0f : 0.0f,
+    cuda::gemm(ctx_, n_, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
                residual, y, dt_);
   if (!adapted(i)) return;
   const void* lp = dt_ == F32 ? lora_p_.data() : lora_c_.data();
@@ -286,7 +342,7 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const
                           cuda::Storage dx_type, float beta) {
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
-  const void* W = layers_[l].proj[i].data();
+  const void* W = weight(l, i);
   if (!adapted(i)) {
     cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
     return;

@@ -5,6 +5,7 @@
 // Every buffer is allocated once, at construction, for the largest micro-batch.
 #pragma once
 #include <array>
+#include <memory>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -17,14 +18,20 @@
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/storage.h"
+#include "optim/paged_states_gpu.h"
 
 namespace ftune {
+
+enum class GpuOptimizer { AdamW, AdamW8bit, PagedAdamW8bit };
 
 struct GpuModelOptions {
   int64_t max_batch = 1;  // rows per micro-batch
   int64_t max_seq = 2048;  // tokens per row
   bool bf16 = true;        // weights and activations in bf16; false: fp32 throughout
   bool checkpointing = false;  // keep only each layer's input; recompute the layer in the backward
+  bool nf4 = false;  // QLoRA: the seven projections frozen in NF4 (double-quantized, blocks of 64),
+                     // dequantized into bf16 before each GEMM; needs bf16
+  GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
 };
 
 class LlamaGpu {
@@ -54,9 +61,16 @@ class LlamaGpu {
   size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
 
  private:
+  struct Nf4Weight {  // one projection in NF4 (quant/nf4.h's Nf4Tensor on the device)
+    cuda::DeviceBuffer packed;    // [(out*in+1)/2] two codes a byte
+    cuda::DeviceBuffer absmax_q;  // [out*in/64] 8-bit block scales
+    cuda::DeviceBuffer absmax2;   // [ceil(out*in/64/256)] fp32 scales of the scales
+    float offset = 0.0f;          // mean block scale
+  };
   struct Layer {
     cuda::DeviceBuffer input_norm, post_norm;       // [H] fp32
-    std::array<cuda::DeviceBuffer, kNumProj> proj;  // as LayerWeights, storage dt_
+    std::array<cuda::DeviceBuffer, kNumProj> proj;  // as LayerWeights, storage dt_ (empty with nf4)
+    std::array<Nf4Weight, kNumProj> q4;             // with nf4
   };
   struct Acts {  // one layer's saved activations (all layers, or one reused under checkpointing)
     cuda::DeviceBuffer n1, q, k, v, att, h, n2, gate, up, act;  // [N, H|Q|KV|I] storage dt_
@@ -75,6 +89,7 @@ class LlamaGpu {
     return b.as<char>() + elem_offset * static_cast<int64_t>(esz_);
   }
   bool adapted(int p) const { return has_lora_ && spec_.targets[p]; }
+  const void* weight(int64_t l, int p);  // the projection in dt_, dequantized into wbuf_ when NF4
   void prepare(const Batch& b);
   void linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t);
   void linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx, cuda::Storage dx_type,
@@ -103,6 +118,7 @@ class LlamaGpu {
   uint64_t dropout_key_ = 0;
   float grad_scale_ = 0.0f;
 
+  cuda::DeviceBuffer wbuf_, code2_;  // nf4: [max out*in] bf16 dequantized weight, [256] fp32 absmax code
   cuda::DeviceBuffer embed_, final_norm_, head_;  // [V, H] dt, [H] fp32, [V, H] dt (the embedding when tied)
   std::vector<Layer> layers_;
   std::vector<Acts> acts_;
@@ -110,6 +126,8 @@ class LlamaGpu {
   std::vector<std::array<LoraSlot, kNumProj>> slots_;
   int64_t lora_n_ = 0;
   cuda::DeviceBuffer lora_p_, lora_g_, lora_m_, lora_v_;  // [lora_n_] fp32: masters, grads, AdamW moments
+  std::unique_ptr<DeviceAdamW8bit> adam8_;                // the moments in 8 bits (instead of lora_m_/v_)
+  std::unique_ptr<PagedAdamW8bit> paged8_;                // ... paged to pinned host memory
   cuda::DeviceBuffer lora_c_;                             // [lora_n_] dt: the compute copy (bf16 only)
   int64_t adam_t_ = 0;
   cuda::DeviceBuffer ids_, targets_, doc_, pos_;  // [N] int32

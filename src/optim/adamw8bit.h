@@ -47,7 +47,8 @@ inline Adam8bitConstants adam8bit_constants(const AdamW8bitStep& s) {
   c.one_minus_beta2 = 1.0f - s.beta2;
   c.step_size = static_cast<float>(-static_cast<double>(s.lr) * c2 / c1);
   c.c2_eps = static_cast<float>(c2) * s.eps;
-  c.decay = static_cast<float>(1.0 - static_cast<double>(s.lr) * static_cast<double>(s.weight_decay));
+  // fma: one rounding whatever the compiler's contraction setting in the including file.
+  c.decay = static_cast<float>(std::fma(-static_cast<double>(s.lr), static_cast<double>(s.weight_decay), 1.0));
   c.apply_decay = s.weight_decay > 0.0f ? 1 : 0;
   c.grad_coef = s.grad_coef;
   return c;

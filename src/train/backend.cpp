@@ -2,19 +2,38 @@
 #include "train/backend.h"
 
 #include "core/error.h"
+#include "optim/adamw8bit.h"
+#include "quant/nf4.h"
 
 namespace ftune {
 
 namespace {
 
+// QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
+// 64), the values the GPU dequantizes before each GEMM.
+LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4) {
+  LlamaWeights w = load_llama_weights(cfg, ckpt);
+  if (nf4)
+    for (auto& layer : w.layers)
+      for (Tensor& t : layer.proj) {
+        const Nf4Tensor q = nf4_quantize(t.data.data(), t.shape, 64, true);
+        nf4_dequantize(q, t.data.data());
+      }
+  return w;
+}
+
 class CpuBackend final : public TrainBackend {
  public:
   CpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
-      : weights_(load_llama_weights(cfg, ckpt)),
+      : weights_(load_weights(cfg, ckpt, opt.qlora)),
         lora_(lora),
         grads_(lora.zeros_like()),
+        settings_(opt.adamw),
         opt_(lora_, opt.adamw),
-        model_(cfg, weights_, &lora_, opt.model) {}
+        model_(cfg, weights_, &lora_, opt.model) {
+    // Paging moves states between GPU and host memory; on the CPU both 8-bit choices are the same.
+    if (opt.optimizer != "adamw") adam8_ = std::make_unique<Adam8bitState>(lora_.num_parameters());
+  }
   std::string name() const override { return "cpu"; }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
     return model_.forward_backward(b, scale, grads_, key);
@@ -22,17 +41,38 @@ class CpuBackend final : public TrainBackend {
   cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
   double step(double lr, double max_norm) override {
     const double norm = clip_grad_norm(grads_, max_norm);
-    opt_.step(lora_, grads_, lr);
+    if (adam8_)
+      step8(lr);
+    else
+      opt_.step(lora_, grads_, lr);
     grads_.for_each([](const std::string&, Tensor& t) { t.zero(); });
     return norm;
   }
   void read_adapter(LoraParams& out) const override { out = lora_; }
 
  private:
+  // 8-bit AdamW over the adapter flattened in for_each order (as the GPU model lays it out).
+  void step8(double lr) {
+    std::vector<float> p, g;
+    lora_.for_each([&](const std::string&, const Tensor& t) { p.insert(p.end(), t.data.begin(), t.data.end()); });
+    grads_.for_each([&](const std::string&, const Tensor& t) { g.insert(g.end(), t.data.begin(), t.data.end()); });
+    adam8_->step({static_cast<float>(lr), static_cast<float>(settings_.beta1), static_cast<float>(settings_.beta2),
+                  static_cast<float>(settings_.eps), static_cast<float>(settings_.weight_decay), ++t8_, 1.0f},
+                 p.data(), g.data());
+    size_t at = 0;
+    lora_.for_each([&](const std::string&, Tensor& t) {
+      std::copy_n(p.begin() + static_cast<int64_t>(at), t.data.size(), t.data.begin());
+      at += t.data.size();
+    });
+  }
+
   LlamaWeights weights_;
   LoraParams lora_;   // the adapter being trained
   LoraParams grads_;  // same shapes
+  AdamWSettings settings_;
   AdamW opt_;
+  std::unique_ptr<Adam8bitState> adam8_;  // adamw_8bit / paged_adamw_8bit
+  int64_t t8_ = 0;
   LlamaCpu model_;  // reads the adapter through a reference to lora_
 };
 

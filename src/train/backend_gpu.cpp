@@ -18,17 +18,23 @@ size_t device_used() {
   return total - free;
 }
 
+GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& opt) {
+  if (opt.bf16 && ctx.sm_version() < 80)
+    fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32)", ctx.name(),
+         ctx.sm_version());
+  const GpuOptimizer o = opt.optimizer == "adamw_8bit"         ? GpuOptimizer::AdamW8bit
+                         : opt.optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
+                                                               : GpuOptimizer::AdamW;
+  return {opt.model.max_batch, opt.model.max_seq, opt.bf16, opt.model.gradient_checkpointing, opt.qlora, o};
+}
+
 class GpuBackend final : public TrainBackend {
  public:
   GpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
       : baseline_(device_used()),
         adamw_(opt.adamw),
         shape_(lora.zeros_like()),
-        model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), &lora.spec,
-               GpuModelOptions{opt.model.max_batch, opt.model.max_seq, opt.bf16, opt.model.gradient_checkpointing}) {
-    if (opt.bf16 && ctx_.sm_version() < 80)
-      fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32)",
-           ctx_.name(), ctx_.sm_version());
+        model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), &lora.spec, model_options(ctx_, opt)) {
     model_.set_lora(lora);
   }
   std::string name() const override { return fmt::format("cuda ({}, sm_{})", ctx_.name(), ctx_.sm_version()); }

@@ -39,7 +39,8 @@ struct DataSettings {
 };
 
 struct TrainSettings {
-  std::string method = "lora";
+  std::string method = "lora";     // lora or qlora
+  std::string optimizer = "adamw";  // adamw, adamw_8bit or paged_adamw_8bit
   int64_t micro_batch_size = 4;
   int64_t grad_accum = 1;
   int64_t max_steps = 100;  // optimizer steps
