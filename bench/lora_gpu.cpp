@@ -7,7 +7,8 @@
 //   bench_lora_gpu --shape llama2-7b [--seq 2048] [--micro-batch 4] [--rank 16] [--alpha 32]
 //                  [--checkpointing] [--fp32] [--qlora] [--steps 10] [--warmup 3] [--gpu-name NAME]
 // --qlora: the projections in NF4 (random codes generated on the device), as `method: qlora`.
-// --optimizer adamw|adamw_8bit|paged_adamw_8bit: as train.optimizer.
+// --optimizer adamw|adamw_8bit|paged_adamw_8bit: as train.optimizer. --offload: with
+// --checkpointing, layer inputs in pinned host memory (train.offload_activations).
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
   std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
-  bool ckpt = false, fp32 = false, qlora = false;
+  bool ckpt = false, fp32 = false, qlora = false, offload = false;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
       else if (a == "--checkpointing") ckpt = true;
       else if (a == "--fp32") fp32 = true;
       else if (a == "--qlora") qlora = true;
+      else if (a == "--offload") offload = true;
       else fail("unknown argument '{}'", a);
     }
     const LlamaConfig cfg = preset_config(shape);
@@ -81,7 +83,7 @@ int main(int argc, char** argv) {
                              : optimizer == "adamw_8bit"       ? GpuOptimizer::AdamW8bit
                              : optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
                                                                : (fail("unknown optimizer '{}'", optimizer), GpuOptimizer::AdamW);
-    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, !fp32, ckpt, qlora, opt}, 1);
+    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, !fp32, ckpt, qlora, opt, offload && ckpt}, 1);
     // peft's init (B = 0) would leave A without gradient for the first step; give B small values so
     // every GEMM does real work from the start.
     LoraParams lora = LoraParams::init(cfg, spec, 2);
@@ -121,7 +123,7 @@ int main(int argc, char** argv) {
         "{{\"bench\": \"{}_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
         "\"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, \"loss_last\": {:.4f}, "
         "\"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
-        qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? "_ckpt" : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
+        qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
         static_cast<double>(used_bytes() - before) / gib, static_cast<double>(model.planned_bytes()) / gib, tflops,
         first, last, steps, fp32 ? "fp32" : "bf16", optimizer);
   } catch (const std::exception& e) {

@@ -57,6 +57,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
       esz_(opt.bf16 ? 2 : 4),
       max_n_(opt.max_batch * opt.max_seq) {
   if (opt.nf4 && !opt.bf16) fail("internal error: NF4 base weights need bf16 compute");
+  if (opt.offload && !opt.checkpointing) fail("internal error: activation offload needs checkpointing");
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
   slots_.resize(cfg.num_hidden_layers);
   if (has_lora_)
@@ -134,7 +135,7 @@ void LlamaGpu::allocate() {
       if (adapted(p)) A.t[p] = alloc_dt(N * r);
   }
   xs_.clear();
-  xs_.resize(L + 1);
+  xs_.resize(opt_.offload ? std::min<int64_t>(L + 1, ActivationOffload::kSlots) : L + 1);
   for (auto& x : xs_) x = alloc_dt(N * H);
   ids_ = alloc(N * 4), targets_ = alloc(N * 4), doc_ = alloc(N * 4), pos_ = alloc(N * 4);
   cos_tab_ = alloc(opt_.max_seq * d2 * 4), sin_tab_ = alloc(opt_.max_seq * d2 * 4);
@@ -207,6 +208,8 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
     }
   }
   if (opt_.nf4) code2_.upload(dynamic_map(true).data(), 256 * 4);
+  if (opt_.offload)
+    offload_ = std::make_unique<ActivationOffload>(ctx_, L + 1, static_cast<size_t>(max_n_ * H) * esz_);
   if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(ctx_, lora_n_);
   if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::PagedAdamW8bit)
     paged8_ = std::make_unique<PagedAdamW8bit>(ctx_, lora_n_);
@@ -301,8 +304,9 @@ void LlamaGpu::prepare(const Batch& b) {
   const int64_t d2 = cfg_.head_dim / 2;
   cuda::gather_rows(ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
   cuda::gather_rows(ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
-  cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size,
-                          xs_[0].data());
+  if (offload_) offload_->before_write(0);
+  cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
+  if (offload_) offload_->after_write(0, xbuf(0), n_ * cfg_.hidden_size * esz_);
 }
 
 const void* LlamaGpu::weight(int64_t l, int p) {
@@ -403,7 +407,7 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   const Layer& Ly = layers_[l];
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  const void* x = xs_[l].data();
+  const void* x = xbuf(l);
   auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
   cuda::rmsnorm_forward(ctx_, dt_, x, f(Ly.input_norm), A.n1.data(), f(A.rstd1), n_, H, eps);
   linear_fwd(l, Proj::Q, A.n1.data(), nullptr, A.q.data(), t(Proj::Q));
@@ -418,7 +422,7 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   linear_fwd(l, Proj::Up, A.n2.data(), nullptr, A.up.data(), t(Proj::Up));
   cuda::swiglu_forward(ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
   // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
-  linear_fwd(l, Proj::Down, A.act.data(), A.h.data(), recompute ? nullptr : xs_[l + 1].data(), t(Proj::Down));
+  linear_fwd(l, Proj::Down, A.act.data(), A.h.data(), recompute ? nullptr : xbuf(l + 1), t(Proj::Down));
 }
 
 // dy_ holds dL/d(layer output) on entry and dL/d(layer input) on exit.
@@ -449,13 +453,13 @@ void LlamaGpu::layer_backward(int64_t l) {
   linear_bwd(l, Proj::Q, A.n1.data(), t(Proj::Q), dq_.data(), dn_.data(), F32, 0.0f);
   linear_bwd(l, Proj::K, A.n1.data(), t(Proj::K), dk_.data(), dn_.data(), F32, 1.0f);
   linear_bwd(l, Proj::V, A.n1.data(), t(Proj::V), dv_.data(), dn_.data(), F32, 1.0f);
-  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xs_[l].data(), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
+  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
 }
 
 // Final norm, lm_head and the per-row losses; with `backward`, dy_ = dL/d(last layer output).
 void LlamaGpu::head(bool backward) {
   const int64_t H = cfg_.hidden_size, L = cfg_.num_hidden_layers;
-  cuda::rmsnorm_forward(ctx_, dt_, xs_[L].data(), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
+  cuda::rmsnorm_forward(ctx_, dt_, xbuf(L), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
                         static_cast<float>(cfg_.rms_norm_eps));
   const void* w = cfg_.tie_word_embeddings ? embed_.data() : head_.data();
   cuda::lm_head_cross_entropy(ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
@@ -464,7 +468,7 @@ void LlamaGpu::head(bool backward) {
   if (!backward) return;
   ctx_.zero(f(dy_), n_ * H * 4);
   cuda::convert(ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
-  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xs_[L].data(), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
+  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
 }
 
 double LlamaGpu::read_loss() {
@@ -475,20 +479,37 @@ double LlamaGpu::read_loss() {
   return sum;
 }
 
+// Every layer's forward; with offload, each output goes to the host as soon as it is written.
+void LlamaGpu::forward_layers() {
+  const size_t bytes = n_ * cfg_.hidden_size * esz_;
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    if (offload_) offload_->before_write(l + 1);
+    layer_forward(l, false);
+    if (offload_) offload_->after_write(l + 1, xbuf(l + 1), bytes);
+  }
+}
+
 std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key) {
   prepare(b);
   dropout_key_ = dropout_key;
   grad_scale_ = grad_scale;
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) layer_forward(l, false);
+  forward_layers();
   head(true);
-  for (int64_t l = cfg_.num_hidden_layers - 1; l >= 0; --l) layer_backward(l);
+  // With offload the last three inputs are still on the device; each earlier one comes back while
+  // the layer above it runs its backward.
+  const int64_t L = cfg_.num_hidden_layers, resident = L + 1 - ActivationOffload::kSlots;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    if (offload_ && l < resident) offload_->wait(l);
+    if (offload_ && l >= 1 && l - 1 < resident) offload_->prefetch(l - 1, xbuf(l - 1), n_ * cfg_.hidden_size * esz_);
+    layer_backward(l);
+  }
   return {read_loss(), b.count_targets()};
 }
 
 std::pair<double, int64_t> LlamaGpu::loss(const Batch& b) {
   prepare(b);
   dropout_key_ = 0;
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) layer_forward(l, false);
+  forward_layers();
   head(false);
   return {read_loss(), b.count_targets()};
 }

@@ -18,6 +18,7 @@
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/storage.h"
+#include "model/offload_gpu.h"
 #include "optim/paged_states_gpu.h"
 
 namespace ftune {
@@ -32,6 +33,7 @@ struct GpuModelOptions {
   bool nf4 = false;  // QLoRA: the seven projections frozen in NF4 (double-quantized, blocks of 64),
                      // dequantized into bf16 before each GEMM; needs bf16
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
+  bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
 };
 
 class LlamaGpu {
@@ -102,6 +104,8 @@ class LlamaGpu {
   double read_loss();
   bool use_flash(const cuda::AttnShape& a) const;
   Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : l]; }
+  void* xbuf(int64_t i) const { return xs_[offload_ ? i % ActivationOffload::kSlots : i].data(); }  // layer i's input
+  void forward_layers();
 
   cuda::Context& ctx_;
   LlamaConfig cfg_;
@@ -123,6 +127,8 @@ class LlamaGpu {
   std::vector<Layer> layers_;
   std::vector<Acts> acts_;
   std::vector<cuda::DeviceBuffer> xs_;  // [L + 1] x [N, H] dt: each layer's input, then the last output
+                                        // (3 rotating slots with offload_)
+  std::unique_ptr<ActivationOffload> offload_;
   std::vector<std::array<LoraSlot, kNumProj>> slots_;
   int64_t lora_n_ = 0;
   cuda::DeviceBuffer lora_p_, lora_g_, lora_m_, lora_v_;  // [lora_n_] fp32: masters, grads, AdamW moments

@@ -38,6 +38,7 @@ struct BackendOptions {
   bool bf16 = true;   // GPU storage precision (the CPU model is fp32)
   bool qlora = false;  // projections frozen in NF4 (the CPU model uses their dequantized values)
   std::string optimizer = "adamw";  // adamw, adamw_8bit, paged_adamw_8bit
+  bool offload_activations = false;  // GPU, with checkpointing
 };
 
 // device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is present). The base

@@ -25,7 +25,15 @@ GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& op
   const GpuOptimizer o = opt.optimizer == "adamw_8bit"         ? GpuOptimizer::AdamW8bit
                          : opt.optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
                                                                : GpuOptimizer::AdamW;
-  return {opt.model.max_batch, opt.model.max_seq, opt.bf16, opt.model.gradient_checkpointing, opt.qlora, o};
+  if (opt.offload_activations && !opt.model.gradient_checkpointing)
+    fail("train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer inputs)");
+  return {opt.model.max_batch,
+          opt.model.max_seq,
+          opt.bf16,
+          opt.model.gradient_checkpointing,
+          opt.qlora,
+          o,
+          opt.offload_activations};
 }
 
 class GpuBackend final : public TrainBackend {

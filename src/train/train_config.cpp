@@ -107,6 +107,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "train.max_grad_norm", .field = FT_FIELD(train.max_grad_norm), .doc = "Clip the global gradient norm to this value; 0 or less disables clipping."},
       {.name = "train.seed", .field = FT_FIELD(train.seed), .doc = "Seed for adapter initialization, dropout and shuffling."},
       {.name = "train.gradient_checkpointing", .field = FT_FIELD(train.gradient_checkpointing), .doc = "Keep only block inputs and recompute activations in backward: less memory, about a third more compute."},
+      {.name = "train.offload_activations", .field = FT_FIELD(train.offload_activations), .doc = "With gradient checkpointing on the GPU: keep each layer's saved input in pinned host memory (three on the device), copied out and back on a side stream while the layers compute. Saves (layers - 2) x tokens x hidden x 2 bytes of device memory."},
       {.name = "train.shuffle", .field = FT_FIELD(train.shuffle), .doc = "Shuffle the examples every epoch."},
       {.name = "train.eval_every", .field = FT_FIELD(train.eval_every), .doc = "Validation loss every this many steps (and at the end) when there is validation data; 0 = only at the end.", .range = at_least(0)},
       {.name = "train.log_every", .field = FT_FIELD(train.log_every), .doc = "Log metrics every this many optimizer steps.", .range = at_least(1)},

@@ -53,6 +53,7 @@ struct TrainSettings {
   double max_grad_norm = 1.0;       // <= 0 disables clipping
   uint64_t seed = 42;
   bool gradient_checkpointing = false;
+  bool offload_activations = false;  // checkpointed layer inputs in pinned host memory (GPU)
   bool shuffle = true;
   int64_t eval_every = 0;          // 0 = evaluate at the end only
   int64_t log_every = 1;

@@ -132,7 +132,7 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   if (ts.method == "qlora" && ts.precision != "bf16" && ts.device != "cpu")
     fail("train.method=qlora computes in bf16 on the GPU: set train.precision=bf16 (or train.device=cpu)");
   BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision == "bf16",
-                      ts.method == "qlora", ts.optimizer};
+                      ts.method == "qlora", ts.optimizer, ts.offload_activations};
   const auto model = make_backend(ts.device, mcfg, ckpt, lora, bopt);
   fmt::print(stderr, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
