@@ -3,6 +3,7 @@
 // statistics, the bitsandbytes checkpoint format both ways, and one-line errors for bad files.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -114,10 +115,15 @@ TEST_F(Nf4Fixture, EightBitSearchIsBitsandbytesDQuantize) {
   const auto y = f32("dynamic_probe.y");
   const auto q = u8("dynamic_probe.q");
   ASSERT_EQ(y.size(), q.size());
+  // The fixture's own map, so that this checks the search alone (DynamicMapsMatchTorch checks the map).
+  const auto m = f32("dynamic_map.signed");
+  ASSERT_EQ(m.size(), 256u);
+  QuantMap map{};
+  std::copy(m.begin(), m.end(), map.begin());
   int ties_differ = 0;
   for (size_t i = 0; i < y.size(); ++i) {
-    EXPECT_EQ(quantize_dynamic_bnb(dynamic_map(true), y[i]), q[i]) << "probe " << i << " y=" << y[i];
-    if (!std::isnan(y[i]) && quantize_to_map(dynamic_map(true), y[i]) != q[i]) ++ties_differ;
+    EXPECT_EQ(quantize_dynamic_bnb(map, y[i]), q[i]) << "probe " << i << " y=" << y[i];
+    if (!std::isnan(y[i]) && quantize_to_map(map, y[i]) != q[i]) ++ties_differ;
   }
   // quantize_to_map sends every exact midpoint down; dQuantize sends about half of them up.
   EXPECT_EQ(ties_differ, meta_["dynamic_probe_differs_from_nearest_ties_low"].get<int>());

@@ -33,6 +33,15 @@ NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174880981
                 -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
                 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
                 0.7229568362236023, 1.0], dtype=F32)
+
+
+def f32_round_exact(value):
+    """Correctly rounded float32 of an exact Fraction (ties to even)."""
+    c = F32(float(value))
+    cands = [np.nextafter(c, F32(-np.inf)), c, np.nextafter(c, F32(np.inf))]
+    return min(cands, key=lambda v: (abs(Fraction(float(v)) - value), int(np.array(v, dtype=F32).view(np.uint32)) & 1))
+
+
 # dQuantizeNF4's literals. C++ and nvcc round a float literal ('...f') straight from the decimal to
 # float32; float32(float(text)) rounds twice and differs for 4 of the 15 (each decimal is a double
 # midpoint of two float32 codes, which sits on a float32 tie), so round from the exact decimal.
@@ -43,11 +52,8 @@ THRESHOLD_TEXT = ["-0.8480964004993439", "-0.6106329262256622", "-0.459995269775
 
 
 def f32_from_decimal(text):
-    """Correctly rounded decimal -> float32 (ties to even), as a C++ compiler reads '<text>f'."""
-    exact = Fraction(text)
-    c = F32(float(text))
-    cands = [np.nextafter(c, F32(-np.inf)), c, np.nextafter(c, F32(np.inf))]
-    return min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), int(np.array(v, dtype=F32).view(np.uint32)) & 1))
+    """Correctly rounded decimal -> float32, as a C++ compiler reads '<text>f'."""
+    return f32_round_exact(Fraction(text))
 
 
 THRESHOLDS = np.array([f32_from_decimal(t) for t in THRESHOLD_TEXT], dtype=F32)
@@ -56,12 +62,15 @@ NESTED_BS = 256
 
 # ---------------------------------------------------------------- dynamic map
 def linspace_f32_emulated(start, end, steps):
-    """torch.linspace in float32 on the CPU: first half start + step*i, second half end - step*(steps-1-i)."""
+    """torch.linspace in float32 on the CPU (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp): first half
+    start + step*i, second half end - step*(steps-1-i). torch's AVX2/AVX512 kernel builds contract each of
+    these into one fused multiply-add, so round the exact value once."""
     start, end = F32(start), F32(end)
     step = F32((end - start) / F32(steps - 1))
     half = steps // 2
-    return np.array([start + step * F32(i) if i < half else end - step * F32(steps - 1 - i) for i in range(steps)],
-                    dtype=F32)
+    fs, fe, fst = Fraction(float(start)), Fraction(float(end)), Fraction(float(step))
+    return np.array([f32_round_exact(fs + fst * i) if i < half else f32_round_exact(fe - fst * (steps - 1 - i))
+                     for i in range(steps)], dtype=F32)
 
 
 def dynamic_map(signed, use_torch):

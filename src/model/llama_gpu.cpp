@@ -6,6 +6,8 @@
 // the residual-stream gradient dy in fp32; GEMMs read a dt copy of it.
 #include "model/llama_gpu.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -68,24 +70,62 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
           slots_[l][p].a = lora_n_, lora_n_ += spec_.r * in;
           slots_[l][p].b = lora_n_, lora_n_ += out * spec_.r;
         }
-  // Plan first: a model that cannot fit says so before it allocates anything.
-  dry_ = true;
-  allocate();
+  // Plan first: a model that cannot fit says so before it allocates anything, with the settings
+  // that would fit.
+  const size_t need = plan_bytes(opt_);
   size_t free = 0, total = 0;
   cuda::memory_info(free, total);
-  if (planned_ > free) {
-    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-    fail("the model needs {:.2f} GiB of device memory for {} rows of {} tokens ({}{}), but {} has {:.2f} GiB free of "
-         "{:.2f}; try a smaller train.micro_batch_size or data.max_seq_len{}",
-         static_cast<double>(planned_) / kGiB, opt.max_batch, opt.max_seq, opt.bf16 ? "bf16" : "fp32",
-         opt.checkpointing ? ", checkpointed" : "", ctx.name(), static_cast<double>(free) / kGiB,
-         static_cast<double>(total) / kGiB, opt.checkpointing ? "" : ", or train.gradient_checkpointing: true");
-  }
+  if (need > free) fail("{}", does_not_fit(need, free, total));
   dry_ = false;
   planned_ = 0;
   allocate();
   fill(w, seed);
   ctx_.synchronize();
+}
+
+size_t LlamaGpu::plan_bytes(const GpuModelOptions& o) {
+  const GpuModelOptions keep = opt_;
+  const int64_t keep_n = max_n_;
+  opt_ = o, max_n_ = o.max_batch * o.max_seq;
+  dry_ = true, planned_ = 0;
+  allocate();
+  const size_t bytes = planned_;
+  opt_ = keep, max_n_ = keep_n;
+  dry_ = false, planned_ = 0;
+  return bytes;
+}
+
+// The one-line error of a model that does not fit, naming its need and the nearest settings that
+// would fit (each planned the same way).
+std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  struct Option {
+    std::string what;
+    GpuModelOptions o;
+  };
+  std::vector<Option> tries;
+  GpuModelOptions o = opt_;
+  if (!o.checkpointing) o.checkpointing = true, tries.push_back({"train.gradient_checkpointing: true", o});
+  if (!o.offload) o.offload = true, tries.push_back({"+ train.offload_activations: true", o});
+  if (o.optimizer != GpuOptimizer::PagedAdamW8bit)
+    o.optimizer = GpuOptimizer::PagedAdamW8bit, tries.push_back({"+ train.optimizer: paged_adamw_8bit", o});
+  if (!o.nf4 && o.bf16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
+  for (int64_t b = o.max_batch / 2; b >= 1; b /= 2) {
+    GpuModelOptions ob = o;
+    ob.max_batch = b;
+    tries.push_back({fmt::format("+ train.micro_batch_size: {}", b), ob});
+  }
+  std::string fits;
+  for (const Option& t : tries) {
+    const size_t bytes = plan_bytes(t.o);
+    fits += fmt::format("{}{} ({:.2f} GiB)", fits.empty() ? "" : ", ", t.what, static_cast<double>(bytes) / kGiB);
+    if (bytes <= free) break;
+  }
+  return fmt::format(
+      "the model needs {:.2f} GiB of device memory for micro-batches of {} x {} tokens, but {} has {:.2f} GiB free of "
+      "{:.2f}; planned with: {}",
+      static_cast<double>(need) / kGiB, opt_.max_batch, opt_.max_seq, ctx_.name(), static_cast<double>(free) / kGiB,
+      static_cast<double>(total) / kGiB, fits.empty() ? "nothing smaller to try" : fits);
 }
 
 // Every device buffer, sized for the largest micro-batch. With dry_ set, only counts the bytes.

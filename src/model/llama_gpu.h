@@ -6,6 +6,7 @@
 #pragma once
 #include <array>
 #include <memory>
+#include <string>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -85,6 +86,8 @@ class LlamaGpu {
   cuda::DeviceBuffer alloc(size_t bytes);
   cuda::DeviceBuffer alloc_dt(int64_t n) { return alloc(static_cast<size_t>(n) * esz_); }
   void allocate();
+  size_t plan_bytes(const GpuModelOptions& o);  // what allocate() would take with these options
+  std::string does_not_fit(size_t need, size_t free, size_t total);
   void fill(const WeightSource* w, uint64_t seed);
   void upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt);
   char* dt(const cuda::DeviceBuffer& b, int64_t elem_offset = 0) const {

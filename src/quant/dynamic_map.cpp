@@ -1,7 +1,8 @@
 // The dynamic map as bitsandbytes builds it: for i = 0..6, the midpoints of
 // torch.linspace(0.1, 1, k + 1) (k = 2^i signed, 2^(i+1) unsigned) scaled by 10^(i-6), the
 // negatives too when signed, then 0 and 1, sorted. torch.linspace in float32 fills the first half
-// as start + step * i and the second half as end - step * (steps - 1 - i).
+// as start + step * i and the second half as end - step * (steps - 1 - i), each with one rounding
+// (its CPU kernel is compiled with fused multiply-add), hence std::fma here.
 #include "quant/dynamic_map.h"
 
 #include <algorithm>
@@ -17,7 +18,8 @@ std::vector<float> linspace_f32(float start, float end, int64_t steps) {
   const float step = (end - start) / static_cast<float>(steps - 1);
   const int64_t half = steps / 2;
   for (int64_t i = 0; i < steps; ++i)
-    v[i] = i < half ? start + step * static_cast<float>(i) : end - step * static_cast<float>(steps - 1 - i);
+    v[i] = i < half ? std::fma(step, static_cast<float>(i), start)
+                    : std::fma(-step, static_cast<float>(steps - 1 - i), end);
   return v;
 }
 

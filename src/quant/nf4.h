@@ -71,8 +71,10 @@ uint8_t nf4_encode(float y);
 void nf4_quantize_blocks(const float* x, int64_t n, int64_t blocksize, uint8_t* packed, float* absmax);
 
 // The double-quantization offset: the fp32 sum of absmax[nblocks] (accumulated in double, which is
-// exact for any realistic range of block scales, then rounded once), divided in fp32 by nblocks, as
-// torch's CPU mean computes sum().div_(n). 0 when nblocks == 0.
+// exact for any realistic range of block scales, then rounded once), divided in fp32 by nblocks.
+// bitsandbytes takes torch's mean, whose summation order depends on the device (CPU: float cascade
+// sum then / n; CUDA: tree sum times 1/n); both land within an ulp of this value (the fixtures
+// record them), and a file's nested_offset is always read, never recomputed. 0 when nblocks == 0.
 float nf4_absmax_mean(const float* absmax, int64_t nblocks);
 
 // bitsandbytes quantize_blockwise(absmax - offset, blocksize=256) with the signed dynamic map:

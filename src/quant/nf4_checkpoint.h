@@ -22,7 +22,9 @@ bool is_bnb_4bit(const SafetensorsFile& file, const std::string& prefix);
 //   prefix.nested_quant_map               F32 [256]                 (nested only)
 //   prefix.quant_state.bitsandbytes__nf4  U8 [len] JSON {quant_type, blocksize, dtype, shape
 //                                         [, nested_blocksize, nested_dtype, nested_offset]}
-// `expected_shape` (e.g. [out, in]; empty = any) must equal the JSON shape. Every inconsistency,
+// The file's nested_quant_map and nested_offset are used as stored (torch builds can differ from
+// each other in the last bit of the map). `expected_shape` (e.g. [out, in]; empty = any) must
+// equal the JSON shape. Every inconsistency,
 // an fp4 weight included, throws one line naming the file and the key.
 Nf4Tensor read_bnb_nf4(const SafetensorsFile& file, const std::string& prefix,
                        const std::vector<int64_t>& expected_shape = {});

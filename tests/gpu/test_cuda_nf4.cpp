@@ -169,7 +169,7 @@ TEST(CudaNf4, RandomFillHasTheExpectedSpread) {
   const double want_m = lut1 * mean * (1 + 0.2 * c1);
   const double want_sd = std::sqrt(lut2 * mean * mean * (1 + 0.4 * c1 + 0.04 * c2) - want_m * want_m);
   std::printf("[ nf4 ] random fill: mean %.4g (expected %.4g), std %.5f (expected %.5f)\n", m, want_m, sd, want_sd);
-  EXPECT_NEAR(m, want_m, 0.05 * want_m);
+  EXPECT_NEAR(m, want_m, 0.08 * want_m);  // about 7 sigma of the sample mean
   EXPECT_NEAR(sd, want_sd, 0.01 * want_sd);
   // Codes are all used, about equally.
   const auto ph = p.to_host<uint8_t>(n / 2);
@@ -217,6 +217,17 @@ TEST(CudaNf4, DequantizeThroughputIsReported) {
       std::printf("[ nf4 ] dequant [%lld, %lld] bs 64 %s: %.1f us, %.0f GB/s, %.1f Gelem/s\n",
                   static_cast<long long>(rows), static_cast<long long>(cols), nested ? "nested" : "fp32-absmax",
                   sec * 1e6, bytes / sec / 1e9, n / sec / 1e9);
+    }
+    {  // the ceiling: a device-to-device copy of the bf16 output (read + write counted)
+      DeviceBuffer copy(n * 2);
+      for (int i = 0; i < 3; ++i) ctx.copy(copy.data(), out.data(), n * 2);
+      cudaEventRecord(e0, ctx.stream());
+      for (int i = 0; i < 20; ++i) ctx.copy(copy.data(), out.data(), n * 2);
+      cudaEventRecord(e1, ctx.stream());
+      cudaEventSynchronize(e1);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, e0, e1);
+      std::printf("[ nf4 ] copy of %lld bf16: %.0f GB/s\n", static_cast<long long>(n), 4.0 * n / (ms / 1e3 / 20) / 1e9);
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);

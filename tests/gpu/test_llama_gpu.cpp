@@ -6,11 +6,13 @@
 #include <filesystem>
 
 #include "../test_util.h"
+#include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "model/llama_gpu.h"
+#include "model/presets.h"
 #include "quant/nf4.h"
 
 namespace ftune {
@@ -254,6 +256,29 @@ TEST(LlamaGpu, QloraMatchesTheCpuModelOnNf4Weights) {
     ++cases;
   }
   EXPECT_GE(cases, 5);
+}
+
+// A model that cannot fit fails before allocating anything, naming its need and the settings that
+// would fit, each planned the same way (70B shape, 16 rows of 4096 tokens: far over any GPU).
+TEST(LlamaGpu, ModelThatDoesNotFitSaysWhatWould) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  if (ctx.sm_version() < 80) GTEST_SKIP() << "bf16 needs sm_80";
+  const LlamaConfig c = preset_config("llama2-70b");
+  LoraSpec s;
+  s.r = 16, s.alpha = 32;
+  s.targets.fill(true);
+  try {
+    LlamaGpu gpu(ctx, c, nullptr, &s, GpuModelOptions{16, 4096, true, false});
+    FAIL() << "a 70B model with 16 x 4096-token micro-batches fitted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_NE(m.find("the model needs "), std::string::npos) << m;
+    EXPECT_NE(m.find("train.gradient_checkpointing: true ("), std::string::npos) << m;
+    EXPECT_NE(m.find("train.method: qlora ("), std::string::npos) << m;
+    std::printf("[ measured ] %s\n", m.c_str());
+  }
 }
 
 }  // namespace

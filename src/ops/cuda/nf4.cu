@@ -173,16 +173,22 @@ __global__ void __launch_bounds__(kDequantThreads)
     const int64_t i = tile + k * kDequantThreads;
     w[k] = i < nwords ? __ldg(packed + i) : 0u;
   }
+  float a[kDequantItems];  // all scale loads in flight before any use
+#pragma unroll
+  for (int k = 0; k < kDequantItems; ++k) {
+    const int64_t i = tile + k * kDequantThreads;
+    a[k] = i < nwords ? scale((i * 8) >> log2_bs) : 0.0f;
+  }
 #pragma unroll
   for (int k = 0; k < kDequantItems; ++k) {
     const int64_t i = tile + k * kDequantThreads;
     if (i >= nwords) break;
-    const float a = scale((i * 8) >> log2_bs);
     uint32_t o[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // byte j (lowest address first) = elements 2j (high nibble), 2j+1
       const uint32_t byte = (w[k] >> (8 * j)) & 0xffu;
-      const __nv_bfloat162 h = __floats2bfloat162_rn(__fmul_rn(lut[byte >> 4], a), __fmul_rn(lut[byte & 15u], a));
+      const __nv_bfloat162 h =
+          __floats2bfloat162_rn(__fmul_rn(lut[byte >> 4], a[k]), __fmul_rn(lut[byte & 15u], a[k]));
       o[j] = *reinterpret_cast<const uint32_t*>(&h);
     }
     out[i] = make_uint4(o[0], o[1], o[2], o[3]);
