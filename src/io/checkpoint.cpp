@@ -161,4 +161,10 @@ const std::string& CheckpointReader::file_of(const std::string& name) const {
   return shard_files_[it->second];
 }
 
+const SafetensorsFile& CheckpointReader::shard_of(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) fail("{}: tensor '{}' is missing from the checkpoint", dir_, printable(name));
+  return shards_[it->second];
+}
+
 }  // namespace ftune

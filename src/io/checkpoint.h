@@ -23,8 +23,9 @@ class CheckpointReader {
   std::vector<std::string> names() const;  // sorted
   const std::vector<std::string>& shard_files() const { return shard_files_; }
   const std::string& dir() const { return dir_; }
-  // File that holds `name`.
+  // File that holds `name`, and its open reader.
   const std::string& file_of(const std::string& name) const;
+  const SafetensorsFile& shard_of(const std::string& name) const;
 
  private:
   std::string dir_;

@@ -237,14 +237,14 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
                               kNf4Block, ++salt, q.offset);
         continue;
       }
-      // Quantized on the host as each tensor is read: host memory holds one projection at a time.
-      const Tensor t = w->proj(l, static_cast<Proj>(p));
-      const Nf4Tensor n4 = nf4_quantize(t.data.data(), {out, in}, kNf4Block, true);
-      ctx_.synchronize();
-      q.packed.upload(n4.packed.data(), n4.packed.size());
-      q.absmax_q.upload(n4.absmax_q.data(), n4.absmax_q.size());
-      q.absmax2.upload(n4.absmax2.data(), n4.absmax2.size() * 4);
-      q.offset = n4.offset;
+      // A weight bitsandbytes already quantized is taken as stored; any other is quantized on the
+      // host as it is read, so host memory holds one projection at a time.
+      Nf4Tensor n4;
+      if (!w->proj_nf4(l, static_cast<Proj>(p), n4)) {
+        const Tensor t = w->proj(l, static_cast<Proj>(p));
+        n4 = nf4_quantize(t.data.data(), {out, in}, kNf4Block, true);
+      }
+      upload_nf4(q, n4);
     }
   }
   if (opt_.nf4) code2_.upload(dynamic_map(true).data(), 256 * 4);
@@ -349,12 +349,39 @@ void LlamaGpu::prepare(const Batch& b) {
   if (offload_) offload_->after_write(0, xbuf(0), n_ * cfg_.hidden_size * esz_);
 }
 
+// Device copies of an NF4 weight; the buffers planned for blocks of 64 with nesting are replaced
+// when a file stored another layout.
+void LlamaGpu::upload_nf4(Nf4Weight& q, const Nf4Tensor& t) {
+  ctx_.synchronize();
+  q.blocksize = t.blocksize;
+  q.packed.upload(t.packed.data(), t.packed.size());
+  if (!t.nested) {
+    q.absmax_q = cuda::DeviceBuffer(), q.absmax2 = cuda::DeviceBuffer();
+    q.absmax_f32 = alloc(t.absmax.size() * 4);
+    q.absmax_f32.upload(t.absmax.data(), t.absmax.size() * 4);
+    return;
+  }
+  if (q.absmax_q.bytes() != t.absmax_q.size()) q.absmax_q = alloc(t.absmax_q.size());
+  if (q.absmax2.bytes() != t.absmax2.size() * 4) q.absmax2 = alloc(t.absmax2.size() * 4);
+  q.absmax_q.upload(t.absmax_q.data(), t.absmax_q.size());
+  q.absmax2.upload(t.absmax2.data(), t.absmax2.size() * 4);
+  q.offset = t.offset;
+  if (t.code2 != dynamic_map(true)) {
+    q.code2 = alloc(256 * 4);
+    q.code2.upload(t.code2.data(), 256 * 4);
+  }
+}
+
 const void* LlamaGpu::weight(int64_t l, int p) {
   if (!opt_.nf4) return layers_[l].proj[p].data();
   const Nf4Weight& q = layers_[l].q4[p];
   auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
-  cuda::nf4_dequantize_bf16(ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
-                            code2_.as<float>(), out * in, kNf4Block, wbuf_.data());
+  if (q.absmax_f32.data())
+    cuda::nf4_dequantize_bf16(ctx_, q.packed.as<uint8_t>(), q.absmax_f32.as<float>(), out * in, q.blocksize,
+                              wbuf_.data());
+  else
+    cuda::nf4_dequantize_bf16(ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
+                              (q.code2.data() ? q.code2 : code2_).as<float>(), out * in, q.blocksize, wbuf_.data());
   return wbuf_.data();
 }
 

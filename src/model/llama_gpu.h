@@ -65,11 +65,15 @@ class LlamaGpu {
 
  private:
   struct Nf4Weight {  // one projection in NF4 (quant/nf4.h's Nf4Tensor on the device)
-    cuda::DeviceBuffer packed;    // [(out*in+1)/2] two codes a byte
-    cuda::DeviceBuffer absmax_q;  // [out*in/64] 8-bit block scales
-    cuda::DeviceBuffer absmax2;   // [ceil(out*in/64/256)] fp32 scales of the scales
-    float offset = 0.0f;          // mean block scale
+    cuda::DeviceBuffer packed;      // [(out*in+1)/2] two codes a byte
+    cuda::DeviceBuffer absmax_q;    // [nblocks] 8-bit block scales (nested)
+    cuda::DeviceBuffer absmax2;     // [ceil(nblocks/256)] fp32 scales of the scales (nested)
+    cuda::DeviceBuffer absmax_f32;  // [nblocks] fp32 block scales (a file saved without nesting)
+    cuda::DeviceBuffer code2;       // [256] fp32: a file's own nested map when it differs from ours
+    int64_t blocksize = 64;
+    float offset = 0.0f;            // mean block scale (nested)
   };
+  void upload_nf4(Nf4Weight& q, const Nf4Tensor& t);
   struct Layer {
     cuda::DeviceBuffer input_norm, post_norm;       // [H] fp32
     std::array<cuda::DeviceBuffer, kNumProj> proj;  // as LayerWeights, storage dt_ (empty with nf4)

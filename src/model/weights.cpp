@@ -11,6 +11,8 @@
 #include "core/rng.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "quant/nf4.h"
+#include "quant/nf4_checkpoint.h"
 
 namespace ftune {
 
@@ -43,7 +45,23 @@ namespace {
 
 std::string layer_key(int64_t l, const std::string& rest) { return fmt::format("model.layers.{}.{}", l, rest); }
 
+// A weight bitsandbytes saved in 4-bit form: its quant-state key is there.
+bool quantized(const CheckpointReader& ck, const std::string& name) {
+  return ck.has(name + ".quant_state.bitsandbytes__nf4") || ck.has(name + ".quant_state.bitsandbytes__fp4");
+}
+
+// The NF4 weight `name` as stored, validated against the expected shape (one-line errors naming
+// the file and key: missing or inconsistent quant-state keys, fp4).
+Nf4Tensor read_quantized(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
+  if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
+  return read_bnb_nf4(ck.shard_of(name), name, want);
+}
+
 void check_present(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
+  if (quantized(ck, name)) {
+    if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
+    return;  // sizes and quant state are validated when the weight is read
+  }
   if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
   const TensorInfo& info = ck.info(name);
   if (info.shape != want)
@@ -52,6 +70,12 @@ void check_present(const CheckpointReader& ck, const std::string& name, const st
 }
 
 Tensor load_checked(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
+  if (quantized(ck, name)) {
+    const Nf4Tensor q = read_quantized(ck, name, want);
+    Tensor t(want);
+    nf4_dequantize(q, t.data.data());
+    return t;
+  }
   check_present(ck, name, want);
   Tensor t = ck.read_f32(name);
   for (size_t i = 0; i < t.data.size(); ++i)
@@ -98,6 +122,10 @@ LlamaWeights load_llama_weights(const LlamaConfig& cfg, const CheckpointReader& 
   return w;
 }
 
+bool stored_quantized(const CheckpointReader& ck, int64_t l, Proj p) {
+  return quantized(ck, layer_key(l, std::string(proj_module(p)) + ".weight"));
+}
+
 void check_llama_checkpoint(const LlamaConfig& cfg, const CheckpointReader& ck) {
   LlamaWeights shapes;  // empty tensors: only the names are walked
   shapes.layers.resize(cfg.num_hidden_layers);
@@ -129,6 +157,12 @@ class CheckpointSource final : public WeightSource {
     return get(layer_key(l, post ? "post_attention_layernorm.weight" : "input_layernorm.weight"));
   }
   Tensor proj(int64_t l, Proj p) const override { return get(layer_key(l, std::string(proj_module(p)) + ".weight")); }
+  bool proj_nf4(int64_t l, Proj p, Nf4Tensor& out) const override {
+    const std::string name = layer_key(l, std::string(proj_module(p)) + ".weight");
+    if (!quantized(ck_, name)) return false;
+    out = read_quantized(ck_, name, expected_shape(cfg_, name));
+    return true;
+  }
 
  private:
   Tensor get(const std::string& name) const { return load_checked(ck_, name, expected_shape(cfg_, name)); }

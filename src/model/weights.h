@@ -13,6 +13,7 @@
 namespace ftune {
 
 class CheckpointReader;
+struct Nf4Tensor;
 
 // The seven linear projections of a decoder layer, in peft's usual target order.
 enum class Proj : int { Q = 0, K, V, O, Gate, Up, Down };
@@ -36,7 +37,8 @@ struct LlamaWeights {
   const Tensor& head() const { return lm_head.empty() ? embed : lm_head; }
 };
 
-// Loads every tensor, checking each shape against `cfg`; errors name the directory, tensor,
+// Loads every tensor, checking each shape against `cfg` (projections that bitsandbytes saved in
+// NF4 are read through their quant state and dequantized); errors name the directory, tensor,
 // expected and found shape. A tensor missing from the checkpoint is an error too.
 LlamaWeights load_llama_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt);
 // One base tensor at a time, by role, so that a backend can upload (or quantize) tensor by tensor
@@ -48,12 +50,18 @@ class WeightSource {
   virtual Tensor final_norm() const = 0;                     // [H]
   virtual Tensor lm_head() const = 0;                        // [V, H]; only when not tied
   virtual Tensor norm(int64_t layer, bool post) const = 0;   // [H]: input (false) or post-attention
-  virtual Tensor proj(int64_t layer, Proj p) const = 0;      // [out, in]
+  virtual Tensor proj(int64_t layer, Proj p) const = 0;      // [out, in] (dequantized when stored in NF4)
+  // A projection stored in NF4 by bitsandbytes, as stored (no dequantization); false when the
+  // source holds it in floating point.
+  virtual bool proj_nf4(int64_t layer, Proj p, Nf4Tensor& out) const { return false; }
 };
 // Copies out of weights already in memory (tests, the CPU model's).
 std::unique_ptr<WeightSource> memory_source(const LlamaWeights& w);
 // Reads each tensor from the checkpoint when asked (the reader must outlive the source).
 std::unique_ptr<WeightSource> checkpoint_source(const LlamaConfig& cfg, const CheckpointReader& ckpt);
+
+// True when bitsandbytes saved this projection in 4-bit form (its quant-state key is there).
+bool stored_quantized(const CheckpointReader& ckpt, int64_t layer, Proj p);
 
 // Checks that every tensor the model needs is in the checkpoint with the shape config.json implies,
 // without reading any data (the same one-line errors as load_llama_weights).

@@ -12,12 +12,13 @@ namespace {
 // QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
 // 64), the values the GPU dequantizes before each GEMM.
 LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4) {
-  LlamaWeights w = load_llama_weights(cfg, ckpt);
+  LlamaWeights w = load_llama_weights(cfg, ckpt);  // NF4 weights of a bitsandbytes file come dequantized
   if (nf4)
-    for (auto& layer : w.layers)
-      for (Tensor& t : layer.proj) {
-        const Nf4Tensor q = nf4_quantize(t.data.data(), t.shape, 64, true);
-        nf4_dequantize(q, t.data.data());
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+      for (int p = 0; p < kNumProj; ++p) {
+        if (stored_quantized(ckpt, l, static_cast<Proj>(p))) continue;
+        Tensor& t = w.layers[l].proj[p];
+        nf4_dequantize(nf4_quantize(t.data.data(), t.shape, 64, true), t.data.data());
       }
   return w;
 }

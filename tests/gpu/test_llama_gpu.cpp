@@ -281,5 +281,80 @@ TEST(LlamaGpu, ModelThatDoesNotFitSaysWhatWould) {
   }
 }
 
+// Weights that come already in NF4 (as from a bitsandbytes file), in layouts the GPU must take
+// as stored: blocks of 128 with nesting, and blocks of 64 with fp32 scales (no nesting).
+class Nf4Source final : public WeightSource {
+ public:
+  Nf4Source(const LlamaWeights& w, int64_t blocksize, bool nested) : w_(w), inner_(memory_source(w)), bs_(blocksize), nested_(nested) {}
+  Tensor embed() const override { return inner_->embed(); }
+  Tensor final_norm() const override { return inner_->final_norm(); }
+  Tensor lm_head() const override { return inner_->lm_head(); }
+  Tensor norm(int64_t l, bool post) const override { return inner_->norm(l, post); }
+  Tensor proj(int64_t l, Proj p) const override {
+    Tensor t = inner_->proj(l, p);
+    nf4_dequantize(quantized(t), t.data.data());
+    return t;
+  }
+  bool proj_nf4(int64_t l, Proj p, Nf4Tensor& out) const override {
+    out = quantized(inner_->proj(l, p));
+    return true;
+  }
+
+ private:
+  Nf4Tensor quantized(const Tensor& t) const { return nf4_quantize(t.data.data(), t.shape, bs_, nested_); }
+  const LlamaWeights& w_;
+  std::unique_ptr<WeightSource> inner_;
+  int64_t bs_;
+  bool nested_;
+};
+
+TEST(LlamaGpu, QloraTakesStoredNf4Layouts) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  if (ctx.sm_version() < 80) GTEST_SKIP() << "bf16 needs sm_80";
+  LlamaConfig c;
+  c.vocab_size = 200, c.hidden_size = 256, c.intermediate_size = 384, c.num_hidden_layers = 2;
+  c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 64;
+  const LlamaWeights w = random_llama_weights(c, 21);
+  LoraSpec s;
+  s.r = 4, s.alpha = 8;
+  s.targets.fill(true);
+  LoraParams lora = LoraParams::init(c, s, 22);
+  uint64_t k = 0;
+  lora.for_each([&](const std::string& key, Tensor& t) {
+    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
+  });
+  Rng r(23);
+  std::vector<std::vector<int32_t>> rows(2, std::vector<int32_t>(60));
+  for (auto& row : rows)
+    for (auto& x : row) x = static_cast<int32_t>(r.below(c.vocab_size));
+  const Batch b = make_batch({&rows[0], &rows[1]}, {&rows[0], &rows[1]}, 0);
+  const float scale = 1.0f / static_cast<float>(b.count_targets());
+  for (auto [bs, nested] : {std::pair<int64_t, bool>{128, true}, {64, false}}) {
+    const Nf4Source src(w, bs, nested);
+    LlamaWeights wq = w;  // the CPU twin on the dequantized values
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      for (int p = 0; p < kNumProj; ++p) wq.layers[l].proj[p] = src.proj(l, static_cast<Proj>(p));
+    ModelOptions o;
+    o.max_batch = b.batch, o.max_seq = b.seq;
+    LlamaCpu cpu(c, wq, &lora, o);
+    LoraParams gc = lora.zeros_like(), gg = lora.zeros_like();
+    const auto rc = cpu.forward_backward(b, scale, gc, 0);
+    LlamaGpu gpu(ctx, c, &src, &s, GpuModelOptions{b.batch, b.seq, true, false, true});
+    gpu.set_lora(lora);
+    const double sum = gpu.forward_backward(b, scale).first;
+    gpu.add_grads_to(gg);
+    std::vector<float> a, bb;
+    gc.for_each([&](const std::string&, const Tensor& t) { a.insert(a.end(), t.data.begin(), t.data.end()); });
+    gg.for_each([&](const std::string&, const Tensor& t) { bb.insert(bb.end(), t.data.begin(), t.data.end()); });
+    // bf16 tolerances, as for every bf16 comparison with the CPU model.
+    EXPECT_NEAR(sum, rc.loss_sum, 5e-3 * rc.loss_sum) << bs << nested;
+    EXPECT_LT(rel_err(bb, a), 5e-2) << bs << nested;
+    std::printf("[ measured ] stored NF4 (blocks of %ld, %s): loss rel err %.2e, gradient rel err %.2e\n",
+                static_cast<long>(bs), nested ? "nested" : "fp32 scales", std::abs(sum - rc.loss_sum) / rc.loss_sum,
+                rel_err(bb, a));
+  }
+}
+
 }  // namespace
 }  // namespace ftune
