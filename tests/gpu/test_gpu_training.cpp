@@ -15,6 +15,18 @@
 namespace ftune {
 namespace {
 
+// The largest relative difference between the mean losses of two runs over 10-step windows (the
+// per-step noise of bf16 averages out over a window).
+double worst_window(const TrainReport& ref, const TrainReport& other) {
+  double worst = 0;
+  for (size_t i = 0; i + 10 <= ref.steps.size() && i + 10 <= other.steps.size(); i += 10) {
+    double a = 0, b = 0;
+    for (size_t j = i; j < i + 10; ++j) a += ref.steps[j].loss, b += other.steps[j].loss;
+    worst = std::max(worst, std::abs(b - a) / a);
+  }
+  return worst;
+}
+
 TEST(GpuTraining, LossCurveFollowsTheCpuRun) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   testing::TempDir dir("gpu-train");
@@ -80,28 +92,17 @@ TEST(GpuTraining, LossCurveFollowsTheCpuRun) {
   if (cuda::Context().sm_version() < 80) return;
   const TrainReport bf = run("cuda", "bf16");
   ASSERT_EQ(cpu.steps.size(), bf.steps.size());
-  double worst_window = 0;
-  for (size_t i = 0; i + 10 <= cpu.steps.size(); i += 10) {
-    double a = 0, b = 0;
-    for (size_t j = i; j < i + 10; ++j) a += cpu.steps[j].loss, b += bf.steps[j].loss;
-    worst_window = std::max(worst_window, std::abs(b - a) / a);
-  }
-  EXPECT_LT(worst_window, 0.03);
+  const double worst_bf = worst_window(cpu, bf);
+  EXPECT_LT(worst_bf, 0.03);
   EXPECT_LT(std::abs(bf.steps.back().loss - cpu.steps.back().loss) / cpu.steps.back().loss, 0.05);
   std::printf("[ measured ] 200 steps bf16: loss %.4f -> %.4f; worst 10-step window rel diff to the cpu run %.2e\n",
-              bf.steps.front().loss, bf.steps.back().loss, worst_window);
+              bf.steps.front().loss, bf.steps.back().loss, worst_bf);
 
   // QLoRA: the CPU (fp32 on the NF4 round trip) and the GPU (bf16, NF4 dequantized per GEMM) follow
   // each other within bf16 noise (same windows as above); and QLoRA follows bf16 LoRA closely: NF4
   // moves each weight by ~10% rms, which shifts a tiny random model's loss by a few percent (10%).
   const TrainReport qc = run("cpu", "fp32", "qlora"), qg = run("cuda", "bf16", "qlora");
-  double worst_q = 0, worst_ql = 0;
-  for (size_t i = 0; i + 10 <= qc.steps.size(); i += 10) {
-    double a = 0, b = 0, c = 0;
-    for (size_t j = i; j < i + 10; ++j) a += qc.steps[j].loss, b += qg.steps[j].loss, c += bf.steps[j].loss;
-    worst_q = std::max(worst_q, std::abs(b - a) / a);
-    worst_ql = std::max(worst_ql, std::abs(b - c) / c);
-  }
+  const double worst_q = worst_window(qc, qg), worst_ql = worst_window(bf, qg);
   EXPECT_LT(worst_q, 0.03);
   EXPECT_LT(worst_ql, 0.10);
   EXPECT_LT(qg.steps.back().loss, 0.7 * qg.steps.front().loss);
@@ -112,13 +113,7 @@ TEST(GpuTraining, LossCurveFollowsTheCpuRun) {
   // QLoRA with the paged 8-bit optimizer on the GPU follows the CPU's 8-bit run (the same update,
   // bit for bit, on bf16-noisy gradients) and stays close to fp32 AdamW (8-bit moments: 5%).
   const TrainReport pc = run("cpu", "fp32", "qlora", "adamw_8bit"), pg = run("cuda", "bf16", "qlora", "paged_adamw_8bit");
-  double worst_p = 0, worst_p32 = 0;
-  for (size_t i = 0; i + 10 <= pc.steps.size(); i += 10) {
-    double a = 0, b = 0, c = 0;
-    for (size_t j = i; j < i + 10; ++j) a += pc.steps[j].loss, b += pg.steps[j].loss, c += qg.steps[j].loss;
-    worst_p = std::max(worst_p, std::abs(b - a) / a);
-    worst_p32 = std::max(worst_p32, std::abs(b - c) / c);
-  }
+  const double worst_p = worst_window(pc, pg), worst_p32 = worst_window(qg, pg);
   EXPECT_LT(worst_p, 0.03);
   EXPECT_LT(worst_p32, 0.05);
   std::printf("[ measured ] 200 steps qlora + paged 8-bit AdamW: gpu %.4f -> %.4f; worst 10-step window vs cpu 8-bit %.2e, "

@@ -34,6 +34,23 @@ std::vector<std::vector<int32_t>> i64_rows(const SafetensorsFile& f, const std::
   return out;
 }
 
+// peft's init with B made non-zero, so that every LoRA gradient is non-zero.
+LoraParams nonzero_lora(const LlamaConfig& c, const LoraSpec& s, uint64_t seed) {
+  LoraParams lora = LoraParams::init(c, s, seed);
+  uint64_t k = seed * 1000;
+  lora.for_each([&](const std::string& key, Tensor& t) {
+    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
+  });
+  return lora;
+}
+
+// Every tensor of an adapter (or its gradients) in one vector, in for_each order.
+std::vector<float> flat(const LoraParams& p) {
+  std::vector<float> v;
+  p.for_each([&](const std::string&, const Tensor& t) { v.insert(v.end(), t.data.begin(), t.data.end()); });
+  return v;
+}
+
 // Loss and LoRA gradients of every fixture case against transformers + peft (float64 goldens).
 void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_tol) {
   cuda::Context ctx;
@@ -103,11 +120,7 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
   s.r = 8;
   s.alpha = 16;
   s.targets.fill(true);
-  LoraParams lora = LoraParams::init(c, s, 6);
-  uint64_t k = 0;
-  lora.for_each([&](const std::string& key, Tensor& t) {
-    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
-  });
+  const LoraParams lora = nonzero_lora(c, s, 6);
   // Two rows of three and two packed documents.
   Rng r(9);
   std::vector<std::vector<int32_t>> docs(5);
@@ -123,8 +136,7 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
   LoraParams gc = lora.zeros_like(), gg = lora.zeros_like();
   const float scale = 1.0f / static_cast<float>(b.count_targets());
   const auto rc = cpu.forward_backward(b, scale, gc, 0);
-  std::vector<float> a;
-  gc.for_each([&](const std::string&, const Tensor& t) { a.insert(a.end(), t.data.begin(), t.data.end()); });
+  const std::vector<float> a = flat(gc);
   // fp32: the CPU's twin (1e-5 loss, 1e-4 gradients). bf16 (head_dim 64 takes the flash kernels):
   // rounding of activations and weights, 5e-3 on the loss and 5e-2 on the gradients.
   for (bool bf16 : {false, true})
@@ -138,8 +150,7 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
       gpu.add_grads_to(gg);
       EXPECT_EQ(count, rc.count);
       EXPECT_NEAR(sum, rc.loss_sum, (bf16 ? 5e-3 : 1e-5) * rc.loss_sum) << bf16 << mode;
-      std::vector<float> bb;
-      gg.for_each([&](const std::string&, const Tensor& t) { bb.insert(bb.end(), t.data.begin(), t.data.end()); });
+      const std::vector<float> bb = flat(gg);
       const double err = rel_err(bb, a);
       EXPECT_LT(err, bf16 ? 5e-2 : 1e-4) << bf16 << mode;
       std::printf("[ measured ] packed rows %s%s: loss rel err %.2e, LoRA gradient rel err %.2e\n",
@@ -170,11 +181,7 @@ TEST(LlamaGpu, CheckpointingGivesIdenticalGradientsWithDropout) {
   s.alpha = 8;
   s.dropout = 0.1;
   s.targets.fill(true);
-  LoraParams lora = LoraParams::init(c, s, 8);
-  uint64_t k = 0;
-  lora.for_each([&](const std::string& key, Tensor& t) {
-    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
-  });
+  const LoraParams lora = nonzero_lora(c, s, 8);
   Rng r(3);
   std::vector<std::vector<int32_t>> rows(2, std::vector<int32_t>(77));
   for (auto& row : rows)
@@ -191,8 +198,7 @@ TEST(LlamaGpu, CheckpointingGivesIdenticalGradientsWithDropout) {
       LoraParams g = lora.zeros_like();
       losses.push_back(gpu.forward_backward(b, 0.01f, 0x1234567).first);
       gpu.add_grads_to(g);
-      got.emplace_back();
-      g.for_each([&](const std::string&, const Tensor& t) { got.back().insert(got.back().end(), t.data.begin(), t.data.end()); });
+      got.push_back(flat(g));
     }
     for (int mode = 1; mode < 3; ++mode) {
       EXPECT_EQ(losses[0], losses[mode]) << mode;
@@ -244,9 +250,7 @@ TEST(LlamaGpu, QloraMatchesTheCpuModelOnNf4Weights) {
     gpu.add_grads_to(gg);
     const double loss_err = std::abs(sum - rc.loss_sum) / rc.loss_sum;
     EXPECT_LT(loss_err, 5e-3) << dir.filename();
-    std::vector<float> a, bb;
-    gc.for_each([&](const std::string&, const Tensor& t) { a.insert(a.end(), t.data.begin(), t.data.end()); });
-    gg.for_each([&](const std::string&, const Tensor& t) { bb.insert(bb.end(), t.data.begin(), t.data.end()); });
+    const std::vector<float> a = flat(gc), bb = flat(gg);
     const double grad_err = rel_err(bb, a);
     EXPECT_LT(grad_err, 5e-2) << dir.filename();
     // NF4 moves the weights by ~10% (rms) and the loss visibly; the comparison above is against
@@ -319,11 +323,7 @@ TEST(LlamaGpu, QloraTakesStoredNf4Layouts) {
   LoraSpec s;
   s.r = 4, s.alpha = 8;
   s.targets.fill(true);
-  LoraParams lora = LoraParams::init(c, s, 22);
-  uint64_t k = 0;
-  lora.for_each([&](const std::string& key, Tensor& t) {
-    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
-  });
+  const LoraParams lora = nonzero_lora(c, s, 22);
   Rng r(23);
   std::vector<std::vector<int32_t>> rows(2, std::vector<int32_t>(60));
   for (auto& row : rows)
@@ -344,9 +344,7 @@ TEST(LlamaGpu, QloraTakesStoredNf4Layouts) {
     gpu.set_lora(lora);
     const double sum = gpu.forward_backward(b, scale).first;
     gpu.add_grads_to(gg);
-    std::vector<float> a, bb;
-    gc.for_each([&](const std::string&, const Tensor& t) { a.insert(a.end(), t.data.begin(), t.data.end()); });
-    gg.for_each([&](const std::string&, const Tensor& t) { bb.insert(bb.end(), t.data.begin(), t.data.end()); });
+    const std::vector<float> a = flat(gc), bb = flat(gg);
     // bf16 tolerances, as for every bf16 comparison with the CPU model.
     EXPECT_NEAR(sum, rc.loss_sum, 5e-3 * rc.loss_sum) << bs << nested;
     EXPECT_LT(rel_err(bb, a), 5e-2) << bs << nested;
