@@ -61,6 +61,7 @@ class LlamaGpu {
   void adamw_step(const cuda::AdamWStep& s, float grad_coef);
 
   int64_t lora_parameters() const { return lora_n_; }
+  const GpuModelOptions& options() const { return opt_; }
   size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
 
  private:

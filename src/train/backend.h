@@ -35,7 +35,7 @@ class TrainBackend {
 struct BackendOptions {
   ModelOptions model;
   AdamWSettings adamw;
-  bool bf16 = true;   // GPU storage precision (the CPU model is fp32)
+  std::string precision = "auto";  // GPU storage: bf16, fp32, or auto (bf16 on sm_80+); the CPU is fp32
   bool qlora = false;  // projections frozen in NF4 (the CPU model uses their dequantized values)
   std::string optimizer = "adamw";  // adamw, adamw_8bit, paged_adamw_8bit
   bool offload_activations = false;  // GPU, with checkpointing

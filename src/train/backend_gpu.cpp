@@ -19,9 +19,15 @@ size_t device_used() {
 }
 
 GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& opt) {
-  if (opt.bf16 && ctx.sm_version() < 80)
-    fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32)", ctx.name(),
-         ctx.sm_version());
+  const bool has_bf16 = ctx.sm_version() >= 80;
+  if (opt.precision == "bf16" && !has_bf16)
+    fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32 or auto)",
+         ctx.name(), ctx.sm_version());
+  const bool bf16 = opt.precision == "bf16" || (opt.precision == "auto" && has_bf16);
+  if (opt.qlora && !bf16)
+    fail("train.method=qlora computes in bf16, which this {} (sm_{}) lacks; use train.method=lora with "
+         "train.precision=fp32, or train.device=cpu",
+         ctx.name(), ctx.sm_version());
   const GpuOptimizer o = opt.optimizer == "adamw_8bit"         ? GpuOptimizer::AdamW8bit
                          : opt.optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
                                                                : GpuOptimizer::AdamW;
@@ -29,7 +35,7 @@ GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& op
     fail("train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer inputs)");
   return {opt.model.max_batch,
           opt.model.max_seq,
-          opt.bf16,
+          bf16,
           opt.model.gradient_checkpointing,
           opt.qlora,
           o,
@@ -45,7 +51,12 @@ class GpuBackend final : public TrainBackend {
         model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), &lora.spec, model_options(ctx_, opt)) {
     model_.set_lora(lora);
   }
-  std::string name() const override { return fmt::format("cuda ({}, sm_{})", ctx_.name(), ctx_.sm_version()); }
+  std::string name() const override {
+    const GpuModelOptions& o = model_.options();
+    return fmt::format("cuda ({}, sm_{}; {}{}{}{})", ctx_.name(), ctx_.sm_version(), o.bf16 ? "bf16" : "fp32",
+                       o.nf4 ? ", NF4 base" : "", o.checkpointing ? ", checkpointed" : "",
+                       o.offload ? ", inputs offloaded" : "");
+  }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
     const auto [sum, count] = model_.forward_backward(b, scale, key);
     return {sum, count};

@@ -59,7 +59,7 @@ struct TrainSettings {
   int64_t log_every = 1;
   int64_t threads = 0;              // 0 = all cores
   std::string device = "cpu";       // cpu, cuda or auto
-  std::string precision = "bf16";   // GPU storage: bf16 or fp32
+  std::string precision = "auto";   // GPU storage: auto, bf16 or fp32
 };
 
 struct TrainConfig {
