@@ -1,5 +1,5 @@
 // LlamaGpu: the CPU model's forward and backward (model/block.cpp, model/llama.cpp) on the GPU.
-// Data flow per layer, with dt the activation storage (bf16, or fp32):
+// Data flow per layer, with dt the activation storage (bf16, fp16 or fp32):
 //   x -> rmsnorm -> n1 -> q,k,v (+LoRA) -> rope -> attention -> att -> o (+LoRA) + x = h
 //   h -> rmsnorm -> n2 -> gate, up (+LoRA) -> swiglu -> act -> down (+LoRA) + h = y
 // Residual adds ride in the GEMM epilogue (C = the residual, D = the output). The backward keeps
@@ -44,7 +44,8 @@ cuda::DeviceBuffer LlamaGpu::alloc(size_t bytes) {
 void LlamaGpu::upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt) {
   if (!as_dt || dt_ == F32) return dst.upload(t.data.data(), t.data.size() * 4);
   std::vector<uint16_t> h(t.data.size());
-  for (size_t i = 0; i < h.size(); ++i) h[i] = f32_to_bf16(t.data[i]);
+  const bool half = dt_ == cuda::Storage::F16;
+  for (size_t i = 0; i < h.size(); ++i) h[i] = half ? f32_to_f16(t.data[i]) : f32_to_bf16(t.data[i]);
   dst.upload(h.data(), h.size() * 2);
 }
 
@@ -55,10 +56,10 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
       spec_(spec ? *spec : LoraSpec{}),
       has_lora_(spec != nullptr),
       opt_(opt),
-      dt_(opt.bf16 ? cuda::Storage::BF16 : F32),
-      esz_(opt.bf16 ? 2 : 4),
+      dt_(opt.fp16 ? cuda::Storage::F16 : opt.bf16 ? cuda::Storage::BF16 : F32),
+      esz_(static_cast<size_t>(cuda::storage_bytes(dt_))),
       max_n_(opt.max_batch * opt.max_seq) {
-  if (opt.nf4 && !opt.bf16) fail("internal error: NF4 base weights need bf16 compute");
+  if (opt.nf4 && dt_ != cuda::Storage::BF16) fail("internal error: NF4 base weights need bf16 compute");
   if (opt.offload && !opt.checkpointing) fail("internal error: activation offload needs checkpointing");
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
   slots_.resize(cfg.num_hidden_layers);
@@ -109,7 +110,7 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
   if (!o.offload) o.offload = true, tries.push_back({"+ train.offload_activations: true", o});
   if (o.optimizer != GpuOptimizer::PagedAdamW8bit)
     o.optimizer = GpuOptimizer::PagedAdamW8bit, tries.push_back({"+ train.optimizer: paged_adamw_8bit", o});
-  if (!o.nf4 && o.bf16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
+  if (!o.nf4 && o.bf16 && !o.fp16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
   for (int64_t b = o.max_batch / 2; b >= 1; b /= 2) {
     GpuModelOptions ob = o;
     ob.max_batch = b;

@@ -35,6 +35,7 @@ struct GpuModelOptions {
                      // dequantized into bf16 before each GEMM; needs bf16
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
   bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
+  bool fp16 = false;     // fp16 storage instead (GPUs without bf16, with loss scaling by the caller)
 };
 
 class LlamaGpu {

@@ -3,9 +3,12 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "core/error.h"
 #include "model/llama_gpu.h"
 #include "ops/cuda/context.h"
+#include "optim/loss_scaler.h"
 #include "train/backend.h"
 
 namespace ftune {
@@ -24,6 +27,7 @@ GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& op
     fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32 or auto)",
          ctx.name(), ctx.sm_version());
   const bool bf16 = opt.precision == "bf16" || (opt.precision == "auto" && has_bf16);
+  const bool fp16 = opt.precision == "fp16";
   if (opt.qlora && !bf16)
     fail("train.method=qlora computes in bf16, which this {} (sm_{}) lacks; use train.method=lora with "
          "train.precision=fp32, or train.device=cpu",
@@ -39,7 +43,8 @@ GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& op
           opt.model.gradient_checkpointing,
           opt.qlora,
           o,
-          opt.offload_activations};
+          opt.offload_activations,
+          fp16};
 }
 
 class GpuBackend final : public TrainBackend {
@@ -53,12 +58,15 @@ class GpuBackend final : public TrainBackend {
   }
   std::string name() const override {
     const GpuModelOptions& o = model_.options();
-    return fmt::format("cuda ({}, sm_{}; {}{}{}{})", ctx_.name(), ctx_.sm_version(), o.bf16 ? "bf16" : "fp32",
+    return fmt::format("cuda ({}, sm_{}; {}{}{}{})", ctx_.name(), ctx_.sm_version(),
+                       o.fp16 ? "fp16, dynamic loss scaling" : o.bf16 ? "bf16" : "fp32",
                        o.nf4 ? ", NF4 base" : "", o.checkpointing ? ", checkpointed" : "",
                        o.offload ? ", inputs offloaded" : "");
   }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
-    const auto [sum, count] = model_.forward_backward(b, scale, key);
+    // fp16: the gradients carry the loss scale until the step divides it out.
+    const float s = model_.options().fp16 ? static_cast<float>(scaler_.scale()) : 1.0f;
+    const auto [sum, count] = model_.forward_backward(b, scale * s, key);
     return {sum, count};
   }
   cpu::CrossEntropyResult loss(const Batch& b) override {
@@ -66,10 +74,19 @@ class GpuBackend final : public TrainBackend {
     return {sum, count};
   }
   double step(double lr, double max_norm) override {
+    double norm = model_.grad_norm();
+    float unscale = 1.0f;
+    if (model_.options().fp16) {  // overflowed gradients: the step is skipped and the scale halved
+      const double s = scaler_.scale();
+      if (!scaler_.update(std::isfinite(norm))) {
+        model_.zero_grads();
+        return norm;
+      }
+      norm /= s, unscale = static_cast<float>(1.0 / s);
+    }
     // torch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6), applied only below 1.
-    const double norm = model_.grad_norm();
     const double coef = max_norm / (norm + 1e-6);
-    const float c = max_norm > 0 && coef < 1.0 ? static_cast<float>(coef) : 1.0f;
+    const float c = (max_norm > 0 && coef < 1.0 ? static_cast<float>(coef) : 1.0f) * unscale;
     model_.adamw_step({static_cast<float>(lr), static_cast<float>(adamw_.beta1), static_cast<float>(adamw_.beta2),
                        static_cast<float>(adamw_.eps), static_cast<float>(adamw_.weight_decay), ++t_},
                       c);
@@ -90,6 +107,7 @@ class GpuBackend final : public TrainBackend {
   LoraParams shape_;  // zeros of the adapter's shapes (spec included)
   LlamaGpu model_;
   int64_t t_ = 0;
+  LossScaler scaler_;  // fp16 only
 };
 
 }  // namespace

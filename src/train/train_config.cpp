@@ -113,8 +113,8 @@ const std::vector<KeyDef>& key_table() {
       {.name = "train.log_every", .field = FT_FIELD(train.log_every), .doc = "Log metrics every this many optimizer steps.", .range = at_least(1)},
       {.name = "train.device", .field = FT_FIELD(train.device), .doc = "Where to train: `cpu` (fp32 reference), `cuda` (one GPU), or `auto` (cuda when present).",
        .choices = {"cpu", "cuda", "auto"}},
-      {.name = "train.precision", .field = FT_FIELD(train.precision), .doc = "Storage of weights and activations on the GPU: `bf16` (fp32 accumulation, fp32 adapter and optimizer state; sm_80 and newer), `fp32` (the exact twin of the CPU model), or `auto`: bf16 where the GPU has it, else fp32. The CPU model is always fp32.",
-       .choices = {"auto", "bf16", "fp32"}},
+      {.name = "train.precision", .field = FT_FIELD(train.precision), .doc = "Storage of weights and activations on the GPU: `bf16` (fp32 accumulation, fp32 adapter and optimizer state; sm_80 and newer), `fp16` with dynamic loss scaling (for GPUs without bf16, such as the T4), `fp32` (the exact twin of the CPU model), or `auto`: bf16 where the GPU has it, else fp32. The CPU model is always fp32.",
+       .choices = {"auto", "bf16", "fp16", "fp32"}},
       {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores.", .range = at_least(0)},
   };
   return kTable;

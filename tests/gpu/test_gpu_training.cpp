@@ -98,6 +98,15 @@ TEST(GpuTraining, LossCurveFollowsTheCpuRun) {
   std::printf("[ measured ] 200 steps bf16: loss %.4f -> %.4f; worst 10-step window rel diff to the cpu run %.2e\n",
               bf.steps.front().loss, bf.steps.back().loss, worst_bf);
 
+  // fp16 with dynamic loss scaling (the scale starts at 65536 and halves on overflow): the same
+  // curve within the bf16 bounds.
+  const TrainReport hf = run("cuda", "fp16");
+  const double worst_hf = worst_window(cpu, hf);
+  EXPECT_LT(worst_hf, 0.03);
+  EXPECT_LT(std::abs(hf.steps.back().loss - cpu.steps.back().loss) / cpu.steps.back().loss, 0.05);
+  std::printf("[ measured ] 200 steps fp16: loss %.4f -> %.4f; worst 10-step window rel diff to the cpu run %.2e\n",
+              hf.steps.front().loss, hf.steps.back().loss, worst_hf);
+
   // QLoRA: the CPU (fp32 on the NF4 round trip) and the GPU (bf16, NF4 dequantized per GEMM) follow
   // each other within bf16 noise (same windows as above); and QLoRA follows bf16 LoRA closely: NF4
   // moves each weight by ~10% rms, which shifts a tiny random model's loss by a few percent (10%).

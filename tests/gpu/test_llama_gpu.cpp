@@ -52,7 +52,7 @@ std::vector<float> flat(const LoraParams& p) {
 }
 
 // Loss and LoRA gradients of every fixture case against transformers + peft (float64 goldens).
-void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_tol) {
+void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_tol, bool fp16 = false) {
   cuda::Context ctx;
   const fs::path root = fs::path(FTUNE_SOURCE_DIR) / "tests/fixtures/hf";
   int cases = 0;
@@ -66,7 +66,9 @@ void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_
     std::vector<const std::vector<int32_t>*> pi, pl;
     for (size_t i = 0; i < ids.size(); ++i) pi.push_back(&ids[i]), pl.push_back(&labels[i]);
     const Batch b = make_batch(pi, pl, 0);
-    LlamaGpu gpu(ctx, cfg, memory_source(w).get(), &lora.spec, GpuModelOptions{b.batch, b.seq, bf16, checkpointing});
+    GpuModelOptions o{b.batch, b.seq, bf16, checkpointing};
+    o.fp16 = fp16;
+    LlamaGpu gpu(ctx, cfg, memory_source(w).get(), &lora.spec, o);
     gpu.set_lora(lora);
     LoraParams grads = lora.zeros_like();
     const auto [sum, count] = gpu.forward_backward(b, 1.0f / static_cast<float>(b.count_targets()));
@@ -81,7 +83,7 @@ void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_
       EXPECT_LT(err, grad_tol) << dir.filename() << " " << key;
     });
     std::printf("[ measured ] %s %s%s: loss rel err %.2e, worst LoRA gradient rel err %.2e\n", dir.filename().c_str(),
-                bf16 ? "bf16" : "fp32", checkpointing ? " checkpointed" : "", loss_err, worst);
+                fp16 ? "fp16" : bf16 ? "bf16" : "fp32", checkpointing ? " checkpointed" : "", loss_err, worst);
     ++cases;
   }
   EXPECT_GE(cases, 5);
@@ -283,6 +285,15 @@ TEST(LlamaGpu, ModelThatDoesNotFitSaysWhatWould) {
     EXPECT_NE(m.find("train.method: qlora ("), std::string::npos) << m;
     std::printf("[ measured ] %s\n", m.c_str());
   }
+}
+
+// fp16 storage (the T4 path; sm_75 has fp16 tensor cores but no bf16): 10 mantissa bits, so the
+// bf16 tolerances hold with room to spare. No loss scale here: these gradients are far from fp16's
+// underflow.
+TEST(LlamaGpu, MatchesHfFixturesInFp16) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  check_fixtures(false, false, 5e-3, 5e-2, true);
+  check_fixtures(false, true, 5e-3, 5e-2, true);
 }
 
 // Weights that come already in NF4 (as from a bitsandbytes file), in layouts the GPU must take

@@ -192,8 +192,7 @@ void attention_forward(const Context& ctx, Storage s, const AttnShape& a, const 
                        const int32_t* doc, void* out, float* lse) {
   check(a);
   if (a.batch == 0 || a.seq == 0) return;
-  if (s == Storage::F32) forward_t<float>(ctx, a, q, k, v, doc, out, lse);
-  else forward_t<__nv_bfloat16>(ctx, a, q, k, v, doc, out, lse);
+  dispatch(s, [&](auto* t) { forward_t<std::remove_pointer_t<decltype(t)>>(ctx, a, q, k, v, doc, out, lse); });
 }
 
 void attention_backward(const Context& ctx, Storage s, const AttnShape& a, const void* q, const void* k,
@@ -201,8 +200,9 @@ void attention_backward(const Context& ctx, Storage s, const AttnShape& a, const
                         void* dq, void* dk, void* dv, float* delta) {
   check(a);
   if (a.batch == 0 || a.seq == 0) return;
-  if (s == Storage::F32) backward_t<float>(ctx, a, q, k, v, doc, out, lse, dout, dq, dk, dv, delta);
-  else backward_t<__nv_bfloat16>(ctx, a, q, k, v, doc, out, lse, dout, dq, dk, dv, delta);
+  dispatch(s, [&](auto* t) {
+    backward_t<std::remove_pointer_t<decltype(t)>>(ctx, a, q, k, v, doc, out, lse, dout, dq, dk, dv, delta);
+  });
 }
 
 }  // namespace ftune::cuda

@@ -60,12 +60,11 @@ void cross_entropy_rows(const Context& ctx, Storage s, void* logits, const int32
                         int64_t vocab, float grad_scale, float* loss) {
   FT_ASSERT(rows >= 0 && vocab > 0);
   if (rows == 0) return;
-  if (s == Storage::F32)
-    cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(static_cast<float*>(logits), target,
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(static_cast<T*>(logits), target,
                                                                                       vocab, grad_scale, loss);
-  else
-    cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, ctx.stream()>>>(
-        static_cast<__nv_bfloat16*>(logits), target, vocab, grad_scale, loss);
+  });
   FT_CUDA_LAUNCH();
 }
 
@@ -73,7 +72,7 @@ void lm_head_cross_entropy(const Context& ctx, Storage s, const void* h, const v
                            int64_t rows, int64_t dim, int64_t vocab, float grad_scale, float* loss, void* dh,
                            void* scratch, int64_t chunk) {
   FT_ASSERT(chunk > 0);
-  const size_t esz = s == Storage::BF16 ? 2 : 4;
+  const size_t esz = static_cast<size_t>(storage_bytes(s));
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
     const void* hc = static_cast<const char*>(h) + r0 * dim * esz;

@@ -1,4 +1,4 @@
-// Elementwise kernels: grid-stride loops, fp32 math on fp32 or bf16 storage.
+// Elementwise kernels: grid-stride loops, fp32 math on fp32, bf16 or fp16 storage.
 #include "core/dropout_hash.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/elementwise.h"
@@ -74,8 +74,6 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* acc) {
   if (threadIdx.x % 32 == 0) atomicAdd(acc, static_cast<double>(s));
 }
 
-using bf16 = __nv_bfloat16;
-
 }  // namespace
 
 void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y, int64_t n) {
@@ -88,12 +86,14 @@ void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y,
     FT_CUDA_LAUNCH();
     return;
   }
-  if (xs == Storage::F32 && ys == Storage::BF16)
-    convert_kernel<<<g, 256, 0, ctx.stream()>>>(static_cast<const float*>(x), static_cast<bf16*>(y), n);
-  else if (xs == Storage::BF16 && ys == Storage::F32)
-    convert_kernel<<<g, 256, 0, ctx.stream()>>>(static_cast<const bf16*>(x), static_cast<float*>(y), n);
-  else
-    return ctx.copy(y, x, static_cast<size_t>(n) * (xs == Storage::F32 ? 4 : 2));
+  if (xs == ys) return ctx.copy(y, x, static_cast<size_t>(n) * storage_bytes(xs));
+  dispatch(xs, [&](auto* tx) {
+    dispatch(ys, [&](auto* ty) {
+      using X = std::remove_pointer_t<decltype(tx)>;
+      using Y = std::remove_pointer_t<decltype(ty)>;
+      convert_kernel<<<g, 256, 0, ctx.stream()>>>(static_cast<const X*>(x), static_cast<Y*>(y), n);
+    });
+  });
   FT_CUDA_LAUNCH();
 }
 
@@ -105,31 +105,29 @@ void add_inplace(const Context& ctx, float* y, const float* x, int64_t n) {
 
 void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n) {
   if (n <= 0) return;
-  if (s == Storage::F32)
-    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const float*>(x), static_cast<float*>(out),
-                                                          n);
-  else
-    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const bf16*>(x), static_cast<bf16*>(out),
-                                                          n);
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const T*>(x), static_cast<T*>(out), n);
+  });
   FT_CUDA_LAUNCH();
 }
 
 void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, Storage dxs, void* dx,
                           int64_t n) {
   if (n <= 0) return;
-  if (dxs == Storage::F32)
-    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<float*>(dx), n);
-  else
-    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<bf16*>(dx), n);
+  dispatch(dxs, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<T*>(dx), n);
+  });
   FT_CUDA_LAUNCH();
 }
 
 void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std) {
   if (n <= 0) return;
-  if (s == Storage::F32)
-    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<float*>(p), n, seed, mean, std);
-  else
-    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<bf16*>(p), n, seed, mean, std);
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<T*>(p), n, seed, mean, std);
+  });
   FT_CUDA_LAUNCH();
 }
 

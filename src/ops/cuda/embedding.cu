@@ -20,12 +20,11 @@ void embedding_forward(const Context& ctx, Storage s, const void* table, const i
                        int64_t vocab, void* out) {
   FT_ASSERT(n >= 0 && dim > 0 && vocab > 0);
   if (n == 0) return;
-  if (s == Storage::F32)
-    embedding_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream()>>>(static_cast<const float*>(table), ids, dim,
-                                                                          vocab, static_cast<float*>(out));
-  else
-    embedding_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream()>>>(
-        static_cast<const __nv_bfloat16*>(table), ids, dim, vocab, static_cast<__nv_bfloat16*>(out));
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    embedding_kernel<<<static_cast<unsigned>(n), 256, 0, ctx.stream()>>>(static_cast<const T*>(table), ids, dim, vocab,
+                                                                          static_cast<T*>(out));
+  });
   FT_CUDA_LAUNCH();
 }
 

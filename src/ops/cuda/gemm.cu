@@ -14,7 +14,9 @@ namespace ftune::cuda {
 
 namespace {
 
-cudaDataType_t lt_type(Storage s) { return s == Storage::BF16 ? CUDA_R_16BF : CUDA_R_32F; }
+cudaDataType_t lt_type(Storage s) {
+  return s == Storage::BF16 ? CUDA_R_16BF : s == Storage::F16 ? CUDA_R_16F : CUDA_R_32F;
+}
 
 // One planned problem: descriptors, layouts and the heuristic's algorithm.
 struct GemmPlan {
@@ -83,8 +85,8 @@ const GemmPlan& plan_for(const Context& ctx, int64_t m, int64_t n, int64_t k, Ge
 void gemm(const Context& ctx, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, GemmOperand b, float beta,
           const void* c, void* d, Storage c_type) {
   FT_ASSERT(m >= 0 && n >= 0 && k >= 0 && a.type == b.type);
-  if (a.type == Storage::F32 && c_type == Storage::BF16)
-    fail("internal error: cuBLASLt has no fp32 x fp32 -> bf16 GEMM; write fp32 and convert");
+  if (a.type == Storage::F32 && c_type != Storage::F32)
+    fail("internal error: cuBLASLt has no fp32 x fp32 -> 16-bit GEMM; write fp32 and convert");
   if (m == 0 || n == 0) return;
   const GemmPlan& p = plan_for(ctx, m, n, k, a, b, beta != 0.0f, c_type);
   FT_CUBLAS(cublasLtMatmul(ctx.blas(), p.op, &alpha, b.ptr, p.la, a.ptr, p.lb, &beta, beta != 0.0f ? c : d, p.lc, d,

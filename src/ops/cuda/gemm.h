@@ -1,5 +1,5 @@
-// Row-major GEMM on the GPU through cuBLASLt: D = alpha * op(A) @ op(B) + beta * C, with bf16 or
-// fp32 operands, fp32 accumulation, and C/D in bf16 or fp32. beta = 1 accumulates (the LoRA
+// Row-major GEMM on the GPU through cuBLASLt: D = alpha * op(A) @ op(B) + beta * C, with bf16, fp16 or
+// fp32 operands, fp32 accumulation, and C/D in 16 bits or fp32. beta = 1 accumulates (the LoRA
 // branch into the base output); a separate C fuses a residual add into the epilogue.
 #pragma once
 #include <cstdint>

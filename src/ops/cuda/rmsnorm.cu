@@ -58,12 +58,11 @@ void rmsnorm_forward(const Context& ctx, Storage st, const void* x, const float*
   FT_ASSERT(rows >= 0 && dim > 0);
   if (rows == 0) return;
   const auto grid = static_cast<unsigned>(rows);
-  if (st == Storage::F32)
-    rmsnorm_forward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(static_cast<const float*>(x), w, static_cast<float*>(y),
-                                                                rstd, dim, eps);
-  else
-    rmsnorm_forward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(static_cast<const __nv_bfloat16*>(x), w,
-                                                                static_cast<__nv_bfloat16*>(y), rstd, dim, eps);
+  dispatch(st, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    rmsnorm_forward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(static_cast<const T*>(x), w, static_cast<T*>(y), rstd,
+                                                                dim, eps);
+  });
   FT_CUDA_LAUNCH();
 }
 
@@ -72,11 +71,10 @@ void rmsnorm_backward(const Context& ctx, Storage st, const float* dy, const voi
   FT_ASSERT(rows >= 0 && dim > 0);
   if (rows == 0) return;
   const auto grid = static_cast<unsigned>(rows);
-  if (st == Storage::F32)
-    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const float*>(x), w, rstd, dx, dim);
-  else
-    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const __nv_bfloat16*>(x), w, rstd,
-                                                                 dx, dim);
+  dispatch(st, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const T*>(x), w, rstd, dx, dim);
+  });
   FT_CUDA_LAUNCH();
 }
 

@@ -61,10 +61,10 @@ void launch(const Context& ctx, Storage s, void* x, const float* cos, const floa
     FT_CUDA_LAUNCH();
     return;
   }
-  if (s == Storage::F32)
-    rope_kernel<<<blocks, 256, 0, ctx.stream()>>>(static_cast<float*>(x), cos, sin, n, heads, d / 2, sign);
-  else
-    rope_kernel<<<blocks, 256, 0, ctx.stream()>>>(static_cast<__nv_bfloat16*>(x), cos, sin, n, heads, d / 2, sign);
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    rope_kernel<<<blocks, 256, 0, ctx.stream()>>>(static_cast<T*>(x), cos, sin, n, heads, d / 2, sign);
+  });
   FT_CUDA_LAUNCH();
 }
 

@@ -85,14 +85,11 @@ void swiglu_forward(const Context& ctx, Storage s, const void* gate, const void*
     FT_CUDA_LAUNCH();
     return;
   }
-  if (s == Storage::F32)
-    swiglu_forward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<const float*>(gate),
-                                                                    static_cast<const float*>(up),
-                                                                    static_cast<float*>(out), n);
-  else
-    swiglu_forward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<const __nv_bfloat16*>(gate),
-                                                                    static_cast<const __nv_bfloat16*>(up),
-                                                                    static_cast<__nv_bfloat16*>(out), n);
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    swiglu_forward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
+                                                                    static_cast<T*>(out), n);
+  });
   FT_CUDA_LAUNCH();
 }
 
@@ -107,14 +104,12 @@ void swiglu_backward(const Context& ctx, Storage s, const void* gate, const void
     FT_CUDA_LAUNCH();
     return;
   }
-  if (s == Storage::F32)
-    swiglu_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(
-        static_cast<const float*>(gate), static_cast<const float*>(up), static_cast<const float*>(dout),
-        static_cast<float*>(dgate), static_cast<float*>(dup), n);
-  else
-    swiglu_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(
-        static_cast<const __nv_bfloat16*>(gate), static_cast<const __nv_bfloat16*>(up),
-        static_cast<const __nv_bfloat16*>(dout), static_cast<__nv_bfloat16*>(dgate), static_cast<__nv_bfloat16*>(dup), n);
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    swiglu_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
+                                                                     static_cast<const T*>(dout), static_cast<T*>(dgate),
+                                                                     static_cast<T*>(dup), n);
+  });
   FT_CUDA_LAUNCH();
 }
 
