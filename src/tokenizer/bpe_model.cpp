@@ -96,10 +96,11 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
     }
   }
   const bool cacheable = word.size() <= kMaxCachedWord;
+  CacheShard& shard = cache_[StringHash{}(word) % kCacheShards];
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    auto it = cache_.find(word);
-    if (it != cache_.end()) {
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    auto it = shard.map.find(word);
+    if (it != shard.map.end()) {
       out.insert(out.end(), it->second.begin(), it->second.end());
       return;
     }
@@ -107,9 +108,9 @@ void BpeModel::encode_word(std::string_view word, std::vector<int32_t>& out) con
   const size_t mark = out.size();
   merge_word(word, out);
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
-    if (cache_.size() >= kMaxCache) cache_.clear();
-    cache_.emplace(std::string(word), std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(mark), out.end()));
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    if (shard.map.size() >= kMaxCache / kCacheShards) shard.map.clear();
+    shard.map.emplace(std::string(word), std::vector<int32_t>(out.begin() + static_cast<std::ptrdiff_t>(mark), out.end()));
   }
 }
 

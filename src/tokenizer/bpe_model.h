@@ -49,11 +49,17 @@ class BpeModel {
   bool ignore_merges_ = false;
   std::array<int32_t, 256> byte_ids_{};  // ids of <0xXX>, -1 where absent
 
-  // Pre-token -> ids. Bounded: cleared when it grows past kMaxCache entries.
+  // Pre-token -> ids, in shards chosen by the word's hash so that threads encoding different words
+  // rarely wait on the same lock. Bounded: a shard is cleared when it grows past its share of
+  // kMaxCache entries.
   static constexpr size_t kMaxCache = 200000;
+  static constexpr size_t kCacheShards = 64;
   static constexpr size_t kMaxCachedWord = 256;
-  mutable std::mutex cache_mutex_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;
+  struct CacheShard {
+    std::mutex mutex;
+    std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> map;
+  };
+  mutable std::array<CacheShard, kCacheShards> cache_;
 };
 
 }  // namespace ftune
