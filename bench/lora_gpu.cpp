@@ -9,7 +9,6 @@
 // --qlora: the projections in NF4 (random codes generated on the device), as `method: qlora`.
 // --optimizer adamw|adamw_8bit|paged_adamw_8bit: as train.optimizer. --offload: with
 // --checkpointing, layer inputs in pinned host memory (train.offload_activations).
-#include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -17,9 +16,8 @@
 #include <string>
 
 #include "core/error.h"
-#include "core/rng.h"
-#include "model/batch.h"
 #include "model/llama_gpu.h"
+#include "lora_bench.h"
 #include "model/presets.h"
 
 namespace {
@@ -32,12 +30,6 @@ double flops_per_token(const ftune::LlamaConfig& c, int64_t n_lora, int64_t seq)
   const double L = static_cast<double>(c.num_hidden_layers), V = static_cast<double>(c.vocab_size);
   const double n_base = L * (2 * d * q + 2 * d * kv + 3 * d * i) + d * V;
   return 4 * n_base + 6 * static_cast<double>(n_lora) + 6 * L * q * static_cast<double>(seq);
-}
-
-size_t used_bytes() {
-  size_t free = 0, total = 0;
-  cudaMemGetInfo(&free, &total);
-  return total - free;
 }
 
 }  // namespace
@@ -74,42 +66,15 @@ int main(int argc, char** argv) {
     cuda::Context ctx;
     if (gpu_name.empty()) gpu_name = ctx.name();
     ctx.synchronize();
-    const size_t before = used_bytes();
-    LoraSpec spec;
-    spec.r = rank;
-    spec.alpha = alpha;
-    spec.targets.fill(true);
-    const GpuOptimizer opt = optimizer == "adamw"              ? GpuOptimizer::AdamW
-                             : optimizer == "adamw_8bit"       ? GpuOptimizer::AdamW8bit
-                             : optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
-                                                               : (fail("unknown optimizer '{}'", optimizer), GpuOptimizer::AdamW);
-    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, !fp32, ckpt, qlora, opt, offload && ckpt}, 1);
-    // peft's init (B = 0) would leave A without gradient for the first step; give B small values so
-    // every GEMM does real work from the start.
-    LoraParams lora = LoraParams::init(cfg, spec, 2);
-    Rng r(3);
-    lora.for_each([&](const std::string& key, Tensor& t) {
-      if (key.find("lora_B") != std::string::npos)
-        for (float& x : t.data) x = 0.01f * r.normal();
-    });
-    model.set_lora(lora);
-    std::vector<std::vector<int32_t>> rows(mb, std::vector<int32_t>(seq));
-    std::vector<const std::vector<int32_t>*> ptrs;
-    for (auto& row : rows) {
-      for (auto& x : row) x = static_cast<int32_t>(r.below(static_cast<uint64_t>(cfg.vocab_size)));
-      ptrs.push_back(&row);
-    }
-    const Batch batch = make_batch(ptrs, ptrs, 0);
+    const size_t before = cuda::memory_in_use();
+    const LoraSpec spec = bench::all_projections(rank, alpha);
+    const GpuOptimizer opt = gpu_optimizer(optimizer);
+    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, fp32 ? cuda::Storage::F32 : cuda::Storage::BF16, ckpt, qlora, opt, offload && ckpt}, 1);
+    bench::set_adapter(model, cfg, spec, 2);
+    const Batch batch = bench::random_batch(mb, seq, cfg.vocab_size, 3);
     double first = 0, last = 0;
     int64_t t = 0;
-    auto step = [&]() {
-      const auto [sum, count] = model.forward_backward(batch, 1.0f / static_cast<float>(batch.count_targets()));
-      const double norm = model.grad_norm();
-      const double coef = 1.0 / (norm + 1e-6);
-      model.adamw_step({1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, ++t}, coef < 1.0 ? static_cast<float>(coef) : 1.0f);
-      model.zero_grads();
-      return sum / static_cast<double>(count);
-    };
+    auto step = [&]() { return bench::train_step(model, batch, ++t); };
     for (int64_t i = 0; i < warmup; ++i) first = step();
     ctx.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
@@ -124,7 +89,7 @@ int main(int argc, char** argv) {
         "\"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, \"loss_last\": {:.4f}, "
         "\"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
         qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
-        static_cast<double>(used_bytes() - before) / gib, static_cast<double>(model.planned_bytes()) / gib, tflops,
+        static_cast<double>(cuda::memory_in_use() - before) / gib, static_cast<double>(model.planned_bytes()) / gib, tflops,
         first, last, steps, fp32 ? "fp32" : "bf16", optimizer);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());

@@ -11,9 +11,8 @@
 #include <string>
 
 #include "core/error.h"
-#include "core/rng.h"
-#include "model/batch.h"
 #include "model/llama_gpu.h"
+#include "lora_bench.h"
 #include "model/presets.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cross_entropy.h"
@@ -63,27 +62,12 @@ int main(int argc, char** argv) {
     // The whole step first (the model is freed before the op timings allocate).
     double step_ms = 0;
     {
-      LoraSpec spec;
-      spec.r = r, spec.alpha = 32;
-      spec.targets.fill(true);
-      LlamaGpu model(ctx, c, nullptr, &spec, GpuModelOptions{B, T, true, ckpt}, 1);
-      LoraParams lora = LoraParams::init(c, spec, 2);
-      model.set_lora(lora);
-      Rng rng(3);
-      std::vector<std::vector<int32_t>> rows(B, std::vector<int32_t>(T));
-      std::vector<const std::vector<int32_t>*> ptrs;
-      for (auto& row : rows) {
-        for (auto& x : row) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
-        ptrs.push_back(&row);
-      }
-      const Batch batch = make_batch(ptrs, ptrs, 0);
+      const LoraSpec spec = bench::all_projections(r, 32);
+      LlamaGpu model(ctx, c, nullptr, &spec, GpuModelOptions{B, T, BF, ckpt}, 1);
+      bench::set_adapter(model, c, spec, 2);
+      const Batch batch = bench::random_batch(B, T, V, 3);
       int64_t t = 0;
-      auto step = [&]() {
-        model.forward_backward(batch, 1e-4f);
-        const double norm = model.grad_norm();
-        model.adamw_step({1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, ++t}, norm > 1 ? static_cast<float>(1 / norm) : 1.0f);
-        model.zero_grads();
-      };
+      auto step = [&]() { bench::train_step(model, batch, ++t); };
       step(), step();
       ctx.synchronize();
       const auto t0 = std::chrono::steady_clock::now();

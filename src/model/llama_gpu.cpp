@@ -35,6 +35,13 @@ constexpr int64_t kNf4Block = 64;  // bitsandbytes' default for QLoRA
 float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
 }  // namespace
 
+GpuOptimizer gpu_optimizer(const std::string& name) {
+  if (name == "adamw") return GpuOptimizer::AdamW;
+  if (name == "adamw_8bit") return GpuOptimizer::AdamW8bit;
+  if (name == "paged_adamw_8bit") return GpuOptimizer::PagedAdamW8bit;
+  fail("unknown optimizer '{}' (adamw, adamw_8bit, paged_adamw_8bit)", name);
+}
+
 cuda::DeviceBuffer LlamaGpu::alloc(size_t bytes) {
   planned_ += bytes;
   return dry_ ? cuda::DeviceBuffer() : cuda::DeviceBuffer(bytes);
@@ -56,7 +63,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
       spec_(spec ? *spec : LoraSpec{}),
       has_lora_(spec != nullptr),
       opt_(opt),
-      dt_(opt.fp16 ? cuda::Storage::F16 : opt.bf16 ? cuda::Storage::BF16 : F32),
+      dt_(opt.storage),
       esz_(static_cast<size_t>(cuda::storage_bytes(dt_))),
       max_n_(opt.max_batch * opt.max_seq) {
   if (opt.nf4 && dt_ != cuda::Storage::BF16) fail("internal error: NF4 base weights need bf16 compute");
@@ -110,7 +117,7 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
   if (!o.offload) o.offload = true, tries.push_back({"+ train.offload_activations: true", o});
   if (o.optimizer != GpuOptimizer::PagedAdamW8bit)
     o.optimizer = GpuOptimizer::PagedAdamW8bit, tries.push_back({"+ train.optimizer: paged_adamw_8bit", o});
-  if (!o.nf4 && o.bf16 && !o.fp16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
+  if (!o.nf4 && o.storage == cuda::Storage::BF16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
   for (int64_t b = o.max_batch / 2; b >= 1; b /= 2) {
     GpuModelOptions ob = o;
     ob.max_batch = b;
@@ -158,10 +165,9 @@ void LlamaGpu::allocate() {
     if (dt_ != F32) lora_c_ = alloc_dt(lora_n_);
     switch (opt_.optimizer) {
       case GpuOptimizer::AdamW: lora_m_ = alloc(lora_n_ * 4), lora_v_ = alloc(lora_n_ * 4); break;
-      case GpuOptimizer::AdamW8bit:  // the optimizer object allocates its states in fill(); counted here
-        planned_ += Adam8bitLayout{lora_n_, lora_n_ >= kMin8bitSize}.bytes() + 2 * 256 * 4;
-        break;
-      case GpuOptimizer::PagedAdamW8bit: planned_ += 2 * PagedAdamW8bit::kDefaultChunkBytes + 2 * 256 * 4; break;
+      // The 8-bit optimizers allocate their own states in fill(); counted here.
+      case GpuOptimizer::AdamW8bit: planned_ += DeviceAdamW8bit::device_bytes_for(lora_n_); break;
+      case GpuOptimizer::PagedAdamW8bit: planned_ += PagedAdamW8bit::device_bytes_for(lora_n_); break;
     }
   }
   // Activations: every layer's, or one reused set when checkpointing.
@@ -347,13 +353,12 @@ void LlamaGpu::prepare(const Batch& b) {
   cuda::gather_rows(ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
   if (offload_) offload_->before_write(0);
   cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
-  if (offload_) offload_->after_write(0, xbuf(0), n_ * cfg_.hidden_size * esz_);
+  if (offload_) offload_->after_write(0, xbuf(0), x_bytes());
 }
 
 // Device copies of an NF4 weight; the buffers planned for blocks of 64 with nesting are replaced
 // when a file stored another layout.
 void LlamaGpu::upload_nf4(Nf4Weight& q, const Nf4Tensor& t) {
-  ctx_.synchronize();
   q.blocksize = t.blocksize;
   q.packed.upload(t.packed.data(), t.packed.size());
   if (!t.nested) {
@@ -386,6 +391,12 @@ const void* LlamaGpu::weight(int64_t l, int p) {
   return wbuf_.data();
 }
 
+// The adapter's A and B of a projection as GEMM operands (the dt compute copy, or the fp32 masters).
+std::pair<const void*, const void*> LlamaGpu::lora_ab(int64_t l, int p) const {
+  const char* base = static_cast<const char*>(dt_ == F32 ? lora_p_.data() : lora_c_.data());
+  return {base + slots_[l][p].a * static_cast<int64_t>(esz_), base + slots_[l][p].b * static_cast<int64_t>(esz_)};
+}
+
 // y = x W^T (+ residual) + s * (drop(x) A^T) B^T, t = drop(x) A^T saved. y null: only t (the
 // recompute under checkpointing needs t but not the output).
 void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t) {
@@ -395,9 +406,7 @@ void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual
     cuda::gemm(ctx_, n_, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
                residual, y, dt_);
   if (!adapted(i)) return;
-  const void* lp = dt_ == F32 ? lora_p_.data() : lora_c_.data();
-  const void* A = static_cast<const char*>(lp) + slots_[l][i].a * esz_;
-  const void* B = static_cast<const char*>(lp) + slots_[l][i].b * esz_;
+  const auto [A, B] = lora_ab(l, i);
   const void* xin = x;
   if (dropout_key_ && spec_.dropout > 0) {
     cuda::dropout_forward(ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
@@ -419,9 +428,7 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const
     cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
     return;
   }
-  const void* lp = dt_ == F32 ? lora_p_.data() : lora_c_.data();
-  const void* A = static_cast<const char*>(lp) + slots_[l][i].a * esz_;
-  const void* B = static_cast<const char*>(lp) + slots_[l][i].b * esz_;
+  const auto [A, B] = lora_ab(l, i);
   float* dA = f(lora_g_) + slots_[l][i].a;
   float* dB = f(lora_g_) + slots_[l][i].b;
   const float s = spec_.scaling();
@@ -444,13 +451,17 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const
   }
 }
 
+cuda::AttnShape LlamaGpu::attn_shape() const {
+  return {batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
+          static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
+}
+
 bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
   return dt_ == cuda::Storage::BF16 && cuda::flash_attention_supported(ctx_, a);
 }
 
 void LlamaGpu::attention_fwd(Acts& A) {
-  const cuda::AttnShape as{batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
-                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
+  const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
     cuda::flash_attention_forward(ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
@@ -459,8 +470,7 @@ void LlamaGpu::attention_fwd(Acts& A) {
 }
 
 void LlamaGpu::attention_bwd(const Acts& A) {
-  const cuda::AttnShape as{batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
-                           static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
+  const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
     cuda::flash_attention_backward(ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
@@ -549,11 +559,10 @@ double LlamaGpu::read_loss() {
 
 // Every layer's forward; with offload, each output goes to the host as soon as it is written.
 void LlamaGpu::forward_layers() {
-  const size_t bytes = n_ * cfg_.hidden_size * esz_;
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     if (offload_) offload_->before_write(l + 1);
     layer_forward(l, false);
-    if (offload_) offload_->after_write(l + 1, xbuf(l + 1), bytes);
+    if (offload_) offload_->after_write(l + 1, xbuf(l + 1), x_bytes());
   }
 }
 
@@ -568,7 +577,7 @@ std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad
   const int64_t L = cfg_.num_hidden_layers, resident = L + 1 - ActivationOffload::kSlots;
   for (int64_t l = L - 1; l >= 0; --l) {
     if (offload_ && l < resident) offload_->wait(l);
-    if (offload_ && l >= 1 && l - 1 < resident) offload_->prefetch(l - 1, xbuf(l - 1), n_ * cfg_.hidden_size * esz_);
+    if (offload_ && l >= 1 && l - 1 < resident) offload_->prefetch(l - 1, xbuf(l - 1), x_bytes());
     layer_backward(l);
   }
   return {read_loss(), b.count_targets()};

@@ -25,17 +25,20 @@
 namespace ftune {
 
 enum class GpuOptimizer { AdamW, AdamW8bit, PagedAdamW8bit };
+// From train.optimizer's names: adamw, adamw_8bit, paged_adamw_8bit (others fail).
+GpuOptimizer gpu_optimizer(const std::string& name);
 
 struct GpuModelOptions {
   int64_t max_batch = 1;  // rows per micro-batch
   int64_t max_seq = 2048;  // tokens per row
-  bool bf16 = true;        // weights and activations in bf16; false: fp32 throughout
+  // Weights and activations: bf16; fp32 throughout (the CPU's twin); or fp16 (GPUs without bf16,
+  // with loss scaling by the caller).
+  cuda::Storage storage = cuda::Storage::BF16;
   bool checkpointing = false;  // keep only each layer's input; recompute the layer in the backward
   bool nf4 = false;  // QLoRA: the seven projections frozen in NF4 (double-quantized, blocks of 64),
                      // dequantized into bf16 before each GEMM; needs bf16
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
   bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
-  bool fp16 = false;     // fp16 storage instead (GPUs without bf16, with loss scaling by the caller)
 };
 
 class LlamaGpu {
@@ -112,7 +115,10 @@ class LlamaGpu {
   void head(bool backward);
   double read_loss();
   bool use_flash(const cuda::AttnShape& a) const;
+  cuda::AttnShape attn_shape() const;  // of the current micro-batch
+  std::pair<const void*, const void*> lora_ab(int64_t l, int p) const;
   Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : l]; }
+  size_t x_bytes() const { return static_cast<size_t>(n_ * cfg_.hidden_size) * esz_; }  // one layer input
   void* xbuf(int64_t i) const { return xs_[offload_ ? i % ActivationOffload::kSlots : i].data(); }  // layer i's input
   void forward_layers();
 

@@ -9,7 +9,7 @@
 #include <cstdint>
 
 #include "ops/cuda/context.h"
-#include "optim/paged_states_gpu.h"
+#include "ops/cuda/device_buffer.h"
 
 typedef struct CUevent_st* cudaEvent_t;
 
@@ -37,7 +37,7 @@ class ActivationOffload {
  private:
   const cuda::Context& ctx_;
   size_t stride_;
-  PinnedBuffer host_;                       // [count, bytes]
+  cuda::PinnedBuffer host_;                       // [count, bytes]
   std::array<cudaEvent_t, kSlots> done_{};  // per slot: its last copy (either way) finished
   cudaEvent_t mark_ = nullptr;              // a point of the compute stream
 };

@@ -52,17 +52,14 @@ bool quantized(const CheckpointReader& ck, const std::string& name) {
 
 // The NF4 weight `name` as stored, validated against the expected shape (one-line errors naming
 // the file and key: missing or inconsistent quant-state keys, fp4).
+// (shard_of names a missing packed tensor).
 Nf4Tensor read_quantized(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
-  if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
   return read_bnb_nf4(ck.shard_of(name), name, want);
 }
 
 void check_present(const CheckpointReader& ck, const std::string& name, const std::vector<int64_t>& want) {
-  if (quantized(ck, name)) {
-    if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
-    return;  // sizes and quant state are validated when the weight is read
-  }
   if (!ck.has(name)) fail("{}: tensor '{}' is missing from the checkpoint", ck.dir(), name);
+  if (quantized(ck, name)) return;  // sizes and quant state are validated when the weight is read
   const TensorInfo& info = ck.info(name);
   if (info.shape != want)
     fail("{}: tensor '{}' has shape {} but config.json implies {}", ck.file_of(name), name, shape_str(info.shape),

@@ -52,10 +52,15 @@ double grad_norm(const LoraParams& grads) {
   return std::sqrt(ss);
 }
 
+double clip_coefficient(double norm, double max_norm) {
+  const double coef = max_norm / (norm + 1e-6);
+  return max_norm > 0 && coef < 1.0 ? coef : 1.0;
+}
+
 double clip_grad_norm(LoraParams& grads, double max_norm) {
   const double norm = grad_norm(grads);
-  const double coef = max_norm / (norm + 1e-6);
-  if (max_norm > 0 && coef < 1.0) {
+  const double coef = clip_coefficient(norm, max_norm);
+  if (coef < 1.0) {
     const float c = static_cast<float>(coef);
     grads.for_each([&](const std::string&, Tensor& t) {
       for (float& x : t.data) x *= c;

@@ -29,6 +29,9 @@ class AdamW {
 
 // Global L2 norm of all gradients (accumulated in double).
 double grad_norm(const LoraParams& grads);
+// torch's clip_grad_norm_ coefficient for a gradient of global norm `norm`: max_norm / (norm +
+// 1e-6) where that is below 1, else 1 (also when max_norm <= 0: no clipping).
+double clip_coefficient(double norm, double max_norm);
 // Scales grads so their global norm is at most max_norm (torch's clip_grad_norm_: coefficient
 // max_norm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping.
 double clip_grad_norm(LoraParams& grads, double max_norm);

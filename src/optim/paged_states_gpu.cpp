@@ -21,16 +21,22 @@ cuda::DeviceBuffer upload_maps() {
   std::vector<float> maps(512);  // [2, 256]
   std::copy(dynamic_map(true).begin(), dynamic_map(true).end(), maps.begin());
   std::copy(dynamic_map(false).begin(), dynamic_map(false).end(), maps.begin() + 256);
-  cuda::DeviceBuffer b = cuda::DeviceBuffer::from(maps);
-  // cudaMemcpy from pageable memory may return before its DMA lands, and the context's
-  // non-blocking streams do not wait for the legacy stream.
-  FT_CUDA(cudaDeviceSynchronize());
-  return b;
+  return cuda::DeviceBuffer::from(maps);  // complete on return (DeviceBuffer::upload)
 }
 
 Adam8bitLayout layout_for(int64_t n, int64_t min_8bit_size) {
   if (n < 0) fail("8-bit AdamW: parameter count must be >= 0, got {}", n);
   return Adam8bitLayout{n, n >= min_8bit_size};
+}
+
+constexpr size_t kMapBytes = 2 * 256 * sizeof(float);  // both dynamic maps on the device
+
+// Elements of one paged chunk: whole 256-element blocks (so absmax indices line up), as many as
+// chunk_bytes of state hold, at least one and no more than the vector needs.
+int64_t chunk_elems_for(const Adam8bitLayout& layout, size_t chunk_bytes) {
+  const size_t block_bytes = 2 * layout.elem_bytes() * kAdam8bitBlock + (layout.is_8bit ? 2 * sizeof(float) : 0);
+  const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(chunk_bytes / block_bytes));
+  return std::min(want, std::max<int64_t>(1, adam8bit_blocks(layout.n))) * kAdam8bitBlock;
 }
 
 // One update of n elements; m, v are uint8 codes or fp32 by mode; maps: [2, 256] on the device.
@@ -75,26 +81,11 @@ void copy_states(const Adam8bitLayout& l, State& st, void* m, void* v, void* am,
 
 }  // namespace
 
-// ---- PinnedBuffer ----
-
-PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
-  if (bytes) FT_CUDA(cudaHostAlloc(&ptr_, bytes, cudaHostAllocDefault));
-}
-
-PinnedBuffer::~PinnedBuffer() {
-  if (ptr_) cudaFreeHost(ptr_);
-}
-
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
-  if (this != &o) {
-    if (ptr_) cudaFreeHost(ptr_);
-    ptr_ = o.ptr_, bytes_ = o.bytes_;
-    o.ptr_ = nullptr, o.bytes_ = 0;
-  }
-  return *this;
-}
-
 // ---- DeviceAdamW8bit ----
+
+size_t DeviceAdamW8bit::device_bytes_for(int64_t n, int64_t min_8bit_size) {
+  return layout_for(n, min_8bit_size).bytes() + kMapBytes;
+}
 
 DeviceAdamW8bit::DeviceAdamW8bit(const cuda::Context& ctx, int64_t n, int64_t min_8bit_size)
     : ctx_(ctx), layout_(layout_for(n, min_8bit_size)), maps_(upload_maps()) {
@@ -124,17 +115,21 @@ void DeviceAdamW8bit::load(const Adam8bitState& st) {
 
 // ---- PagedAdamW8bit ----
 
+size_t PagedAdamW8bit::device_bytes_for(int64_t n, size_t chunk_bytes, int64_t min_8bit_size) {
+  const Adam8bitLayout layout = layout_for(n, min_8bit_size);
+  const int64_t elems = chunk_elems_for(layout, chunk_bytes);
+  const size_t blocks = layout.is_8bit ? static_cast<size_t>(elems / kAdam8bitBlock) : 0;
+  return kMapBytes + 2 * (2 * layout.elem_bytes() * static_cast<size_t>(elems) + 2 * sizeof(float) * blocks);
+}
+
 PagedAdamW8bit::PagedAdamW8bit(const cuda::Context& ctx, int64_t n, size_t chunk_bytes, int64_t min_8bit_size)
     : ctx_(ctx), layout_(layout_for(n, min_8bit_size)), maps_(upload_maps()) {
-  // State bytes of one 256-element block; a chunk holds whole blocks so that absmax indices line up.
-  const size_t block_bytes = 2 * layout_.elem_bytes() * kAdam8bitBlock + (layout_.is_8bit ? 2 * sizeof(float) : 0);
-  const int64_t want = std::max<int64_t>(1, static_cast<int64_t>(chunk_bytes / block_bytes));
-  chunk_elems_ = std::min(want, std::max<int64_t>(1, adam8bit_blocks(n))) * kAdam8bitBlock;
+  chunk_elems_ = chunk_elems_for(layout_, chunk_bytes);
 
-  m_ = PinnedBuffer(layout_.elem_bytes() * n);
-  v_ = PinnedBuffer(layout_.elem_bytes() * n);
-  absmax_m_ = PinnedBuffer(sizeof(float) * layout_.blocks());
-  absmax_v_ = PinnedBuffer(sizeof(float) * layout_.blocks());
+  m_ = cuda::PinnedBuffer(layout_.elem_bytes() * n);
+  v_ = cuda::PinnedBuffer(layout_.elem_bytes() * n);
+  absmax_m_ = cuda::PinnedBuffer(sizeof(float) * layout_.blocks());
+  absmax_v_ = cuda::PinnedBuffer(sizeof(float) * layout_.blocks());
   const int64_t slot_blocks = layout_.is_8bit ? chunk_elems_ / kAdam8bitBlock : 0;
   for (Slot& s : slots_) {
     s.m = cuda::DeviceBuffer(layout_.elem_bytes() * chunk_elems_);

@@ -25,29 +25,12 @@ struct Adam8bitLayout {
   size_t bytes() const { return 2 * elem_bytes() * static_cast<size_t>(n) + 2 * sizeof(float) * blocks(); }
 };
 
-// Owned page-locked host memory (cudaHostAlloc / cudaFreeHost).
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(size_t bytes);
-  ~PinnedBuffer();
-  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
 // States in device memory. ctx must outlive the optimizer; updates run on ctx.stream().
 class DeviceAdamW8bit {
  public:
   DeviceAdamW8bit(const cuda::Context& ctx, int64_t n, int64_t min_8bit_size = kMin8bitSize);
+  // The device bytes such an optimizer will hold (states and maps), for planning before it exists.
+  static size_t device_bytes_for(int64_t n, int64_t min_8bit_size = kMin8bitSize);
   // One update of p_dev [n] from g_dev [n] (device pointers), stream-ordered on ctx.stream().
   void step(const AdamW8bitStep& s, float* p_dev, const float* g_dev);
   int64_t size() const { return layout_.n; }
@@ -77,6 +60,9 @@ class PagedAdamW8bit {
   PagedAdamW8bit(const cuda::Context& ctx, int64_t n, size_t chunk_bytes = kDefaultChunkBytes,
                  int64_t min_8bit_size = kMin8bitSize);
   ~PagedAdamW8bit();
+  // The device bytes such an optimizer will hold (staging slots and maps), for planning.
+  static size_t device_bytes_for(int64_t n, size_t chunk_bytes = kDefaultChunkBytes,
+                                 int64_t min_8bit_size = kMin8bitSize);
   PagedAdamW8bit(const PagedAdamW8bit&) = delete;
   PagedAdamW8bit& operator=(const PagedAdamW8bit&) = delete;
 
@@ -102,8 +88,8 @@ class PagedAdamW8bit {
   Adam8bitLayout layout_;
   int64_t chunk_elems_ = 0;                  // a multiple of 256
   cuda::DeviceBuffer maps_;                  // [2, 256] fp32
-  PinnedBuffer m_, v_;                       // [n] uint8 codes, or [n] fp32
-  PinnedBuffer absmax_m_, absmax_v_;         // [ceil(n/256)] fp32 (8-bit mode)
+  cuda::PinnedBuffer m_, v_;                       // [n] uint8 codes, or [n] fp32
+  cuda::PinnedBuffer absmax_m_, absmax_v_;         // [ceil(n/256)] fp32 (8-bit mode)
   std::array<Slot, 2> slots_;
   std::array<cudaEvent_t, 2> uploaded_{};    // per slot: its upload finished (side stream)
   std::array<cudaEvent_t, 2> computed_{};    // per slot: its kernel finished (compute stream)

@@ -1,6 +1,5 @@
 // The GPU backend: LlamaGpu with the adapter, its gradients and AdamW state on the device; only
 // the losses and the gradient norm come back to the host each step.
-#include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <cmath>
@@ -15,42 +14,34 @@ namespace ftune {
 
 namespace {
 
-size_t device_used() {
-  size_t free = 0, total = 0;
-  cudaMemGetInfo(&free, &total);
-  return total - free;
-}
-
 GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& opt) {
   const bool has_bf16 = ctx.sm_version() >= 80;
   if (opt.precision == "bf16" && !has_bf16)
     fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32 or auto)",
          ctx.name(), ctx.sm_version());
-  const bool bf16 = opt.precision == "bf16" || (opt.precision == "auto" && has_bf16);
-  const bool fp16 = opt.precision == "fp16";
-  if (opt.qlora && !bf16)
+  // bf16 and auto: bf16 where the GPU has it (an explicit bf16 without it failed above).
+  const cuda::Storage storage = opt.precision == "fp16" ? cuda::Storage::F16
+                                : opt.precision == "fp32" ? cuda::Storage::F32
+                                : has_bf16                ? cuda::Storage::BF16
+                                                          : cuda::Storage::F32;
+  if (opt.qlora && storage != cuda::Storage::BF16) {
+    if (opt.precision != "auto")
+      fail("train.method=qlora computes in bf16 on the GPU: set train.precision to bf16 or auto (or train.device=cpu)");
     fail("train.method=qlora computes in bf16, which this {} (sm_{}) lacks; use train.method=lora with "
          "train.precision=fp32, or train.device=cpu",
          ctx.name(), ctx.sm_version());
-  const GpuOptimizer o = opt.optimizer == "adamw_8bit"         ? GpuOptimizer::AdamW8bit
-                         : opt.optimizer == "paged_adamw_8bit" ? GpuOptimizer::PagedAdamW8bit
-                                                               : GpuOptimizer::AdamW;
+  }
   if (opt.offload_activations && !opt.model.gradient_checkpointing)
     fail("train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer inputs)");
-  return {opt.model.max_batch,
-          opt.model.max_seq,
-          bf16,
-          opt.model.gradient_checkpointing,
-          opt.qlora,
-          o,
-          opt.offload_activations,
-          fp16};
+  return {opt.model.max_batch, opt.model.max_seq, storage, opt.model.gradient_checkpointing, opt.qlora,
+          gpu_optimizer(opt.optimizer),
+          opt.offload_activations};
 }
 
 class GpuBackend final : public TrainBackend {
  public:
   GpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
-      : baseline_(device_used()),
+      : baseline_(cuda::memory_in_use()),
         adamw_(opt.adamw),
         shape_(lora.zeros_like()),
         model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), &lora.spec, model_options(ctx_, opt)) {
@@ -59,13 +50,15 @@ class GpuBackend final : public TrainBackend {
   std::string name() const override {
     const GpuModelOptions& o = model_.options();
     return fmt::format("cuda ({}, sm_{}; {}{}{}{})", ctx_.name(), ctx_.sm_version(),
-                       o.fp16 ? "fp16, dynamic loss scaling" : o.bf16 ? "bf16" : "fp32",
+                       o.storage == cuda::Storage::F16    ? "fp16, dynamic loss scaling"
+                       : o.storage == cuda::Storage::BF16 ? "bf16"
+                                                          : "fp32",
                        o.nf4 ? ", NF4 base" : "", o.checkpointing ? ", checkpointed" : "",
                        o.offload ? ", inputs offloaded" : "");
   }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
     // fp16: the gradients carry the loss scale until the step divides it out.
-    const float s = model_.options().fp16 ? static_cast<float>(scaler_.scale()) : 1.0f;
+    const float s = fp16() ? static_cast<float>(scaler_.scale()) : 1.0f;
     const auto [sum, count] = model_.forward_backward(b, scale * s, key);
     return {sum, count};
   }
@@ -76,7 +69,7 @@ class GpuBackend final : public TrainBackend {
   double step(double lr, double max_norm) override {
     double norm = model_.grad_norm();
     float unscale = 1.0f;
-    if (model_.options().fp16) {  // overflowed gradients: the step is skipped and the scale halved
+    if (fp16()) {  // overflowed gradients: the step is skipped and the scale halved
       const double s = scaler_.scale();
       if (!scaler_.update(std::isfinite(norm))) {
         model_.zero_grads();
@@ -84,9 +77,7 @@ class GpuBackend final : public TrainBackend {
       }
       norm /= s, unscale = static_cast<float>(1.0 / s);
     }
-    // torch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6), applied only below 1.
-    const double coef = max_norm / (norm + 1e-6);
-    const float c = (max_norm > 0 && coef < 1.0 ? static_cast<float>(coef) : 1.0f) * unscale;
+    const float c = static_cast<float>(clip_coefficient(norm, max_norm)) * unscale;
     model_.adamw_step({static_cast<float>(lr), static_cast<float>(adamw_.beta1), static_cast<float>(adamw_.beta2),
                        static_cast<float>(adamw_.eps), static_cast<float>(adamw_.weight_decay), ++t_},
                       c);
@@ -97,8 +88,9 @@ class GpuBackend final : public TrainBackend {
     out = shape_;
     model_.get_lora(out);
   }
+  bool fp16() const { return model_.options().storage == cuda::Storage::F16; }
   size_t planned_bytes() const override { return model_.planned_bytes(); }
-  size_t measured_bytes() const override { return device_used() - baseline_; }
+  size_t measured_bytes() const override { return cuda::memory_in_use() - baseline_; }
 
  private:
   cuda::Context ctx_;

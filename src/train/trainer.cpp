@@ -129,8 +129,6 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
-  if (ts.method == "qlora" && (ts.precision == "fp32" || ts.precision == "fp16") && ts.device != "cpu")
-    fail("train.method=qlora computes in bf16 on the GPU: set train.precision to bf16 or auto (or train.device=cpu)");
   BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision,
                       ts.method == "qlora", ts.optimizer, ts.offload_activations};
   const auto model = make_backend(ts.device, mcfg, ckpt, lora, bopt);

@@ -34,6 +34,8 @@ std::vector<std::vector<int32_t>> i64_rows(const SafetensorsFile& f, const std::
   return out;
 }
 
+cuda::Storage storage(bool bf16) { return bf16 ? cuda::Storage::BF16 : cuda::Storage::F32; }
+
 // peft's init with B made non-zero, so that every LoRA gradient is non-zero.
 LoraParams nonzero_lora(const LlamaConfig& c, const LoraSpec& s, uint64_t seed) {
   LoraParams lora = LoraParams::init(c, s, seed);
@@ -66,8 +68,7 @@ void check_fixtures(bool bf16, bool checkpointing, double loss_tol, double grad_
     std::vector<const std::vector<int32_t>*> pi, pl;
     for (size_t i = 0; i < ids.size(); ++i) pi.push_back(&ids[i]), pl.push_back(&labels[i]);
     const Batch b = make_batch(pi, pl, 0);
-    GpuModelOptions o{b.batch, b.seq, bf16, checkpointing};
-    o.fp16 = fp16;
+    GpuModelOptions o{b.batch, b.seq, fp16 ? cuda::Storage::F16 : storage(bf16), checkpointing};
     LlamaGpu gpu(ctx, cfg, memory_source(w).get(), &lora.spec, o);
     gpu.set_lora(lora);
     LoraParams grads = lora.zeros_like();
@@ -143,7 +144,7 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
   // rounding of activations and weights, 5e-3 on the loss and 5e-2 on the gradients.
   for (bool bf16 : {false, true})
     for (int mode = 0; mode < 3; ++mode) {  // all activations, checkpointed, checkpointed + offload
-      GpuModelOptions go{b.batch, b.seq, bf16, mode > 0};
+      GpuModelOptions go{b.batch, b.seq, storage(bf16), mode > 0};
       go.offload = mode == 2;
       LlamaGpu gpu(ctx, c, memory_source(w).get(), &s, go);
       gpu.set_lora(lora);
@@ -193,7 +194,7 @@ TEST(LlamaGpu, CheckpointingGivesIdenticalGradientsWithDropout) {
     std::vector<std::vector<float>> got;
     std::vector<double> losses;
     for (int mode = 0; mode < 3; ++mode) {  // all activations, checkpointed, checkpointed + offload
-      GpuModelOptions go{b.batch, b.seq, bf16, mode > 0};
+      GpuModelOptions go{b.batch, b.seq, storage(bf16), mode > 0};
       go.offload = mode == 2;
       LlamaGpu gpu(ctx, c, memory_source(w).get(), &s, go);
       gpu.set_lora(lora);
@@ -246,7 +247,7 @@ TEST(LlamaGpu, QloraMatchesTheCpuModelOnNf4Weights) {
     LlamaCpu cpu(cfg, wq, &lora, o);
     LoraParams gc = lora.zeros_like(), gg = lora.zeros_like();
     const auto rc = cpu.forward_backward(b, scale, gc, 0);
-    LlamaGpu gpu(ctx, cfg, memory_source(w).get(), &lora.spec, GpuModelOptions{b.batch, b.seq, true, false, true});
+    LlamaGpu gpu(ctx, cfg, memory_source(w).get(), &lora.spec, GpuModelOptions{b.batch, b.seq, cuda::Storage::BF16, false, true});
     gpu.set_lora(lora);
     const auto [sum, count] = gpu.forward_backward(b, scale);
     gpu.add_grads_to(gg);
@@ -275,7 +276,7 @@ TEST(LlamaGpu, ModelThatDoesNotFitSaysWhatWould) {
   s.r = 16, s.alpha = 32;
   s.targets.fill(true);
   try {
-    LlamaGpu gpu(ctx, c, nullptr, &s, GpuModelOptions{16, 4096, true, false});
+    LlamaGpu gpu(ctx, c, nullptr, &s, GpuModelOptions{16, 4096, cuda::Storage::BF16, false});
     FAIL() << "a 70B model with 16 x 4096-token micro-batches fitted";
   } catch (const Error& e) {
     const std::string m = e.what();
@@ -351,7 +352,7 @@ TEST(LlamaGpu, QloraTakesStoredNf4Layouts) {
     LlamaCpu cpu(c, wq, &lora, o);
     LoraParams gc = lora.zeros_like(), gg = lora.zeros_like();
     const auto rc = cpu.forward_backward(b, scale, gc, 0);
-    LlamaGpu gpu(ctx, c, &src, &s, GpuModelOptions{b.batch, b.seq, true, false, true});
+    LlamaGpu gpu(ctx, c, &src, &s, GpuModelOptions{b.batch, b.seq, cuda::Storage::BF16, false, true});
     gpu.set_lora(lora);
     const double sum = gpu.forward_backward(b, scale).first;
     gpu.add_grads_to(gg);

@@ -1,4 +1,4 @@
-// CUDA context and device buffers.
+// CUDA context, device buffers and pinned host buffers.
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_check.h"
 
@@ -14,6 +14,12 @@ int device_count() {
 }
 
 void memory_info(size_t& free, size_t& total) { FT_CUDA(cudaMemGetInfo(&free, &total)); }
+
+size_t memory_in_use() {
+  size_t free = 0, total = 0;
+  memory_info(free, total);
+  return total - free;
+}
 
 Context::Context(int device, size_t workspace_bytes) : device_(device) {
   FT_CUDA(cudaSetDevice(device));
@@ -65,11 +71,31 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 void DeviceBuffer::upload(const void* host, size_t bytes) {
   FT_ASSERT(bytes <= bytes_);
   FT_CUDA(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice));
+  // From pageable memory cudaMemcpy may return before its DMA lands, and the context's
+  // non-blocking streams do not wait for the legacy stream: finish the copy here.
+  FT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
 }
 
 void DeviceBuffer::download(void* host, size_t bytes) const {
   FT_ASSERT(bytes <= bytes_);
   FT_CUDA(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost));
+}
+
+PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {
+  if (bytes) FT_CUDA(cudaHostAlloc(&ptr_, bytes, cudaHostAllocDefault));
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (ptr_) cudaFreeHost(ptr_);
+}
+
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_) cudaFreeHost(ptr_);
+    ptr_ = o.ptr_, bytes_ = o.bytes_;
+    o.ptr_ = nullptr, o.bytes_ = 0;
+  }
+  return *this;
 }
 
 }  // namespace ftune::cuda

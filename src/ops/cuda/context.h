@@ -20,8 +20,9 @@ struct GemmCacheDeleter {
 
 // Number of CUDA devices visible, 0 when there is no driver or no GPU (never throws).
 int device_count();
-// Free and total memory of the current device, in bytes.
+// Free and total memory of the current device, in bytes; and total - free.
 void memory_info(size_t& free, size_t& total);
+size_t memory_in_use();
 
 class Context {
  public:

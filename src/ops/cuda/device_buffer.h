@@ -1,4 +1,5 @@
-// An owned device allocation (cudaMalloc/cudaFree), movable, never copied implicitly.
+// Owned device allocations (cudaMalloc/cudaFree) and page-locked host ones (cudaHostAlloc), movable,
+// never copied implicitly.
 #pragma once
 #include <cstddef>
 #include <vector>
@@ -20,8 +21,8 @@ class DeviceBuffer {
   T* as() const { return static_cast<T*>(ptr_); }
   size_t bytes() const { return bytes_; }
 
-  // Synchronous copies outside any Context stream: synchronize the stream that last wrote (or
-  // will read) the buffer before calling them.
+  // Synchronous copies outside any Context stream, complete when they return: synchronize the
+  // stream that last wrote (or will read) the buffer before calling them.
   void upload(const void* host, size_t bytes);
   void download(void* host, size_t bytes) const;
   template <typename T>
@@ -36,6 +37,25 @@ class DeviceBuffer {
     download(v.data(), n * sizeof(T));
     return v;
   }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Owned page-locked host memory (cudaHostAlloc / cudaFreeHost).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t bytes);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
 
  private:
   void* ptr_ = nullptr;

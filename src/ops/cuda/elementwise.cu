@@ -29,10 +29,6 @@ __global__ void f32_to_bf16x8_kernel(const float4* x, uint4* y, int64_t n8) {
   }
 }
 
-__global__ void add_kernel(float* y, const float* x, int64_t n) {
-  FT_GRID_STRIDE(i, n) y[i] += x[i];
-}
-
 template <typename T>
 __global__ void dropout_kernel(uint64_t key, float p, const T* x, T* out, int64_t n) {
   const float s = 1.0f / (1.0f - p);
@@ -94,12 +90,6 @@ void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y,
       convert_kernel<<<g, 256, 0, ctx.stream()>>>(static_cast<const X*>(x), static_cast<Y*>(y), n);
     });
   });
-  FT_CUDA_LAUNCH();
-}
-
-void add_inplace(const Context& ctx, float* y, const float* x, int64_t n) {
-  if (n <= 0) return;
-  add_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(y, x, n);
   FT_CUDA_LAUNCH();
 }
 

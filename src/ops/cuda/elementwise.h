@@ -1,5 +1,5 @@
-// Small elementwise helpers on the GPU: storage conversion, y += x, and LoRA dropout with the
-// mask shared with the CPU model (core/dropout_hash.h).
+// Small elementwise helpers on the GPU: storage conversion, LoRA dropout with the mask shared
+// with the CPU model (core/dropout_hash.h), random fills, row gathers and sums of squares.
 #pragma once
 #include <cstdint>
 
@@ -10,9 +10,6 @@ namespace ftune::cuda {
 
 // y[n] (storage ys) = x[n] (storage xs), rounded to nearest when narrowing.
 void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y, int64_t n);
-
-// y[n] += x[n], both fp32.
-void add_inplace(const Context& ctx, float* y, const float* x, int64_t n);
 
 // out[n] = x * mask / (1 - p), x and out in storage s.
 void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n);
