@@ -372,7 +372,7 @@ TEST(SentencePiece, Errors) {
   TempDir d;
   const std::string dir = d.path().string();
   expect_error([&] { load_tokenizer(dir + "/absent"); }, dir + "/absent: model directory not found");
-  expect_error([&] { load_tokenizer(dir); }, dir + ": no tokenizer found (expected tokenizer.model)");
+  expect_error([&] { load_tokenizer(dir); }, dir + ": no tokenizer found (expected tokenizer.json or tokenizer.model)");
   d.write("tokenizer.model", "this is not a protobuf");
   expect_error([&] { load_tokenizer(dir); }, (d.path() / "tokenizer.model").string() + ": not a valid SentencePiece model");
   // tokenizer.json is preferred when both exist, as transformers' fast tokenizers do.

@@ -342,7 +342,8 @@ TEST(TrainConfigErrors, OutOfRange) {
       {"train.beta2", "-0.5", "train.beta2: must be in [0, 1), found -0.5"},
       {"train.eps", "0", "train.eps: must be > 0, found 0"},
       {"train.log_every", "0", "train.log_every: must be >= 1, found 0"},
-      {"train.threads", "-2", "train.threads: must be >= 0, found -2"},
+      {"train.threads", "-2", "train.threads: must be in [0, 4096], found -2"},
+      {"train.threads", "1000000", "train.threads: must be in [0, 4096], found 1000000"},
   };
   for (const Case& c : cases) {
     expect_set_error(c.key + "=" + c.value, "--set: " + c.message);

@@ -15,6 +15,7 @@
 #include "data/row_source.h"
 #include "model/llama_config.h"
 #include "tokenizer/tokenizer.h"
+#include "train/run_data.h"
 #include "train/train_config.h"
 
 namespace ftune {
@@ -54,9 +55,9 @@ void dump(const std::string& path, const std::vector<std::string>& columns, int6
 void preview(const std::string& recipe, const std::vector<std::string>& sets, int64_t n) {
   const TrainConfig cfg = load_train_config(recipe, sets);
   const LlamaConfig mcfg = load_llama_config(cfg.model);
-  std::unique_ptr<Tokenizer> tok;
-  if (cfg.data.format != "input_ids") tok = load_tokenizer(cfg.model);
-  const DataSplit d = load_data(cfg.data, tok.get(), mcfg.vocab_size, cfg.model, cfg.train.seed);
+  const RunData run = load_run_data(cfg, mcfg);  // exactly what `ftune train` reads
+  const Tokenizer* tok = run.tokenizer.get();
+  const DataSplit& d = run.split;
   const bool tty = isatty(1);
   const char* open = tty ? "\033[2m" : "\u27e6";  // dim on a terminal, else ⟦ ⟧ around untrained text
   const char* close = tty ? "\033[0m" : "\u27e7";
@@ -117,13 +118,19 @@ void add_data_command(CLI::App& app) {
   auto* d = cmd->add_subcommand("dump", "Print rows (JSONL, Parquet, text) as JSON lines");
   d->add_option("--data", a->path, "File or directory")->required();
   d->add_option("--columns", a->columns, "Only these columns (comma-separated)")->delimiter(',');
-  d->add_option("-n", a->n, "At most this many rows");
-  d->callback([a] { dump(a->path, a->columns, a->n); });
+  d->add_option("-n", a->n, "At most this many rows (default: all)");
+  d->callback([a, d] {
+    if (d->count("-n") && a->n < 1) fail("data dump: -n must be at least 1, found {}", a->n);
+    dump(a->path, a->columns, a->n);
+  });
   auto* p = cmd->add_subcommand("preview", "Show the first examples of a recipe as the model sees them");
   p->add_option("recipe", a->recipe, "YAML recipe")->required();
   p->add_option("-n", a->n, "Examples to show (default 3)");
   p->add_option("--set", a->sets, "Override a recipe key (repeatable)");
-  p->callback([a] { preview(a->recipe, a->sets, a->n > 0 ? a->n : 3); });
+  p->callback([a, p] {
+    if (p->count("-n") && a->n < 1) fail("data preview: -n must be at least 1, found {}", a->n);
+    preview(a->recipe, a->sets, a->n > 0 ? a->n : 3);
+  });
 }
 
 }  // namespace ftune

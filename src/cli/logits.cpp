@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <filesystem>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -14,17 +15,39 @@
 
 namespace ftune {
 
+namespace {
+
+// --out never replaces what the command reads (the model's or adapter's files, the input), and
+// replaces anything else only with --overwrite. The file is written beside and renamed into place.
+void check_output_file(const std::string& out, bool overwrite, const std::vector<std::string>& read_dirs,
+                       const std::string& input) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(out, ec)) return;
+  if (fs::is_directory(out, ec)) fail("--out {}: is a directory; name a .safetensors file", out);
+  if (fs::equivalent(out, input, ec)) fail("--out {}: is the --input file", out);
+  for (const auto& d : read_dirs)
+    if (!d.empty() && fs::equivalent(fs::absolute(out).parent_path(), d, ec))
+      fail("--out {}: would replace a file of {}, which this command reads; write the logits elsewhere", out, d);
+  if (!overwrite) fail("--out {}: exists (pass --overwrite to replace it)", out);
+}
+
+}  // namespace
+
 void add_logits_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("logits", "Write the logits of base (+ adapter) for rows of input_ids");
   struct Args {
     std::string model, adapter, input, out;
+    bool overwrite = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Hugging Face model directory")->required();
   cmd->add_option("--adapter", a->adapter, "PEFT adapter directory");
   cmd->add_option("--input", a->input, "JSONL rows with input_ids, all of one length")->required();
   cmd->add_option("--out", a->out, "Output .safetensors (input_ids I64 [B,T], logits F32 [B,T,V])")->required();
+  cmd->add_flag("--overwrite", a->overwrite, "Replace --out if it exists");
   cmd->callback([a] {
+    check_output_file(a->out, a->overwrite, {a->model, a->adapter}, a->input);
     const LlamaConfig cfg = load_llama_config(a->model);
     const LlamaWeights w = load_llama_weights(cfg, CheckpointReader(a->model));
     LoraParams lora;

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <unistd.h>
 #include <exception>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -24,6 +25,20 @@ int main(int argc, char** argv) {
   ftune::add_logits_command(app);
   ftune::add_tokenize_command(app);
   ftune::add_data_command(app);
+  app.set_version_flag("--version", FTUNE_VERSION_TEXT);
+  // CLI11 answers an unknown first word with "A subcommand is required"; name it instead.
+  if (argc >= 2 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      known = known || sub->check_name(argv[1]);
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      fmt::print(stderr, "ftune: error: unknown command '{}' (commands: {}; ftune --help)\n", argv[1], names);
+      return 1;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/json_limits.h"
 #include "tokenizer/bpe_tokenizer.h"
 
 namespace ftune {
@@ -70,7 +71,9 @@ void add_tokenize_command(CLI::App& app) {
       if (line.empty()) continue;
       nlohmann::json row;
       try {
-        row = nlohmann::json::parse(line);
+        row = parse_json_bounded(line);
+      } catch (const JsonTooDeep& e) {
+        fail("{}:{}: {}", a->input, n, e.what());
       } catch (const nlohmann::json::parse_error&) {
         fail("{}:{}: invalid JSON", a->input, n);
       }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 #include "tokenizer/tokenizer.h"
 
 namespace ftune {
@@ -180,8 +181,13 @@ std::string detect_chat_template(const std::string& model_dir) {
   const auto path = std::filesystem::path(model_dir) / "tokenizer_config.json";
   std::ifstream f(path);
   if (!f) return "";
-  nlohmann::json j = nlohmann::json::parse(f, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("chat_template")) return "";
+  nlohmann::json j;
+  try {
+    j = parse_json_bounded(f);
+  } catch (const std::exception&) {  // unreadable: no template to follow, as when the file is absent
+    return "";
+  }
+  if (!j.is_object() || !j.contains("chat_template")) return "";
   std::string t;
   const auto& ct = j["chat_template"];
   if (ct.is_string()) t = ct.get<std::string>();

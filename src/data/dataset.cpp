@@ -48,9 +48,11 @@ Example ids_example(const Sample& s, int64_t vocab_size) {
 }  // namespace
 
 std::string DatasetStats::summary() const {
+  const std::string cut =
+      answer_cut ? fmt::format(" ({} whose prompt alone is longer than max_seq_len)", answer_cut) : std::string();
   return fmt::format("{} examples, {} tokens ({} trained); {} truncated, {} dropped at max_seq_len, {} with nothing to "
-                     "learn, {} malformed rows skipped",
-                     kept, tokens, trained_tokens, truncated, dropped, skipped, bad);
+                     "learn{}, {} malformed rows skipped",
+                     kept, tokens, trained_tokens, truncated, dropped, skipped, cut, bad);
 }
 
 std::string resolve_template(const DataSettings& cfg, const std::string& model_dir) {
@@ -128,11 +130,15 @@ std::vector<Example> load_examples(const std::string& path, const DataSettings& 
       return;
     }
     Example& ex = o.ex;
+    int64_t prompt = -1;  // untrained tokens before the first trained one, when truncation cut every trained one
     if (static_cast<int64_t>(ex.ids.size()) > cfg.max_seq_len) {
       if (cfg.overflow == "drop") {
         ++st.dropped;
         return;
       }
+      size_t first = 1;  // labels[i] is predicted at position i-1: tokens 0..i-1 precede it
+      while (first < ex.labels.size() && ex.labels[first] == kIgnore) ++first;
+      if (first < ex.labels.size() && static_cast<int64_t>(first) >= cfg.max_seq_len) prompt = static_cast<int64_t>(first);
       ex.ids.resize(cfg.max_seq_len);
       ex.labels.resize(cfg.max_seq_len);
       ++st.truncated;
@@ -140,6 +146,10 @@ std::vector<Example> load_examples(const std::string& path, const DataSettings& 
     const int64_t t = targets(ex);
     if (ex.ids.size() < 2 || t == 0) {
       ++st.skipped;
+      if (prompt >= 0) {
+        ++st.answer_cut;
+        st.shortest_cut_prompt = st.answer_cut == 1 ? prompt : std::min(st.shortest_cut_prompt, prompt);
+      }
       return;
     }
     ++st.kept;
@@ -176,9 +186,16 @@ std::vector<Example> load_examples(const std::string& path, const DataSettings& 
     if (st.bad == st.rows) fail("{}: all {} rows are malformed; the first: {}", path, st.bad, st.problems.front());
     if (st.dropped == st.rows)
       fail("{}: all {} rows are longer than data.max_seq_len={} and were dropped", path, st.rows, cfg.max_seq_len);
+    if (st.answer_cut > 0 && st.answer_cut + st.bad + st.dropped == st.rows)
+      fail("{}: no example left: in all {} readable rows the prompt alone (template '{}' included) is at least as long "
+           "as data.max_seq_len={}, so truncation cut every answer; the shortest prompt takes {} tokens, {} more than "
+           "fit (set data.max_seq_len to at least {}, or choose a shorter data.template)",
+           path, st.answer_cut, template_name, cfg.max_seq_len, st.shortest_cut_prompt,
+           st.shortest_cut_prompt + 1 - cfg.max_seq_len, st.shortest_cut_prompt + 1);
     fail("{}: no example left: of {} rows, {} were malformed, {} longer than data.max_seq_len={} and dropped, {} had "
-         "fewer than 2 tokens or no trained label",
-         path, st.rows, st.bad, st.dropped, cfg.max_seq_len, st.skipped);
+         "fewer than 2 tokens or no trained label{}",
+         path, st.rows, st.bad, st.dropped, cfg.max_seq_len, st.skipped,
+         st.answer_cut ? fmt::format(" ({} of them because the prompt alone is longer than data.max_seq_len)", st.answer_cut) : "");
   }
   return out;
 }
@@ -201,6 +218,16 @@ DataSplit load_data(const DataSettings& cfg, const Tokenizer* tok, int64_t vocab
       fail("{}: data.val_fraction={} leaves {} training and {} validation examples; both need at least one", cfg.train,
            cfg.val_fraction, keep.size(), d.val.size());
     d.train = std::move(keep);
+    // The held-out examples move their counts from the training summary to the validation one.
+    d.val_stats.rows = static_cast<int64_t>(d.val.size());
+    d.val_stats.kept = static_cast<int64_t>(d.val.size());
+    for (const Example& e : d.val) {
+      d.val_stats.tokens += static_cast<int64_t>(e.ids.size());
+      d.val_stats.trained_tokens += targets(e);
+    }
+    d.train_stats.kept -= d.val_stats.kept;
+    d.train_stats.tokens -= d.val_stats.tokens;
+    d.train_stats.trained_tokens -= d.val_stats.trained_tokens;
   }
   return d;
 }

@@ -24,6 +24,8 @@ struct DatasetStats {
   int64_t truncated = 0;   // longer than max_seq_len, cut
   int64_t dropped = 0;     // longer than max_seq_len, dropped
   int64_t skipped = 0;     // nothing to learn: fewer than 2 tokens, or every target label -100
+  int64_t answer_cut = 0;  // of the skipped: truncation at max_seq_len removed every trained token
+  int64_t shortest_cut_prompt = 0;  // the shortest untrained prefix among those, in tokens
   int64_t bad = 0;         // malformed rows skipped (data.strict = false)
   int64_t tokens = 0;      // tokens kept
   int64_t trained_tokens = 0;  // of which carry a label

@@ -4,11 +4,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 #include "data/parquet/reader.h"
 
 namespace ftune {
@@ -16,7 +18,11 @@ namespace ftune {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string RowRef::str() const { return parquet ? fmt::format("{} row {}", file, row) : fmt::format("{}:{}", file, row); }
+std::string RowRef::str() const {
+  if (parquet) return fmt::format("{} row {}", file, row);
+  if (element) return fmt::format("{}[{}]", file, row);
+  return fmt::format("{}:{}", file, row);
+}
 
 namespace {
 
@@ -75,7 +81,10 @@ void read_jsonl(const std::string& file, const std::function<void(const RowRef&,
     }
     json row;
     try {
-      row = json::parse(line);
+      row = parse_json_bounded(line);
+    } catch (const JsonTooDeep& e) {
+      on_bad(at, e.what());
+      continue;
     } catch (const json::exception& e) {
       std::string why = e.what();
       const auto colon = why.find(": ", why.find("column "));
@@ -90,6 +99,48 @@ void read_jsonl(const std::string& file, const std::function<void(const RowRef&,
     on_row(at, row);
   }
   if (in.bad()) fail("{}: read error", file);
+}
+
+// True when a .json file holds one JSON array of rows (what Hugging Face `load_dataset("json")`
+// also reads) rather than JSON lines: its first non-blank character is '['.
+bool is_json_array(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  char c;
+  while (in.get(c))
+    if (!std::isspace(static_cast<unsigned char>(c)) && c != '\xEF' && c != '\xBB' && c != '\xBF') return c == '[';
+  return false;
+}
+
+// One JSON array of rows, streamed: each element is handed on as soon as it is complete and then
+// dropped from the array, so memory holds one row at a time (plus the parser's state). A file
+// that is not one valid array is a file-level error; an element that is not an object is a bad row.
+void read_json_array(const std::string& file, const std::function<void(const RowRef&, const json&)>& on_row,
+                     const std::function<void(const RowRef&, const std::string&)>& on_bad) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail("{}: cannot be read", file);
+  int64_t element = 0;
+  auto cb = [&](int depth, json::parse_event_t ev, json& parsed) {
+    if (json_too_deep(depth, ev)) {
+      RowRef at{file, element};
+      at.element = true;
+      fail("{}: {}", at.str(), JsonTooDeep().what());
+    }
+    const bool done = (depth == 1 && (ev == json::parse_event_t::object_end || ev == json::parse_event_t::array_end ||
+                                      ev == json::parse_event_t::value));
+    if (!done) return true;
+    RowRef at{file, element++};
+    at.element = true;
+    if (parsed.is_object()) on_row(at, parsed);
+    else on_bad(at, fmt::format("row is not a JSON object (found {})", parsed.type_name()));
+    return false;  // the row is handed on; the array keeps nothing
+  };
+  json top;
+  try {
+    top = json::parse(in, cb);
+  } catch (const json::exception& e) {
+    fail("{}: not a valid JSON array of rows: {}", file, json_reason(e));
+  }
+  if (!top.is_array()) fail("{}: expected a JSON array of rows, found {}", file, top.type_name());
 }
 
 void read_text(const std::string& file, const RowSourceOptions& opt,
@@ -136,7 +187,11 @@ void read_text(const std::string& file, const RowSourceOptions& opt,
 std::vector<std::string> dataset_files(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) fail("{}: not found", path);
-  if (!fs::is_directory(path, ec)) return {path};
+  if (!fs::is_directory(path, ec)) {
+    // A FIFO, socket or device would block or never end; only regular files are datasets.
+    if (!fs::is_regular_file(path, ec)) fail("{}: not a regular file or directory", path);
+    return {path};
+  }
   std::vector<std::string> files;
   for (auto it = fs::recursive_directory_iterator(path, ec); it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (ec) fail("{}: cannot list: {}", path, ec.message());
@@ -158,7 +213,10 @@ int64_t read_rows(const std::string& path, const RowSourceOptions& opt,
   const auto files = dataset_files(path);
   for (const auto& f : files) {
     switch (kind_of(f)) {
-      case Kind::Jsonl: read_jsonl(f, on_row, on_bad); break;
+      case Kind::Jsonl:
+        if (fs::path(f).extension() == ".json" && is_json_array(f)) read_json_array(f, on_row, on_bad);
+        else read_jsonl(f, on_row, on_bad);
+        break;
       case Kind::Text: read_text(f, opt, on_row, on_bad); break;
       case Kind::Parquet: {
         const auto reader = parquet::ParquetReader::open(f);

@@ -12,9 +12,10 @@ namespace ftune {
 
 struct RowRef {
   std::string file;
-  int64_t row = 0;  // 1-based line for JSONL and text, 0-based row index for Parquet
-  std::string str() const;  // "file:row" (JSONL/text) or "file row N" (Parquet)
+  int64_t row = 0;  // 1-based line for JSONL and text, 0-based index for Parquet rows and JSON array elements
+  std::string str() const;  // "file:row" (JSONL/text), "file row N" (Parquet) or "file[N]" (JSON array)
   bool parquet = false;
+  bool element = false;  // an element of a .json file holding one array of rows
 };
 
 struct RowSourceOptions {
@@ -23,7 +24,8 @@ struct RowSourceOptions {
   std::string text_field = "text";   // the field plain-text rows are put in
 };
 
-// Calls on_row for each row, in file order (files of a directory sorted by path). A row that
+// A .json file is either JSON lines or one JSON array of row objects (as `load_dataset("json")`
+// reads both). Calls on_row for each row, in file order (files of a directory sorted by path). A row that
 // cannot be read as an object (invalid JSON, invalid UTF-8, not an object) goes to on_bad with a
 // one-line reason. File-level problems (missing, unreadable, not a dataset file, truncated or
 // corrupt Parquet) throw ftune::Error naming the file. Returns the number of files read.

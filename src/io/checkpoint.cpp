@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 
 namespace ftune {
 
@@ -46,7 +47,8 @@ std::map<std::string, std::string> read_weight_map(const std::string& index) {
   using json = nlohmann::json;
   std::vector<std::pair<std::string, std::set<std::string>>> open;  // (key owning the object, its keys)
   std::string last_key;
-  auto cb = [&](int, json::parse_event_t ev, json& parsed) {
+  auto cb = [&](int depth, json::parse_event_t ev, json& parsed) {
+    if (json_too_deep(depth, ev)) fail("{}: {}", index, JsonTooDeep().what());
     if (ev == json::parse_event_t::object_start) {
       open.emplace_back(last_key, std::set<std::string>{});
     } else if (ev == json::parse_event_t::object_end) {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 #include "model/llama_config.h"
 
 namespace ftune {
@@ -176,7 +177,9 @@ int64_t LlamaConfig::num_parameters() const {
 LlamaConfig parse_llama_config(const std::string& json_text, const std::string& label) {
   json root;
   try {
-    root = json::parse(json_text);
+    root = parse_json_bounded(json_text);
+  } catch (const JsonTooDeep& e) {
+    fail("{}: {}", label, e.what());
   } catch (const json::parse_error& e) {
     fail("{}: invalid JSON at byte {}: {}", label, e.byte, parse_reason(e));
   }

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 #include "io/safetensors.h"
 
 namespace ftune {
@@ -39,49 +40,25 @@ void write_atomic(const std::string& path, const std::string& text) {
 
 }  // namespace
 
+// Only the keys peft's LoraConfig has had since its early releases, and no null that a default
+// covers: older peft versions refuse keys they do not know, and every peft fills in the rest.
+// use_rslora (peft 0.7+) is written only when it is on, since an adapter that needs it cannot be
+// read correctly by a peft without it anyway.
 std::string peft_config_json(const LoraSpec& spec, const std::string& base_model) {
   json j;  // std::map-backed: keys come out sorted, as peft writes them
   const bool int_alpha = std::floor(spec.alpha) == spec.alpha;
-  j["alora_invocation_tokens"] = nullptr;
-  j["alpha_pattern"] = json::object();
-  j["arrow_config"] = nullptr;
-  j["auto_mapping"] = nullptr;
   j["base_model_name_or_path"] = base_model;
   j["bias"] = "none";
-  j["corda_config"] = nullptr;
-  j["ensure_weight_tying"] = false;
-  j["eva_config"] = nullptr;
-  j["exclude_modules"] = nullptr;
   j["fan_in_fan_out"] = false;
   j["inference_mode"] = true;
   j["init_lora_weights"] = true;
-  j["kasa_config"] = nullptr;
-  j["layer_replication"] = nullptr;
-  j["layers_pattern"] = nullptr;
-  j["layers_to_transform"] = nullptr;
-  j["loftq_config"] = json::object();
   j["lora_alpha"] = int_alpha ? json(static_cast<int64_t>(spec.alpha)) : json(spec.alpha);
-  j["lora_bias"] = false;
   j["lora_dropout"] = spec.dropout;
-  j["lora_ga_config"] = nullptr;
-  j["megatron_config"] = nullptr;
-  j["megatron_core"] = "megatron.core";
-  j["modules_to_save"] = nullptr;
-  j["monteclora_config"] = nullptr;
   j["peft_type"] = "LORA";
-  j["qalora_group_size"] = 16;
   j["r"] = spec.r;
-  j["rank_pattern"] = json::object();
-  j["revision"] = nullptr;
   j["target_modules"] = spec.target_names();
-  j["target_parameters"] = nullptr;
   j["task_type"] = "CAUSAL_LM";
-  j["trainable_token_indices"] = nullptr;
-  j["use_bdlora"] = nullptr;
-  j["use_dora"] = false;
-  j["use_qalora"] = false;
-  j["use_rslora"] = spec.use_rslora;
-  j["velora_config"] = nullptr;
+  if (spec.use_rslora) j["use_rslora"] = true;
   return j.dump(2);
 }
 
@@ -93,7 +70,9 @@ LoraSpec load_peft_config(const std::string& dir) {
   ss << f.rdbuf();
   json j;
   try {
-    j = json::parse(ss.str());
+    j = parse_json_bounded(ss.str());
+  } catch (const JsonTooDeep& e) {
+    fail("{}: {}", path, e.what());
   } catch (const json::parse_error& e) {
     fail("{}: invalid JSON at byte {}", path, e.byte);
   }
@@ -165,6 +144,9 @@ LoraParams load_peft_adapter(const std::string& dir, const LlamaConfig& cfg) {
       fail("{}: tensor '{}' has shape {} but r={} and config.json imply {}", path, key, shape_str(info->shape), spec.r,
            shape_str(t.shape));
     t = file.read_f32(key);
+    for (size_t i = 0; i < t.data.size(); ++i)
+      if (!std::isfinite(t.data[i]))
+        fail("{}: tensor '{}' holds {} at element {}", path, key, std::isnan(t.data[i]) ? "NaN" : "infinity", i);
   });
   for (const auto& info : file.tensors())
     if (!expected.count(info.name))

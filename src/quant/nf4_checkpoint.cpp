@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 
 namespace ftune {
 
@@ -83,7 +84,9 @@ struct QuantStateJson {
 QuantStateJson parse_quant_state(const Reader& r, std::span<const uint8_t> bytes) {
   json j;
   try {
-    j = json::parse(bytes.begin(), bytes.end());
+    j = parse_json_bounded(std::string(bytes.begin(), bytes.end()));
+  } catch (const JsonTooDeep& e) {
+    r.bad_state(e.what());
   } catch (const json::exception& e) {
     r.bad_state(fmt::format("not valid JSON ({})", e.what()));
   }

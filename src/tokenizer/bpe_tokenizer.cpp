@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_limits.h"
 
 namespace ftune {
 
@@ -23,7 +24,9 @@ json read_json(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   try {
-    return json::parse(ss.str());
+    return parse_json_bounded(ss.str());
+  } catch (const JsonTooDeep& e) {
+    fail("{}: {}", path, e.what());
   } catch (const json::parse_error& e) {
     std::string msg = e.what();
     std::replace(msg.begin(), msg.end(), '\n', ' ');

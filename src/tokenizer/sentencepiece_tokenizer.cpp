@@ -73,7 +73,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   if (fs::exists(dir / "tokenizer.json")) return make_bpe_tokenizer((dir / "tokenizer.json").string());
   if (fs::exists(dir / "tokenizer.model"))
     return std::make_unique<SentencePieceTokenizer>((dir / "tokenizer.model").string());
-  fail("{}: no tokenizer found (expected tokenizer.model)", model_dir);
+  fail("{}: no tokenizer found (expected tokenizer.json or tokenizer.model)", model_dir);
 }
 
 }  // namespace ftune

@@ -40,14 +40,14 @@ class CpuBackend final : public TrainBackend {
     return model_.forward_backward(b, scale, grads_, key);
   }
   cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
-  double step(double lr, double max_norm) override {
+  StepResult step(double lr, double max_norm) override {
     const double norm = clip_grad_norm(grads_, max_norm);
     if (adam8_)
       step8(lr);
     else
       opt_.step(lora_, grads_, lr);
     grads_.for_each([](const std::string&, Tensor& t) { t.zero(); });
-    return norm;
+    return {norm, false};
   }
   void read_adapter(LoraParams& out) const override { out = lora_; }
 

@@ -14,6 +14,11 @@
 
 namespace ftune {
 
+struct StepResult {
+  double grad_norm = 0.0;  // before clipping (unscaled); not finite when the step was skipped
+  bool skipped = false;
+};
+
 class TrainBackend {
  public:
   virtual ~TrainBackend() = default;
@@ -22,8 +27,9 @@ class TrainBackend {
   virtual cpu::CrossEntropyResult forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key) = 0;
   virtual cpu::CrossEntropyResult loss(const Batch& b) = 0;
   // Clips the accumulated gradients to a global norm of max_norm (0: no clipping), applies one
-  // AdamW update at lr and zeroes the gradients. Returns the norm before clipping.
-  virtual double step(double lr, double max_norm) = 0;
+  // AdamW update at lr and zeroes the gradients. Returns the norm before clipping, and whether
+  // fp16 loss scaling skipped the update (the gradients overflowed).
+  virtual StepResult step(double lr, double max_norm) = 0;
   // The adapter as it is now.
   virtual void read_adapter(LoraParams& out) const = 0;
   // Device memory: what the backend planned (every buffer, allocated once up front) and what the

@@ -66,14 +66,14 @@ class GpuBackend final : public TrainBackend {
     const auto [sum, count] = model_.loss(b);
     return {sum, count};
   }
-  double step(double lr, double max_norm) override {
+  StepResult step(double lr, double max_norm) override {
     double norm = model_.grad_norm();
     float unscale = 1.0f;
     if (fp16()) {  // overflowed gradients: the step is skipped and the scale halved
       const double s = scaler_.scale();
       if (!scaler_.update(std::isfinite(norm))) {
         model_.zero_grads();
-        return norm;
+        return {norm, true};
       }
       norm /= s, unscale = static_cast<float>(1.0 / s);
     }
@@ -82,7 +82,7 @@ class GpuBackend final : public TrainBackend {
                        static_cast<float>(adamw_.eps), static_cast<float>(adamw_.weight_decay), ++t_},
                       c);
     model_.zero_grads();
-    return norm;
+    return {norm, false};
   }
   void read_adapter(LoraParams& out) const override {
     out = shape_;

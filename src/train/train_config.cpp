@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -54,6 +55,8 @@ struct KeyDef {
 };
 
 constexpr std::string_view kAllLinear = "all-linear";
+// No machine ftune runs on has more hardware threads; a larger value is a typo.
+constexpr double kMaxThreads = 4096;
 
 // Non-capturing lambdas decay to the function-pointer alternatives of Field.
 #define FT_FIELD(member) +[](TrainConfig& c) -> auto& { return c.member; }
@@ -70,7 +73,7 @@ const std::vector<KeyDef>& key_table() {
        .choices = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}},
       {.name = "lora.use_rslora", .field = FT_FIELD(lora.use_rslora), .doc = "Rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r."},
       {.name = "lora.init_adapter", .field = FT_FIELD(lora.init_adapter), .doc = "PEFT adapter directory to start from; empty means a fresh initialization.", .path = true},
-      {.name = "data.train", .field = FT_FIELD(data.train), .doc = "Training data: a JSONL file, one example per line.", .required = true, .path = true},
+      {.name = "data.train", .field = FT_FIELD(data.train), .doc = "Training data: a JSONL file (one example per line), a `.json` file (JSON lines, or one array of rows), a Parquet file, a plain-text file (`.txt`, `.md`), or a directory of them (a Hugging Face datasets directory of Parquet shards included).", .required = true, .path = true},
       {.name = "data.format", .field = FT_FIELD(data.format), .doc = "Row format: `text` (causal LM on raw text), `alpaca` (instruction/input/output), `messages` (role/content lists), `prompt_completion`, `input_ids` (with optional `labels`); `auto` decides per row.",
        .choices = {"auto", "text", "alpaca", "messages", "prompt_completion", "input_ids"}},
       {.name = "data.text_field", .field = FT_FIELD(data.text_field), .doc = "Field that holds the text of a `text` row (plain-text files put their text here)."},
@@ -115,7 +118,7 @@ const std::vector<KeyDef>& key_table() {
        .choices = {"cpu", "cuda", "auto"}},
       {.name = "train.precision", .field = FT_FIELD(train.precision), .doc = "Storage of weights and activations on the GPU: `bf16` (fp32 accumulation, fp32 adapter and optimizer state; sm_80 and newer), `fp16` with dynamic loss scaling (for GPUs without bf16, such as the T4), `fp32` (the exact twin of the CPU model), or `auto`: bf16 where the GPU has it, else fp32. The CPU model is always fp32.",
        .choices = {"auto", "bf16", "fp16", "fp32"}},
-      {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores.", .range = at_least(0)},
+      {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores, and more than the machine's cores is capped to them.", .range = from_to(0, kMaxThreads)},
   };
   return kTable;
 }
@@ -377,6 +380,7 @@ void apply_override(TrainConfig& cfg, const std::string& item) {
   }
   if (std::holds_alternative<TextRef>(k->field) && !node.IsScalar() && !node.IsNull()) node = YAML::Node(value);
   set_key(cfg, *k, node, src);
+  cfg.given.insert(std::string(k->name));
 }
 
 std::string show_default(const KeyDef& k) {
@@ -393,7 +397,7 @@ std::string show_default(const KeyDef& k) {
         } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
           std::vector<std::string_view> names(v.begin(), v.end());
           std::vector<std::string_view> all(k.choices.begin(), k.choices.end());
-          if (names == all) return fmt::format("`{}`", kAllLinear);
+          if (!all.empty() && names == all) return fmt::format("`{}`", kAllLinear);
           return fmt::format("`[{}]`", fmt::join(v, ", "));
         } else {
           return fmt::format("`{}`", v);
@@ -414,7 +418,7 @@ std::string_view type_name(const KeyDef& k) {
 std::string allowed_text(const KeyDef& k) {
   std::string out;
   for (auto c : k.choices) out += fmt::format("{}`{}`", out.empty() ? "" : ", ", c);
-  if (std::holds_alternative<ListRef>(k.field)) out = fmt::format("each of {}; or `{}`", out, kAllLinear);
+  if (std::holds_alternative<ListRef>(k.field) && !k.choices.empty()) out = fmt::format("each of {}; or `{}`", out, kAllLinear);
   if (!k.planned.empty()) {
     std::string later;
     for (auto p : k.planned) later += fmt::format("{}`{}`", later.empty() ? "" : ", ", p);
@@ -432,6 +436,8 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
+  } catch (const YAML::DeepRecursion& e) {
+    fail("{}:{}: the recipe nests deeper than {} levels", label, e.mark.line + 1, e.depth());
   } catch (const YAML::Exception& e) {
     fail("{}:{}: invalid YAML: {}", label, e.mark.line + 1, e.msg);
   }
@@ -440,6 +446,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     if (!root.IsMap()) fail("{}: expected a mapping of keys at the top level, found {}", label, describe(root));
     std::set<std::string> seen;
     apply_map(cfg, root, "", Source{label, base_dir, false}, seen);
+    cfg.given = seen;
   }
   for (const std::string& item : overrides) apply_override(cfg, item);
   for (const KeyDef& k : key_table()) {

@@ -3,6 +3,7 @@
 // also the source of `--help-config` and docs/config.md.
 #pragma once
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -19,7 +20,7 @@ struct LoraSettings {
 };
 
 struct DataSettings {
-  std::string train;           // .jsonl / .parquet / .txt file, or a directory of them
+  std::string train;           // .jsonl / .json / .parquet / .txt file, or a directory of them
   std::string format = "auto"; // auto, text, alpaca, messages, prompt_completion, input_ids
   std::string text_field = "text";
   std::vector<std::string> columns;       // renames "canonical=column"
@@ -57,15 +58,16 @@ struct TrainSettings {
   bool shuffle = true;
   int64_t eval_every = 0;          // 0 = evaluate at the end only
   int64_t log_every = 1;
-  int64_t threads = 0;              // 0 = all cores
+  int64_t threads = 0;              // 0 = all cores; more than the cores is capped to them
   std::string device = "cpu";       // cpu, cuda or auto
-  std::string precision = "auto";   // GPU storage: auto, bf16 or fp32
+  std::string precision = "auto";   // GPU storage: auto, bf16, fp16 or fp32
 };
 
 struct TrainConfig {
   std::string model;       // HF model directory
   std::string output_dir;
   bool overwrite = false;
+  std::set<std::string> given;  // the keys the recipe or --set gave (the others hold defaults)
   LoraSettings lora;
   DataSettings data;
   TrainSettings train;

@@ -9,10 +9,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -23,24 +25,15 @@
 #include "model/llama.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
-#include "tokenizer/tokenizer.h"
 #include "train/backend.h"
+#include "train/metrics_log.h"
 #include "train/progress.h"
+#include "train/run_data.h"
+#include "train/run_output.h"
 
 namespace ftune {
 
 namespace fs = std::filesystem;
-
-void prepare_output_dir(const std::string& dir, bool overwrite) {
-  std::error_code ec;
-  if (fs::exists(dir, ec)) {
-    if (!fs::is_directory(dir, ec)) fail("{}: output_dir exists and is not a directory", dir);
-    if (!fs::is_empty(dir, ec) && !overwrite)
-      fail("{}: output_dir is not empty (pass --overwrite to replace the files ftune writes there)", dir);
-  }
-  fs::create_directories(dir, ec);
-  if (ec) fail("{}: cannot create output_dir: {}", dir, ec.message());
-}
 
 namespace {
 
@@ -59,7 +52,41 @@ LoraSpec spec_from_config(const LoraSettings& s) {
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
+  f.flush();
   if (!f) fail("{}: cannot write", path);
+}
+
+std::string last_part_of(const std::string& key) { return key.substr(key.rfind('.') + 1); }
+
+// lora.init_adapter: the adapter's r, alpha, targets and rsLoRA replace the defaults; a value the
+// recipe gives that differs from the adapter's is refused, naming both.
+void adopt_init_adapter(TrainConfig& cfg, const LoraSpec& from) {
+  const std::string where = cfg.lora.init_adapter + "/adapter_config.json";
+  auto check = [&](const char* key, const std::string& ours, const std::string& theirs) {
+    if (cfg.given.count(key) && ours != theirs)
+      fail("{}: {} is {} but the recipe sets {} = {}; drop {} from the recipe to continue the adapter as saved", where,
+           last_part_of(key), theirs, key, ours, key);
+  };
+  check("lora.r", fmt::format("{}", cfg.lora.r), fmt::format("{}", from.r));
+  check("lora.alpha", fmt::format("{}", cfg.lora.alpha), fmt::format("{}", from.alpha));
+  check("lora.use_rslora", cfg.lora.use_rslora ? "true" : "false", from.use_rslora ? "true" : "false");
+  std::vector<std::string> mine = cfg.lora.target_modules;
+  std::sort(mine.begin(), mine.end());
+  check("lora.target_modules", fmt::format("[{}]", fmt::join(mine, ", ")),
+        fmt::format("[{}]", fmt::join(from.target_names(), ", ")));
+  cfg.lora.r = from.r;
+  cfg.lora.alpha = from.alpha;
+  cfg.lora.use_rslora = from.use_rslora;
+  cfg.lora.target_modules = from.target_names();
+}
+
+// More threads than hardware threads only adds contention (and far more exhausts the OpenMP
+// runtime); 0 means all of them.
+int thread_count(int64_t asked) {
+  const int hw = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (asked <= 0) return hw;
+  if (asked > hw) fmt::print(stderr, "ftune: train.threads = {} is more than the {} hardware threads; using {}\n", asked, hw, hw);
+  return static_cast<int>(std::min<int64_t>(asked, hw));
 }
 
 // Mean loss over every trained token of the validation set (no dropout).
@@ -77,6 +104,13 @@ double validation_loss(TrainBackend& model, const std::vector<Example>& val, int
   return count ? sum / static_cast<double>(count) : 0.0;
 }
 
+// NaN and infinity as a user reads them (fmt prints "-nan").
+std::string shown(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "infinity" : "-infinity";
+  return fmt::format("{:.6g}", v);
+}
+
 uint64_t dropout_key(uint64_t seed, int64_t step, int64_t micro) {
   Rng r(seed, 0xD20F0000ull + static_cast<uint64_t>(step) * 4096 + static_cast<uint64_t>(micro));
   return r.next_u64() | 1;  // never 0, which means "no dropout"
@@ -84,35 +118,32 @@ uint64_t dropout_key(uint64_t seed, int64_t step, int64_t micro) {
 
 }  // namespace
 
-TrainReport run_training(const TrainConfig& cfg, const std::function<void(const StepMetrics&)>& on_step) {
+TrainReport run_training(const TrainConfig& recipe, const std::function<void(const StepMetrics&)>& on_step) {
+  TrainConfig cfg = recipe;  // as resolved for this run (an init adapter's settings included)
   const TrainSettings& ts = cfg.train;
-  if (ts.threads > 0) {
-    omp_set_num_threads(static_cast<int>(ts.threads));
-    openblas_set_num_threads(static_cast<int>(ts.threads));
-  }
-  // Everything the user can get wrong is checked before any long work starts.
-  prepare_output_dir(cfg.output_dir, cfg.overwrite);
+  const int threads = thread_count(ts.threads);
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+  // Everything the user can get wrong is checked before any long work starts, and nothing is
+  // written until the run really starts (a failed start leaves output_dir as it was).
+  RunOutput out(cfg.output_dir, cfg.overwrite, {cfg.model});
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
   check_llama_checkpoint(mcfg, ckpt);
-  std::unique_ptr<Tokenizer> tok;
-  const bool has_tokenizer = fs::exists(fs::path(cfg.model) / "tokenizer.model") ||
-                             fs::exists(fs::path(cfg.model) / "tokenizer.json");
-  if (cfg.data.format == "text" || (cfg.data.format == "auto" && has_tokenizer)) tok = load_tokenizer(cfg.model);
-  const DataSplit data = load_data(cfg.data, tok.get(), mcfg.vocab_size, cfg.model, ts.seed);
-  const std::vector<Example>& examples = data.train;
-  const DatasetStats& stats = data.train_stats;
-  LoraSpec spec = spec_from_config(cfg.lora);
   LoraParams lora;
   if (!cfg.lora.init_adapter.empty()) {
+    adopt_init_adapter(cfg, load_peft_config(cfg.lora.init_adapter));
     lora = load_peft_adapter(cfg.lora.init_adapter, mcfg);
-    spec = lora.spec;
-    spec.dropout = cfg.lora.dropout;
-    lora.spec = spec;
+    lora.spec.dropout = cfg.lora.dropout;
+  } else {
+    lora = LoraParams::init(mcfg, spec_from_config(cfg.lora), ts.seed);
   }
-  if (cfg.lora.init_adapter.empty()) lora = LoraParams::init(mcfg, spec, ts.seed);
+  const LoraSpec& spec = lora.spec;
+  const RunData run_data = load_run_data(cfg, mcfg);
+  const DataSplit& data = run_data.split;
+  const std::vector<Example>& examples = data.train;
+  const DatasetStats& stats = data.train_stats;
 
-  write_text((fs::path(cfg.output_dir) / "config.yaml").string(), train_config_to_yaml(cfg));
   fmt::print(stderr, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
              mcfg.num_hidden_layers, mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6, spec.r,
              spec.alpha, fmt::join(spec.target_names(), ","), static_cast<double>(lora.num_parameters()) / 1e6);
@@ -145,9 +176,13 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
                        cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
 
-  const std::string metrics_path = (fs::path(cfg.output_dir) / "metrics.jsonl").string();
-  std::ofstream metrics(metrics_path);
-  if (!metrics) fail("{}: cannot write", metrics_path);
+  // The run starts: its files go to the staging directory until the adapter is complete.
+  out.begin();
+  auto failed = [&](const std::string& why) {
+    fail("{} (the partial run is in {}; output_dir is unchanged)", why, out.staging_dir());
+  };
+  write_text(out.staged("config.yaml"), train_config_to_yaml(cfg));
+  MetricsLog metrics(out.staged("metrics.jsonl"));
   ProgressLine progress(ts.max_steps, stderr);
   TrainReport report;
   report.examples = stats.kept;
@@ -155,49 +190,74 @@ TrainReport run_training(const TrainConfig& cfg, const std::function<void(const 
   report.dropped = stats.dropped;
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<Batch> micro(ts.grad_accum);
-  for (int64_t step = 0; step < ts.max_steps; ++step) {
-    const auto ts0 = std::chrono::steady_clock::now();
-    int64_t targets = 0, tokens = 0;
-    for (auto& b : micro) {
-      b = batcher.next();
-      targets += b.count_targets();
-      tokens += b.tokens;
+  try {
+    for (int64_t step = 0; step < ts.max_steps; ++step) {
+      const auto ts0 = std::chrono::steady_clock::now();
+      int64_t targets = 0, tokens = 0;
+      for (auto& b : micro) {
+        b = batcher.next();
+        targets += b.count_targets();
+        tokens += b.tokens;
+      }
+      double loss_sum = 0.0;
+      const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
+      for (size_t m = 0; m < micro.size(); ++m)
+        loss_sum += model->forward_backward(micro[m], scale, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
+      StepMetrics sm;
+      sm.step = step + 1;
+      sm.loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
+      sm.lr = sched.at(step);
+      const StepResult r = model->step(sm.lr, ts.max_grad_norm);
+      sm.grad_norm = r.grad_norm;
+      sm.skipped = r.skipped;
+      report.skipped_steps += r.skipped;
+      // A non-finite loss or norm that loss scaling did not absorb means the run diverged: stop
+      // before anything of it is written as the result.
+      if (!r.skipped && (!std::isfinite(sm.loss) || !std::isfinite(sm.grad_norm)))
+        failed(fmt::format("step {}: training diverged: loss {}, gradient norm {} at lr {:.3g}; lower train.lr or "
+                           "train.max_grad_norm",
+                           sm.step, shown(sm.loss), shown(sm.grad_norm), sm.lr));
+      const auto now = std::chrono::steady_clock::now();
+      sm.tokens = tokens;
+      sm.tokens_per_s = static_cast<double>(tokens) / std::chrono::duration<double>(now - ts0).count();
+      sm.elapsed_s = std::chrono::duration<double>(now - t0).count();
+      metrics.write(fmt::format(
+          "{{\"step\": {}, \"loss\": {}, \"lr\": {}, \"grad_norm\": {}, \"tokens\": {}, \"tokens_per_s\": {}, "
+          "\"elapsed_s\": {}, \"epoch\": {}{}}}",
+          sm.step, json_number(sm.loss, 6), json_number(sm.lr), json_number(sm.grad_norm, 6), sm.tokens,
+          json_number(sm.tokens_per_s, 1), json_number(sm.elapsed_s, 3), batcher.epoch(),
+          r.skipped ? fmt::format(", \"skipped\": true, \"skipped_steps\": {}", report.skipped_steps) : ""));
+      if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
+      if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
+        const double vl = validation_loss(*model, data.val, ts.micro_batch_size, pad, m);
+        if (!std::isfinite(vl)) failed(fmt::format("step {}: the validation loss is {}", sm.step, shown(vl)));
+        report.val_losses.emplace_back(sm.step, vl);
+        metrics.write(fmt::format("{{\"step\": {}, \"val_loss\": {}, \"val_ppl\": {}}}", sm.step, json_number(vl, 6),
+                                  json_number(std::exp(vl), 4)));
+        fmt::print(stderr, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "",
+                   sm.step, vl, std::exp(vl));
+      }
+      report.steps.push_back(sm);
+      if (on_step) on_step(sm);
     }
-    double loss_sum = 0.0;
-    const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
-    for (size_t m = 0; m < micro.size(); ++m)
-      loss_sum += model->forward_backward(micro[m], scale, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
-    StepMetrics sm;
-    sm.step = step + 1;
-    sm.loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
-    sm.lr = sched.at(step);
-    sm.grad_norm = model->step(sm.lr, ts.max_grad_norm);
-    const auto now = std::chrono::steady_clock::now();
-    sm.tokens = tokens;
-    sm.tokens_per_s = static_cast<double>(tokens) / std::chrono::duration<double>(now - ts0).count();
-    sm.elapsed_s = std::chrono::duration<double>(now - t0).count();
-    metrics << fmt::format(
-        "{{\"step\": {}, \"loss\": {:.6f}, \"lr\": {:.6g}, \"grad_norm\": {:.6f}, \"tokens\": {}, \"tokens_per_s\": {:.1f}, "
-        "\"elapsed_s\": {:.3f}, \"epoch\": {}}}\n",
-        sm.step, sm.loss, sm.lr, sm.grad_norm, sm.tokens, sm.tokens_per_s, sm.elapsed_s, batcher.epoch());
-    metrics.flush();
-    if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
-    if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
-      const double vl = validation_loss(*model, data.val, ts.micro_batch_size, pad, m);
-      report.val_losses.emplace_back(sm.step, vl);
-      metrics << fmt::format("{{\"step\": {}, \"val_loss\": {:.6f}, \"val_ppl\": {:.4f}}}\n", sm.step, vl, std::exp(vl));
-      metrics.flush();
-      fmt::print(stderr, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "", sm.step,
-                 vl, std::exp(vl));
-    }
-    report.steps.push_back(sm);
-    if (on_step) on_step(sm);
+    if (report.skipped_steps == ts.max_steps)
+      failed(fmt::format("every one of the {} steps overflowed in fp16 and was skipped; nothing was trained",
+                         ts.max_steps));
+    if (model->planned_bytes())
+      fmt::print(stderr, "{}ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
+                 isatty(2) ? "\n" : "", static_cast<double>(model->measured_bytes()) / kGiB,
+                 static_cast<double>(model->planned_bytes()) / kGiB);
+    if (report.skipped_steps)
+      fmt::print(stderr, "ftune: {} of {} steps were skipped (fp16 overflow; the loss scale was lowered)\n",
+                 report.skipped_steps, ts.max_steps);
+    model->read_adapter(lora);
+    save_peft_adapter(out.staging_dir(), lora, cfg.model);
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find(out.staging_dir()) != std::string::npos) throw;
+    failed(what);
   }
-  if (model->planned_bytes())
-    fmt::print(stderr, "ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
-               static_cast<double>(model->measured_bytes()) / kGiB, static_cast<double>(model->planned_bytes()) / kGiB);
-  model->read_adapter(lora);
-  save_peft_adapter(cfg.output_dir, lora, cfg.model);
+  out.commit();
   return report;
 }
 

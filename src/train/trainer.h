@@ -18,6 +18,7 @@ struct StepMetrics {
   int64_t tokens = 0;      // input tokens processed in the step (padding excluded)
   double tokens_per_s = 0.0;
   double elapsed_s = 0.0;
+  bool skipped = false;    // fp16 loss scaling skipped the update (overflowed gradients)
 };
 
 struct TrainReport {
@@ -25,13 +26,13 @@ struct TrainReport {
   int64_t examples = 0;
   int64_t truncated = 0, dropped = 0;
   std::vector<std::pair<int64_t, double>> val_losses;  // (step, validation loss)
+  int64_t skipped_steps = 0;  // fp16 steps whose update was skipped
 };
 
-// Checks that `dir` may be written: absent, empty, or `overwrite`. Creates it.
-void prepare_output_dir(const std::string& dir, bool overwrite);
-
-// Runs the whole recipe: validates inputs first (output dir, model, data), trains, writes the
-// adapter, metrics.jsonl and config.yaml into cfg.output_dir. `on_step` (optional) sees each step.
+// Runs the whole recipe: validates inputs first (output dir, model, data), trains, and writes the
+// adapter, metrics.jsonl and config.yaml into cfg.output_dir, all at once when the run completes
+// (they are staged in output_dir/.ftune-partial until then). A non-finite loss or gradient norm
+// stops the run with an error naming the step. `on_step` (optional) sees each step.
 TrainReport run_training(const TrainConfig& cfg, const std::function<void(const StepMetrics&)>& on_step = {});
 
 }  // namespace ftune

@@ -29,6 +29,17 @@ YAML
   for line in "$@"; do echo "$line" >>"$f"; done
 }
 
+# judge NAME REGEX RC TEXT: the check passes when RC is non-zero and TEXT matches REGEX.
+judge() {
+  if [ "$3" -eq 0 ]; then
+    echo "FAIL $1: exit code 0"; fails=$((fails + 1))
+  elif ! printf '%s' "$4" | grep -Eq -- "$2"; then
+    echo "FAIL $1: message does not match /$2/: $4"; fails=$((fails + 1))
+  else
+    echo "ok   $1: $4"
+  fi
+}
+
 # expect_fail NAME REGEX CMD...: CMD must exit non-zero with exactly one non-empty stderr line
 # that matches REGEX (case-sensitive, extended).
 expect_fail() {
@@ -36,17 +47,21 @@ expect_fail() {
   shift 2
   local err rc=0
   err=$("$@" 2>&1 >/dev/null) || rc=$?
-  local lines
-  lines=$(printf '%s\n' "$err" | grep -c . || true)
-  if [ "$rc" -eq 0 ]; then
-    echo "FAIL $name: exit code 0"; fails=$((fails + 1))
-  elif [ "$lines" -ne 1 ]; then
-    echo "FAIL $name: expected one line of error, got $lines:"; printf '%s\n' "$err"; fails=$((fails + 1))
-  elif ! printf '%s' "$err" | grep -Eq -- "$re"; then
-    echo "FAIL $name: message does not match /$re/: $err"; fails=$((fails + 1))
-  else
-    echo "ok   $name: $err"
+  if [ "$rc" -ne 0 ] && [ "$(printf '%s\n' "$err" | grep -c . || true)" -ne 1 ]; then
+    echo "FAIL $name: expected one line of error, got:"; printf '%s\n' "$err"; fails=$((fails + 1))
+    return
   fi
+  judge "$name" "$re" "$rc" "$err"
+}
+
+# expect_fail_last NAME REGEX CMD...: for commands that log progress before failing: CMD must exit
+# non-zero and its last stderr line must be one "ftune: error: ..." line matching REGEX.
+expect_fail_last() {
+  local name=$1 re=$2
+  shift 2
+  local err rc=0
+  err=$("$@" 2>&1 >/dev/null) || rc=$?
+  judge "$name" "^ftune: error: .*$re" "$rc" "$(printf '%s\n' "$err" | grep . | tail -1)"
 }
 
 finish() {
