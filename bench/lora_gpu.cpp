@@ -1,9 +1,15 @@
 // LoRA training throughput of ftune on one GPU: a Llama shape with random bf16 weights generated
 // on the device (no checkpoint file), LoRA on all seven projections, AdamW on the device, random
 // token ids. After the warmup steps, the timed steps run end to end (forward, backward, gradient
-// norm, optimizer) and one JSON line reports tokens/s, model TFLOP/s and device memory:
-// ftune_planned_gib is every buffer the model allocated, ftune_peak_gib the process's device memory
-// in use after the run beyond what it held before the model (so cuBLAS's own allocations count).
+// norm, optimizer) and one JSON line reports tokens/s, model TFLOP/s and device memory, each
+// memory figure beyond what the process held just before the model was built (the CUDA context,
+// stream and cuBLASLt workspace): ftune_peak_gib is the peak of the device memory in use
+// (cudaMemGetInfo total - free) sampled every 1 ms by a background thread over the warmup and
+// timed steps (bench/memory_peak.h), so cuBLAS's own allocations and anything short-lived count;
+// ftune_end_gib is the memory in use after the run; ftune_planned_gib is every buffer the model
+// planned and allocated up front. bench/peer_lora.py samples the peer's device memory the same way
+// (its peer_sampled_peak_gib), so the two peaks compare like with like. loss_first is the loss of
+// the first step (warmup included), loss_last that of the last timed step.
 //   bench_lora_gpu --shape llama2-7b [--seq 2048] [--micro-batch 4] [--rank 16] [--alpha 32]
 //                  [--checkpointing] [--fp32] [--qlora] [--steps 10] [--warmup 3] [--gpu-name NAME]
 // --qlora: the projections in NF4 (random codes generated on the device), as `method: qlora`.
@@ -18,6 +24,7 @@
 #include "core/error.h"
 #include "model/llama_gpu.h"
 #include "lora_bench.h"
+#include "memory_peak.h"
 #include "model/presets.h"
 
 namespace {
@@ -74,23 +81,32 @@ int main(int argc, char** argv) {
     const Batch batch = bench::random_batch(mb, seq, cfg.vocab_size, 3);
     double first = 0, last = 0;
     int64_t t = 0;
-    auto step = [&]() { return bench::train_step(model, batch, ++t); };
-    for (int64_t i = 0; i < warmup; ++i) first = step();
+    auto step = [&]() {
+      const double loss = bench::train_step(model, batch, ++t);
+      if (t == 1) first = loss;
+      return loss;
+    };
+    ctx.synchronize();
+    bench::MemoryPeakSampler sampler;  // over the warmup and timed steps, as the peer's
+    for (int64_t i = 0; i < warmup; ++i) step();
     ctx.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
     for (int64_t i = 0; i < steps; ++i) last = step();
     ctx.synchronize();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const size_t peak = sampler.stop();
+    const size_t end = cuda::memory_in_use();
     const double tok_s = static_cast<double>(steps * mb * seq) / secs;
     const double tflops = flops_per_token(cfg, model.lora_parameters(), seq) * tok_s / 1e12;
     const double gib = 1024.0 * 1024.0 * 1024.0;
+    auto beyond = [&](size_t bytes) { return static_cast<double>(bytes > before ? bytes - before : 0) / gib; };
     fmt::print(
         "{{\"bench\": \"{}_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
-        "\"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, \"loss_last\": {:.4f}, "
-        "\"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
+        "\"ftune_end_gib\": {:.2f}, \"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, "
+        "\"loss_last\": {:.4f}, \"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
         qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
-        static_cast<double>(cuda::memory_in_use() - before) / gib, static_cast<double>(model.planned_bytes()) / gib, tflops,
-        first, last, steps, fp32 ? "fp32" : "bf16", optimizer);
+        beyond(peak), beyond(end), static_cast<double>(model.planned_bytes()) / gib, tflops, first, last, steps,
+        fp32 ? "fp32" : "bf16", optimizer);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());
     return 1;

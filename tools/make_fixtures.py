@@ -5,11 +5,14 @@ For each case: builds a tiny random Llama (LlamaForCausalLM, eager attention, fl
 it with save_pretrained; wraps it in a peft LoRA adapter whose A and B matrices are random (B is
 non-zero, so the gradients of A are too) and saves the adapter; then, from the saved files and in
 float64 on the CPU, records the logits, the loss, the gradient of every LoRA tensor, and the losses
-and pre-clip gradient norms of five AdamW steps.
+and pre-clip gradient norms of five AdamW steps. Then, for full-parameter fine-tuning of the base
+model alone (no adapter), also in float64: the gradient of every parameter and five AdamW steps on
+all of them, with HF Trainer's weight-decay grouping.
 
 Writes OUT/<case>/model/ (config.json, model.safetensors), OUT/<case>/adapter/
-(adapter_config.json, adapter_model.safetensors), OUT/<case>/golden.safetensors and
-OUT/<case>/golden.json. Prints one JSON line per case and one with the total size.
+(adapter_config.json, adapter_model.safetensors), OUT/<case>/golden.safetensors,
+OUT/<case>/golden_full.safetensors and OUT/<case>/golden.json. Prints one JSON line per case and
+one with the total size.
 
     python3 tools/make_fixtures.py --out tests/fixtures/hf
 """
@@ -17,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 
@@ -60,9 +64,39 @@ BATCH, SEQ = 2, 24
 # far from uniform and pre-clip gradient norms above 1 in most steps, so the loss and the clipping
 # are really exercised; the committed fixtures were made with it.
 INIT_STD = 0.08
-MAX_TOTAL_BYTES = 4 * 1024 * 1024
-# golden.safetensors holds these plus one "grad.<adapter key>" per LoRA tensor.
+# The whole of OUT/<case>/ for every case: 11.6 MB with transformers 5.17, of which the five
+# golden_full.safetensors take 8.0 MB (1.3 to 1.9 MB each: the float64 gradient of every parameter
+# and the final weights of a subset) and the rest 3.6 MB.
+MAX_TOTAL_BYTES = 16 * 1024 * 1024
+# golden.safetensors holds these plus one "grad.<adapter key>" per LoRA tensor, and nothing else:
+# tests/test_hf_golden.cpp counts its tensors, so the full fine-tuning goldens live in a file of
+# their own (golden_full.safetensors).
 NON_GRAD_KEYS = ["input_ids", "labels", "logits", "loss", "train_losses", "train_grad_norms"]
+
+# Full-parameter fine-tuning of the base model (no adapter): five steps of torch.optim.AdamW
+# (float64, foreach=False, fused=False, constant lr) on every parameter, as HF Trainer takes them
+# (optim="adamw_torch", lr_scheduler_type="constant", max_grad_norm=FULL_MAX_GRAD_NORM): the loss,
+# backward, clip_grad_norm_ over model.parameters(), optimizer step. At INIT_STD 0.08 the pre-clip
+# norm of the full gradient is 2.8 to 4.6 in every step of every case, so FULL_MAX_GRAD_NORM 1.0
+# clips all of them (full_finetune stops if none clips); the pre-clip norms are recorded.
+FULL_LR, FULL_BETAS, FULL_EPS, FULL_WEIGHT_DECAY, FULL_MAX_GRAD_NORM, FULL_STEPS = \
+    1e-3, (0.9, 0.999), 1e-8, 0.1, 1.0, 5
+# Weight decay as transformers' Trainer.get_decay_parameter_names decides it (read in 5.17): a
+# parameter gets none when it sits in a torch.nn.LayerNorm module or when its lower-cased name
+# matches one of these patterns; every other one gets args.weight_decay. LlamaRMSNorm is not a
+# torch.nn.LayerNorm, but its weights are caught by name: input_layernorm / post_attention_layernorm
+# by "layernorm", the final model.norm by "(?:^|\.)norm(?:$|\.)". So for Llama: decay on every 2-D
+# weight (embed_tokens, the seven projections of every layer, lm_head), none on the three kinds of
+# norm weight (there are no biases). The older rule (only nn.LayerNorm modules and "bias" in the
+# name) would have decayed the RMSNorm weights too. full_finetune asks the installed Trainer when it
+# can, and stops if its answer differs from this replica or from that Llama split.
+TRAINER_NO_DECAY_PATTERNS = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+# full_adamw.final.<key> is written for these tensors only (embed_tokens, every tensor of layer 0,
+# the final norm, lm_head when untied): all the final weights would add another ~1 MB of float64
+# a case, more than five times golden.safetensors, and layer 1 exercises no other code path.
+# full_grad.<key> is written for every parameter.
+FULL_FINAL_LAYER_PREFIX = "model.layers.0."
+FULL_FINAL_KEYS = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -74,7 +108,7 @@ def head_dim_of(arch_kwargs):
 
 
 def expected_inv_freq(head_dim, theta, scaling):
-    """RoPE inverse frequencies as transformers computes them (REFERENCE.md section 4), in float64."""
+    """RoPE inverse frequencies as transformers computes them (transformers' modeling_rope_utils.py: default and llama3 rope types), in float64."""
     inv = [1.0 / (theta ** (2.0 * i / head_dim)) for i in range(head_dim // 2)]
     if not scaling:
         return inv
@@ -129,6 +163,17 @@ def saved_key(param_name, adapter_name="default"):
 def lora_meta(lora):
     return {"r": lora["r"], "alpha": lora["lora_alpha"], "dropout": 0.0,
             "target_modules": list(lora["target_modules"]), "use_rslora": bool(lora["use_rslora"])}
+
+
+def full_final_key(key):
+    """Whether full_adamw.final.<key> is written (see FULL_FINAL_KEYS)."""
+    return key in FULL_FINAL_KEYS or key.startswith(FULL_FINAL_LAYER_PREFIX)
+
+
+def metadata_strings(meta):
+    """safetensors __metadata__ holds strings only: every value JSON-encoded (floats in Python's
+    shortest round-trip form, lists as JSON arrays), strings as they are."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
 def tree_bytes(path):
@@ -228,6 +273,118 @@ def load_peft_f64(model_dir, adapter_dir):
         assert p.dtype == torch.float64, (n, p.dtype)
         assert p.requires_grad == ("lora_" in n), (n, p.requires_grad)
     return model
+
+
+def load_base_f64(model_dir, tied):
+    """The base model alone from the saved files, every parameter trainable, float64, eval mode (no
+    dropout: attention_dropout is 0). Tied embeddings stay one Parameter (Module.double() converts
+    in place), so its gradient holds both the embedding and the lm_head contributions."""
+    model = load_base(model_dir).double().eval()
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == bool(tied), \
+        "lm_head tied=%s after loading, wanted %s" % (not tied, tied)
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float64 and p.requires_grad, (n, p.dtype, p.requires_grad)
+    return model
+
+
+def replica_decay_names(model):
+    """transformers' Trainer.get_decay_parameter_names, rewritten (trainer_pt_utils.get_parameter_names
+    with forbidden_layer_types [nn.LayerNorm] and TRAINER_NO_DECAY_PATTERNS): the names of the
+    parameters that get weight decay. For tied embeddings it lists lm_head.weight too, as the
+    original does; only the names model.named_parameters() gives are looked up in it."""
+    patterns = [re.compile(p) for p in TRAINER_NO_DECAY_PATTERNS]
+
+    def names(module):
+        out = []
+        for child_name, child in module.named_children():
+            out += ["%s.%s" % (child_name, n) for n in names(child)
+                    if not isinstance(child, torch.nn.LayerNorm)
+                    and not any(p.search(("%s.%s" % (child_name, n)).lower()) for p in patterns)]
+        out += [k for k in module._parameters if not any(p.search(k.lower()) for p in patterns)]
+        return out
+
+    return set(names(model))
+
+
+def installed_decay_names(model):
+    """The installed transformers' own Trainer.get_decay_parameter_names (it reads only `model`, so it
+    is called without building a Trainer), or None and the reason it could not be called."""
+    try:
+        from transformers import Trainer
+        return set(Trainer.get_decay_parameter_names(None, model)), None
+    except Exception as e:  # noqa: BLE001 - the replica is used instead, and the reason recorded
+        return None, "%s: %s" % (type(e).__name__, e)
+
+
+def full_finetune(model_dir, ids, labels, tied):
+    """Full-parameter fine-tuning goldens of the base model alone: the tensors of
+    golden_full.safetensors (full_grad.<key>, full_adamw.losses, full_adamw.grad_norms,
+    full_adamw.final.<key>) and their settings. No random draw is made here."""
+    model = load_base_f64(model_dir, tied)
+    named = dict(model.named_parameters())  # tied: one entry, model.embed_tokens.weight
+    saved = load_file(os.path.join(model_dir, "model.safetensors"))
+    assert set(named) == set(saved), sorted(set(named) ^ set(saved))[:6]
+    for k, p in named.items():
+        assert torch.equal(p.detach(), saved[k].double()), "base weight %s did not load as saved" % k
+
+    replica = replica_decay_names(model) & set(named)
+    installed, why_not = installed_decay_names(model)
+    if installed is not None:
+        installed &= set(named)
+        if installed != replica:
+            sys.exit("Trainer.get_decay_parameter_names differs from TRAINER_NO_DECAY_PATTERNS: only it decays "
+                     "%s, only the replica %s" % (sorted(installed - replica), sorted(replica - installed)))
+        rule = "transformers %s Trainer.get_decay_parameter_names" % transformers.__version__
+    else:
+        rule = "replica of Trainer.get_decay_parameter_names (the installed one could not be called: %s)" % why_not
+    decay = replica
+    two_d = {n for n, p in named.items() if p.dim() == 2}
+    if decay != two_d or any(named[n].dim() != 1 or not n.endswith("norm.weight") for n in set(named) - decay):
+        sys.exit("weight decay grouping is not 'every 2-D weight, no norm weight': decay %s" % sorted(decay))
+    no_decay = set(named) - decay
+
+    groups = [{"params": [p for n, p in named.items() if n in decay], "weight_decay": FULL_WEIGHT_DECAY},
+              {"params": [p for n, p in named.items() if n not in decay], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=FULL_LR, betas=FULL_BETAS, eps=FULL_EPS, foreach=False, fused=False)
+    params = list(model.parameters())
+    assert len(params) == len(named), (len(params), len(named))
+    tensors, losses, norms = {}, [], []
+    for step in range(FULL_STEPS):
+        opt.zero_grad(set_to_none=True)
+        out_hf = model(input_ids=ids, labels=labels)
+        loss = causal_lm_loss(out_hf.logits, labels)
+        if step == 0:
+            hf_loss = float(out_hf.loss.detach())
+            assert abs(loss.item() - hf_loss) <= 1e-5 * abs(loss.item()), (loss.item(), hf_loss)
+        loss.backward()
+        if step == 0:
+            for k, p in sorted(named.items()):
+                assert p.grad is not None and float(p.grad.abs().sum()) > 0, "zero gradient for " + k
+                tensors["full_grad." + k] = p.grad.detach().clone().contiguous()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, FULL_MAX_GRAD_NORM)))
+        losses.append(float(loss.detach()))
+        opt.step()
+    assert all(math.isfinite(v) for v in losses + norms), (losses, norms)
+    recomputed = math.sqrt(sum(float((tensors["full_grad." + k] ** 2).sum()) for k in named))
+    assert abs(recomputed - norms[0]) <= 1e-10 * norms[0], (recomputed, norms[0])
+    if not any(n > FULL_MAX_GRAD_NORM for n in norms):
+        sys.exit("no full fine-tuning step clips (pre-clip norms %s, max %s): lower FULL_MAX_GRAD_NORM"
+                 % (norms, FULL_MAX_GRAD_NORM))
+    final_keys = sorted(k for k in named if full_final_key(k))
+    for k in final_keys:
+        p = named[k].detach()
+        assert not torch.equal(p, saved[k].double()), "%s did not move in %d steps" % (k, FULL_STEPS)
+        tensors["full_adamw.final." + k] = p.clone().contiguous()
+    tensors["full_adamw.losses"] = torch.tensor(losses, dtype=torch.float64)
+    tensors["full_adamw.grad_norms"] = torch.tensor(norms, dtype=torch.float64)
+    assert len(tensors) == len(named) + len(final_keys) + 2, sorted(tensors)
+    assert all(t.dtype == torch.float64 for t in tensors.values())
+    meta = {"lr": FULL_LR, "betas": list(FULL_BETAS), "eps": FULL_EPS, "weight_decay": FULL_WEIGHT_DECAY,
+            "max_grad_norm": FULL_MAX_GRAD_NORM, "steps": FULL_STEPS, "lr_schedule": "constant",
+            "optimizer": "torch.optim.AdamW(foreach=False, fused=False), float64",
+            "decay": sorted(decay), "no_decay": sorted(no_decay), "decay_rule": rule,
+            "final_keys": final_keys, "tied_embeddings": bool(tied)}
+    return tensors, meta, losses, norms
 
 
 def causal_lm_loss(logits, labels):
@@ -336,10 +493,20 @@ def build_case(name, case, out, std):
 
     assert len(tensors) == len(NON_GRAD_KEYS) + len(saved), sorted(tensors)
     save_file(tensors, os.path.join(root, "golden.safetensors"), metadata={"format": "pt"})
+    del model, params, opt
+
+    # Full-parameter fine-tuning of the base model alone, from the saved files, in float64. It
+    # comes after everything above and draws no random numbers, so it changes none of it.
+    full_tensors, full_meta, full_losses, full_norms = full_finetune(model_dir, ids, labels,
+                                                                     arch["tie_word_embeddings"])
+    save_file(full_tensors, os.path.join(root, "golden_full.safetensors"),
+              metadata=dict(metadata_strings(full_meta), format="pt"))
+
     meta = {"case": name, "transformers_version": transformers.__version__, "peft_version": peft.__version__,
             "torch_version": torch.__version__, "lr": LR, "betas": list(BETAS), "eps": EPS,
             "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM, "steps": STEPS,
-            "lora": lora_meta(lora), "seed": seed, "init_std": std, "rope_config_style": rope_style}
+            "lora": lora_meta(lora), "seed": seed, "init_std": std, "rope_config_style": rope_style,
+            "full_ft": full_meta}
     with open(os.path.join(root, "golden.json"), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -347,8 +514,10 @@ def build_case(name, case, out, std):
     summary = {"case": name, "bytes": tree_bytes(root), "model_bytes": tree_bytes(model_dir),
                "adapter_bytes": tree_bytes(adapter_dir),
                "golden_bytes": os.path.getsize(os.path.join(root, "golden.safetensors")),
+               "golden_full_bytes": os.path.getsize(os.path.join(root, "golden_full.safetensors")),
                "lora_tensors": len(saved), "loss": float(tensors["loss"][0]), "train_losses": losses,
-               "train_grad_norms": norms, "rope_config_style": rope_style}
+               "train_grad_norms": norms, "full_losses": full_losses, "full_grad_norms": full_norms,
+               "full_decay_rule": full_meta["decay_rule"], "rope_config_style": rope_style}
     print(json.dumps(summary), flush=True)
     return summary["bytes"]
 

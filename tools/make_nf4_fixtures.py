@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """NF4 + double-quantization fixtures for tests/test_nf4.cpp, computed by an independent numpy
-rewrite of bitsandbytes' algorithm (REFERENCE.md section 1; bitsandbytes csrc/kernels.cu
+rewrite of bitsandbytes' algorithm (Dettmers et al., QLoRA, arXiv:2305.14314; bitsandbytes csrc/kernels.cu
 kQuantizeBlockwise, dQuantizeNF4, dQuantize<0>; functional.py quantize_4bit, quantize_blockwise,
 create_dynamic_map; QuantState.as_dict(packed=True)). bitsandbytes itself is not needed.
 

@@ -1,5 +1,7 @@
 // bitsandbytes' 8-bit blockwise AdamW (Adam8bit/AdamW8bit) over one flat fp32 vector, on the CPU:
-// the reference twin of ops/cuda/adamw8bit.cu, bit for bit. REFERENCE.md section 2 has the formulas.
+// the reference twin of ops/cuda/adamw8bit.cu, bit for bit. Formulas: Dettmers et al.,
+// "8-bit Optimizers via Block-wise Quantization" (arXiv:2110.02861); bitsandbytes csrc/kernels.cu
+// kOptimizer32bit2State / kOptimizerStatic8bit2StateBlockwise.
 // This header is also compiled by nvcc (C++17), so it stays C++17.
 #pragma once
 #include <cmath>

@@ -1,5 +1,6 @@
 // NF4 4-bit blockwise quantization with double quantization of the block scales, bit-compatible
-// with bitsandbytes' quantize_4bit(quant_type="nf4") (REFERENCE.md section 1). The CPU version is
+// with bitsandbytes' quantize_4bit(quant_type="nf4") (Dettmers et al., "QLoRA", arXiv:2305.14314;
+// bitsandbytes functional.py quantize_4bit and csrc/kernels.cu kQuantizeBlockwise). The CPU version is
 // the reference that the CUDA kernels (ops/cuda/nf4.cu) are tested against.
 #pragma once
 #include <array>
