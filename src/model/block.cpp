@@ -114,8 +114,9 @@ void block_forward(const LlamaConfig& c, const StepShape& s, int64_t layer, cons
 
 void block_backward(const LlamaConfig& c, const StepShape& s, int64_t layer, const LayerWeights& w,
                     const std::array<LoraPair, kNumProj>* lora, const LoraSpec* spec, const BlockActs& a, float* dy,
-                    std::array<LoraPair, kNumProj>* grads, BlockScratch& sc) {
+                    std::array<LoraPair, kNumProj>* grads, BlockScratch& sc, LayerWeights* wgrad) {
   const int64_t N = s.n(), H = c.hidden_size, I = c.intermediate_size;
+  auto dw = [&](Proj p) { return wgrad ? wgrad->proj[static_cast<int>(p)].ptr() : nullptr; };
   auto lin = [&](Proj p) { return make_linear(s, layer, w, lora, spec, p); };
   auto t = [&](Proj p) { return a.lora_t[static_cast<int>(p)].empty() ? nullptr : a.lora_t[static_cast<int>(p)].ptr(); };
   auto g = [&](Proj p) { return grads ? &(*grads)[static_cast<int>(p)] : nullptr; };
@@ -125,27 +126,29 @@ void block_backward(const LlamaConfig& c, const StepShape& s, int64_t layer, con
 
   // MLP: y = h + down(silu(gate(n2)) * up(n2))
   zero(sc.dact, N * I);
-  lora_linear_backward(lin(Proj::Down), a.act.ptr(), N, t(Proj::Down), dy, sc.dact.ptr(), g(Proj::Down), dt, xd);
+  lora_linear_backward(lin(Proj::Down), a.act.ptr(), N, t(Proj::Down), dy, sc.dact.ptr(), g(Proj::Down), dt, xd, dw(Proj::Down));
   cpu::swiglu_backward(a.gate.ptr(), a.up.ptr(), sc.dact.ptr(), sc.dgate.ptr(), sc.dup.ptr(), N * I);
   zero(sc.dn, N * H);
-  lora_linear_backward(lin(Proj::Gate), a.n2.ptr(), N, t(Proj::Gate), sc.dgate.ptr(), sc.dn.ptr(), g(Proj::Gate), dt, xd);
-  lora_linear_backward(lin(Proj::Up), a.n2.ptr(), N, t(Proj::Up), sc.dup.ptr(), sc.dn.ptr(), g(Proj::Up), dt, xd);
+  lora_linear_backward(lin(Proj::Gate), a.n2.ptr(), N, t(Proj::Gate), sc.dgate.ptr(), sc.dn.ptr(), g(Proj::Gate), dt, xd, dw(Proj::Gate));
+  lora_linear_backward(lin(Proj::Up), a.n2.ptr(), N, t(Proj::Up), sc.dup.ptr(), sc.dn.ptr(), g(Proj::Up), dt, xd, dw(Proj::Up));
   std::memcpy(sc.dh.ptr(), dy, sizeof(float) * N * H);
-  cpu::rmsnorm_backward(sc.dn.ptr(), a.h.ptr(), w.post_norm.ptr(), a.rstd2.ptr(), sc.dh.ptr(), N, H);
+  cpu::rmsnorm_backward(sc.dn.ptr(), a.h.ptr(), w.post_norm.ptr(), a.rstd2.ptr(), sc.dh.ptr(), N, H,
+                        wgrad ? wgrad->post_norm.ptr() : nullptr);
 
   // Attention: h = x + o(attn(...))
   zero(sc.datt, N * c.q_dim());
-  lora_linear_backward(lin(Proj::O), a.att.ptr(), N, t(Proj::O), sc.dh.ptr(), sc.datt.ptr(), g(Proj::O), dt, xd);
+  lora_linear_backward(lin(Proj::O), a.att.ptr(), N, t(Proj::O), sc.dh.ptr(), sc.datt.ptr(), g(Proj::O), dt, xd, dw(Proj::O));
   cpu::attention_backward(attn_shape(c, s), a.q.ptr(), a.k.ptr(), a.v.ptr(), a.probs.ptr(), sc.datt.ptr(),
                           sc.dq.ptr(), sc.dk.ptr(), sc.dv.ptr());
   cpu::rope_backward(sc.dq.ptr(), s.cos, s.sin, N, c.num_attention_heads, c.head_dim);
   cpu::rope_backward(sc.dk.ptr(), s.cos, s.sin, N, c.num_key_value_heads, c.head_dim);
   zero(sc.dn, N * H);
-  lora_linear_backward(lin(Proj::Q), a.n1.ptr(), N, t(Proj::Q), sc.dq.ptr(), sc.dn.ptr(), g(Proj::Q), dt, xd);
-  lora_linear_backward(lin(Proj::K), a.n1.ptr(), N, t(Proj::K), sc.dk.ptr(), sc.dn.ptr(), g(Proj::K), dt, xd);
-  lora_linear_backward(lin(Proj::V), a.n1.ptr(), N, t(Proj::V), sc.dv.ptr(), sc.dn.ptr(), g(Proj::V), dt, xd);
+  lora_linear_backward(lin(Proj::Q), a.n1.ptr(), N, t(Proj::Q), sc.dq.ptr(), sc.dn.ptr(), g(Proj::Q), dt, xd, dw(Proj::Q));
+  lora_linear_backward(lin(Proj::K), a.n1.ptr(), N, t(Proj::K), sc.dk.ptr(), sc.dn.ptr(), g(Proj::K), dt, xd, dw(Proj::K));
+  lora_linear_backward(lin(Proj::V), a.n1.ptr(), N, t(Proj::V), sc.dv.ptr(), sc.dn.ptr(), g(Proj::V), dt, xd, dw(Proj::V));
   std::memcpy(dy, sc.dh.ptr(), sizeof(float) * N * H);
-  cpu::rmsnorm_backward(sc.dn.ptr(), a.x.ptr(), w.input_norm.ptr(), a.rstd1.ptr(), dy, N, H);
+  cpu::rmsnorm_backward(sc.dn.ptr(), a.x.ptr(), w.input_norm.ptr(), a.rstd1.ptr(), dy, N, H,
+                        wgrad ? wgrad->input_norm.ptr() : nullptr);
 }
 
 }  // namespace ftune

@@ -63,9 +63,10 @@ struct BlockScratch {
 void block_forward(const LlamaConfig& cfg, const StepShape& s, int64_t layer, const LayerWeights& w,
                    const std::array<LoraPair, kNumProj>* lora, const LoraSpec* spec, const float* x, BlockActs& a,
                    float* y, BlockScratch& sc);
-// dy: [N, H] gradient of the output on entry, of the input on return. LoRA grads accumulate.
+// dy: [N, H] gradient of the output on entry, of the input on return. LoRA grads accumulate into
+// `grads`, and the layer's own weight gradients into `wgrad` when it is not null (full fine-tuning).
 void block_backward(const LlamaConfig& cfg, const StepShape& s, int64_t layer, const LayerWeights& w,
                     const std::array<LoraPair, kNumProj>* lora, const LoraSpec* spec, const BlockActs& a, float* dy,
-                    std::array<LoraPair, kNumProj>* grads, BlockScratch& sc);
+                    std::array<LoraPair, kNumProj>* grads, BlockScratch& sc, LayerWeights* wgrad = nullptr);
 
 }  // namespace ftune

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "model/rope.h"
+#include "ops/cpu/embedding.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/rmsnorm.h"
 
@@ -60,16 +61,18 @@ const float* LlamaCpu::run_layers(const StepShape& s) {
 }
 
 cpu::CrossEntropyResult LlamaCpu::forward_backward(const Batch& b, float grad_scale, LoraParams& grads,
-                                                   uint64_t dropout_key) {
+                                                   uint64_t dropout_key, LlamaWeights* wgrad) {
   const StepShape s = prepare(b, dropout_key);
   const float* last = run_layers(s);
   const int64_t N = s.n(), H = cfg_.hidden_size;
+  float* head_grad = wgrad ? (cfg_.tie_word_embeddings ? wgrad->embed.ptr() : wgrad->lm_head.ptr()) : nullptr;
   auto res = cpu::lm_head_cross_entropy(normed_.ptr(), w_.head().ptr(), b.targets.data(), N, H, cfg_.vocab_size,
-                                        grad_scale, dh_.ptr());
+                                        grad_scale, dh_.ptr(), 64, head_grad);
   // Through model.norm into the gradient of the last layer's output.
   std::vector<float>& dy = dy_.data;
   std::fill(dy.begin(), dy.begin() + N * H, 0.0f);
-  cpu::rmsnorm_backward(dh_.ptr(), last, w_.final_norm.ptr(), final_rstd_.ptr(), dy.data(), N, H);
+  cpu::rmsnorm_backward(dh_.ptr(), last, w_.final_norm.ptr(), final_rstd_.ptr(), dy.data(), N, H,
+                        wgrad ? wgrad->final_norm.ptr() : nullptr);
 
   const LoraSpec* spec = lora_ ? &lora_->spec : nullptr;
   for (int64_t l = cfg_.num_hidden_layers - 1; l >= 0; --l) {
@@ -80,8 +83,10 @@ cpu::CrossEntropyResult LlamaCpu::forward_backward(const Batch& b, float grad_sc
                     scratch_);
     }
     block_backward(cfg_, s, l, w_.layers[l], layer_lora(l), spec, a, dy.data(), lora_ ? &grads.layers[l] : nullptr,
-                   scratch_);
+                   scratch_, wgrad ? &wgrad->layers[l] : nullptr);
   }
+  // dy is now the gradient of the embedding lookup's output.
+  if (wgrad) cpu::embedding_backward(b.ids.data(), dy.data(), N, H, wgrad->embed.ptr());
   return res;
 }
 

@@ -1,6 +1,6 @@
 // The Llama model on the CPU: embedding, decoder layers, final norm, lm_head + cross-entropy,
-// with LoRA adapters trained and the base frozen. Buffers are allocated once, for the largest
-// micro-batch, when the model is built.
+// with LoRA adapters trained on a frozen base, or every weight trained (full fine-tuning). Buffers
+// are allocated once, for the largest micro-batch, when the model is built.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -28,9 +28,12 @@ class LlamaCpu {
   LlamaCpu(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora, const ModelOptions& opt);
 
   // Forward and backward of one micro-batch. Loss gradients are scaled by `grad_scale` (1 / the
-  // number of targets in the whole optimizer step) and accumulated into `grads`.
-  // `dropout_key` != 0 turns LoRA dropout on (training); 0 turns it off.
-  cpu::CrossEntropyResult forward_backward(const Batch& b, float grad_scale, LoraParams& grads, uint64_t dropout_key);
+  // number of targets in the whole optimizer step) and accumulated into `grads` (the adapter's)
+  // and, when `wgrad` is not null, into the gradient of every base weight (full fine-tuning; tied
+  // embeddings get the lm_head's share in wgrad->embed). `dropout_key` != 0 turns LoRA dropout on
+  // (training); 0 turns it off.
+  cpu::CrossEntropyResult forward_backward(const Batch& b, float grad_scale, LoraParams& grads, uint64_t dropout_key,
+                                           LlamaWeights* wgrad = nullptr);
   // Loss without gradients (evaluation).
   cpu::CrossEntropyResult loss(const Batch& b);
   // Full logits [batch*seq, vocab] (checks and small models only).

@@ -33,9 +33,10 @@ void lora_linear_forward(const LoraLinear& l, const float* x, int64_t rows, floa
 }
 
 void lora_linear_backward(const LoraLinear& l, const float* x, int64_t rows, const float* t, const float* dy,
-                          float* dx, LoraPair* grad, float* dt, float* xd) {
-  // Base path: dx += dy W.
+                          float* dx, LoraPair* grad, float* dt, float* xd, float* dw) {
+  // Base path: dx += dy W, and dW += dy^T x when the base trains.
   cpu::gemm(false, false, rows, l.in(), l.out(), 1.0f, dy, l.w.ptr(), 1.0f, dx);
+  if (dw) cpu::gemm(true, false, l.out(), l.in(), rows, 1.0f, dy, x, 1.0f, dw);
   if (!l.lora) return;
   const int64_t r = l.lora->a.dim(0);
   // dB += scaling * dy^T t ; dt = scaling * dy B

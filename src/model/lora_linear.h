@@ -1,4 +1,5 @@
-// A frozen linear layer with an optional LoRA branch, forward and backward (CPU, fp32).
+// A linear layer with an optional LoRA branch, forward and backward (CPU, fp32); the base weight
+// is frozen under LoRA and trains under full fine-tuning.
 #pragma once
 #include <cstdint>
 
@@ -8,7 +9,7 @@
 namespace ftune {
 
 struct LoraLinear {
-  const Tensor& w;        // [out, in] frozen base weight
+  const Tensor& w;        // [out, in] base weight
   const LoraPair* lora;   // nullptr when the projection carries no adapter
   float scaling = 1.0f;
   float dropout = 0.0f;   // on the LoRA branch input only, as peft does
@@ -21,8 +22,9 @@ struct LoraLinear {
 // xd[rows, in] is scratch (used only with dropout).
 void lora_linear_forward(const LoraLinear& l, const float* x, int64_t rows, float* y, float* t, float* xd);
 // dx[rows, in] += dy W + (scaling * dy B) A, masked by the dropout; grad->a/b += their grads.
+// When dw is not null (the base weight trains), dw[out, in] += dy^T x.
 // dt[rows, r] and xd[rows, in] are scratch.
 void lora_linear_backward(const LoraLinear& l, const float* x, int64_t rows, const float* t, const float* dy,
-                          float* dx, LoraPair* grad, float* dt, float* xd);
+                          float* dx, LoraPair* grad, float* dt, float* xd, float* dw = nullptr);
 
 }  // namespace ftune

@@ -12,7 +12,7 @@ namespace ftune::cpu {
 
 CrossEntropyResult lm_head_cross_entropy(const float* h, const float* w, const int32_t* target, int64_t rows,
                                          int64_t dim, int64_t vocab, float grad_scale, float* dh,
-                                         int64_t chunk_rows) {
+                                         int64_t chunk_rows, float* dw) {
   CrossEntropyResult res;
   std::vector<float> logits(chunk_rows * vocab);
   for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
@@ -47,6 +47,7 @@ CrossEntropyResult lm_head_cross_entropy(const float* h, const float* w, const i
     res.loss_sum += chunk_loss;
     res.count += chunk_count;
     if (dh) gemm(false, false, n, dim, vocab, 1.0f, logits.data(), w, 0.0f, dh + r0 * dim);
+    if (dw) gemm(true, false, vocab, dim, n, 1.0f, logits.data(), h + r0 * dim, 1.0f, dw);
   }
   return res;
 }

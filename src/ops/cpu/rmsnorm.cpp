@@ -19,7 +19,16 @@ void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int6
 }
 
 void rmsnorm_backward(const float* dy, const float* x, const float* w, const float* rstd, float* dx, int64_t rows,
-                      int64_t dim) {
+                      int64_t dim, float* dw) {
+  if (dw) {
+    // dw[i] = sum_r dy[r, i] * x[r, i] * rstd[r]; columns in parallel, rows in order.
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < dim; ++i) {
+      double acc = 0.0;
+      for (int64_t r = 0; r < rows; ++r) acc += static_cast<double>(dy[r * dim + i]) * x[r * dim + i] * rstd[r];
+      dw[i] += static_cast<float>(acc);
+    }
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;

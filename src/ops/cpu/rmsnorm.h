@@ -6,8 +6,9 @@ namespace ftune::cpu {
 
 // x, y: [rows, dim]; w: [dim]; rstd: [rows] saved for the backward.
 void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t dim, float eps);
-// dx[rows, dim] += d/dx of the norm given dy; the weight is frozen (no dw).
+// dx[rows, dim] += d/dx of the norm given dy; when dw is not null, dw[dim] += d/dw (the weight
+// gradient, summed over rows in row order, so the result does not depend on the thread count).
 void rmsnorm_backward(const float* dy, const float* x, const float* w, const float* rstd, float* dx, int64_t rows,
-                      int64_t dim);
+                      int64_t dim, float* dw = nullptr);
 
 }  // namespace ftune::cpu
