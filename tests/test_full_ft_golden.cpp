@@ -15,7 +15,7 @@
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
-#include "optim/flat_adamw.h"
+#include "train/backend.h"
 #include "params/param_table.h"
 #include "test_util.h"
 
@@ -123,28 +123,28 @@ TEST_P(FullFtGolden, DecayGroupsAreTrainers) {
   EXPECT_EQ(decay.size() + no_decay.size(), table_.specs().size());
 }
 
+// Through the training backend `ftune train` uses (make_backend with train.method full), so the
+// step that is checked is the one that runs: flat fp32 master, Trainer's decay ranges, clipping,
+// refresh of the compute copy.
 TEST_P(FullFtGolden, FiveAdamWStepsWithDecayAndClipping) {
   const auto betas = meta_.at("betas");
-  const AdamWSettings st{betas[0].get<double>(), betas[1].get<double>(), meta_.at("eps").get<double>(),
-                         meta_.at("weight_decay").get<double>()};
+  BackendOptions bopt;
+  bopt.model = options();
+  bopt.adamw = {betas[0].get<double>(), betas[1].get<double>(), meta_.at("eps").get<double>(),
+                meta_.at("weight_decay").get<double>()};
+  bopt.method = Method::Full;
   const double lr = meta_.at("lr").get<double>(), max_norm = meta_.at("max_grad_norm").get<double>();
-  ASSERT_GT(st.weight_decay, 0.0);
-  FlatAdamW opt(table_.trainable_numel(), st, table_.decay_ranges());
-  std::vector<float> master(table_.trainable_numel()), flat_grad(table_.trainable_numel());
-  gather_trainable(table_, w_, master.data());
-  LlamaCpu model(cfg_, w_, nullptr, options());
+  ASSERT_GT(bopt.adamw.weight_decay, 0.0);
+  const CheckpointReader ckpt((kFixtures / GetParam() / "model").string());
+  const auto backend = make_backend("cpu", cfg_, ckpt, LoraParams{}, bopt);
   std::vector<double> losses, norms;
   for (int s = 0; s < meta_.at("steps").get<int>(); ++s) {
-    LlamaWeights grads = zeros_like(w_);
-    LoraParams none;
-    const auto r = model.forward_backward(batch_, scale(), none, 0, &grads);
+    const auto r = backend->forward_backward(batch_, scale(), 0);
     losses.push_back(r.loss_sum / static_cast<double>(r.count));
-    gather_trainable(table_, grads, flat_grad.data());
-    const double norm = flat_grad_norm(flat_grad.data(), table_.trainable_numel());
-    norms.push_back(norm);
-    opt.step(master.data(), flat_grad.data(), lr, static_cast<float>(clip_coefficient(norm, max_norm)));
-    scatter_trainable(table_, master.data(), w_);  // the model reads w_: its compute copy
+    norms.push_back(backend->step(lr, max_norm).grad_norm);
   }
+  LlamaWeights trained;
+  backend->read_weights(trained);
   const Tensor ref_losses = full_->read_f32("full_adamw.losses");
   const Tensor ref_norms = full_->read_f32("full_adamw.grad_norms");
   const double e_losses = rel_err(losses, ref_losses.data), e_norms = rel_err(norms, ref_norms.data);
@@ -162,9 +162,10 @@ TEST_P(FullFtGolden, FiveAdamWStepsWithDecayAndClipping) {
     const ParamSpec* s = table_.find(key);
     ASSERT_NE(s, nullptr) << key;
     const Tensor ref = full_->read_f32(t.name);
-    // Weights after five steps: each update is about lr in size whatever the gradient, so the
-    // weights agree far more closely than the gradients do.
-    const double e = rel_err(param_tensor(w_, *s).data, ref.data);
+    // Weights after five steps: 1e-5 relative. Adam's update is about lr per element whatever the
+    // gradient's size, so fp32 gradient noise moves the weights far less than it moves the
+    // gradients (measured: <= 3e-6).
+    const double e = rel_err(param_tensor(trained, *s).data, ref.data);
     EXPECT_LT(e, 1e-5) << key;
     worst = std::max(worst, e);
     ++checked;

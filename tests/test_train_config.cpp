@@ -357,9 +357,20 @@ TEST(TrainConfigErrors, EnumValues) {
   expect_set_error("train.schedule=step", "--set: train.schedule: must be one of 'constant', 'linear', 'cosine', found 'step'");
   expect_set_error("data.overflow=wrap", "data.overflow: must be one of 'truncate', 'drop', found 'wrap'");
   expect_set_error("data.format=parquet", "data.format: must be one of 'auto', 'text', 'alpaca', 'messages', 'prompt_completion', 'input_ids', found 'parquet'");
-  expect_set_error("train.method=full", "--set: train.method: 'full' is not available yet (available: 'lora', 'qlora')");
-  expect_recipe_error("train:\n  method: full\n", "recipe.yaml: train.method: 'full' is not available yet");
-  expect_set_error("train.method=dora", "train.method: must be one of 'lora', 'qlora', found 'dora'");
+  expect_set_error("train.method=dora", "train.method: must be one of 'lora', 'qlora', 'full', found 'dora'");
+}
+
+TEST(TrainConfigErrors, KeysTheMethodDoesNotUse) {
+  const std::string base = "model: m\noutput_dir: o\ndata:\n  train: d.jsonl\ntrain:\n  method: full\n";
+  EXPECT_NO_THROW(parse_train_config(base, "recipe.yaml", {}, ""));
+  expect_recipe_error(base + "lora:\n  r: 16\n", "recipe.yaml: lora.r is a LoRA setting, but train.method is full");
+  expect_recipe_error(base + "lora:\n  target_modules: [q_proj]\n", "recipe.yaml: lora.target_modules is a LoRA setting");
+  expect_recipe_error(base + "  optimizer: paged_adamw_8bit\n",
+                      "recipe.yaml: train.optimizer=paged_adamw_8bit with train.method=full is not available yet");
+  expect_recipe_error(base + "  device: cuda\n", "recipe.yaml: train.method=full runs on the CPU");
+  // The same recipe as LoRA takes those keys.
+  const std::string lora = "model: m\noutput_dir: o\ndata:\n  train: d.jsonl\nlora:\n  r: 16\n";
+  EXPECT_NO_THROW(parse_train_config(lora, "recipe.yaml", {}, ""));
   expect_set_error("lora.target_modules=[q_proj,lm_head]", "lora.target_modules: 'lm_head' is not one of 'q_proj'");
   expect_set_error("lora.target_modules=[]", "lora.target_modules: must name at least one module");
 }

@@ -36,6 +36,14 @@ inline std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
   return o;
 }
 
+// n draws of N(mean, 1).
+inline std::vector<float> randn(size_t n, uint64_t seed, float mean = 0.0f) {
+  Rng r(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = mean + r.normal();
+  return v;
+}
+
 inline void fill_normal(Tensor& t, uint64_t seed, float std = 1.0f) {
   Rng r(seed);
   for (float& x : t.data) x = std * r.normal();

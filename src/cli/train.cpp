@@ -8,7 +8,7 @@
 namespace ftune {
 
 void add_train_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Fine-tune a model with LoRA as a YAML recipe says");
+  auto* cmd = app.add_subcommand("train", "Fine-tune a model (LoRA, QLoRA or full) as a YAML recipe says");
   struct Args {
     std::string recipe;
     std::vector<std::string> sets;
@@ -30,8 +30,9 @@ void add_train_command(CLI::App& app) {
     if (args->overwrite) cfg.overwrite = true;
     const TrainReport r = run_training(cfg);
     if (!r.steps.empty())
-      fmt::print(stderr, "ftune: done: {} steps, loss {:.4f} -> {:.4f}; adapter written to {}\n", r.steps.size(),
-                 r.steps.front().loss, r.steps.back().loss, cfg.output_dir);
+      fmt::print(stderr, "ftune: done: {} steps, loss {:.4f} -> {:.4f}; {} written to {}\n", r.steps.size(),
+                 r.steps.front().loss, r.steps.back().loss, cfg.train.method == "full" ? "model" : "adapter",
+                 cfg.output_dir);
   });
 }
 

@@ -3,6 +3,8 @@
 
 #include "core/error.h"
 #include "optim/adamw8bit.h"
+#include "optim/flat_adamw.h"
+#include "params/param_table.h"
 #include "quant/nf4.h"
 
 namespace ftune {
@@ -77,7 +79,59 @@ class CpuBackend final : public TrainBackend {
   LlamaCpu model_;  // reads the adapter through a reference to lora_
 };
 
+// Full fine-tuning on the CPU: every weight trains. The optimizer steps a flat fp32 master copy
+// (the parameter table's layout, which a checkpoint saves and ZeRO shards); the model computes
+// with weights_, its compute copy, refreshed from the master after each step. On the CPU both are
+// fp32, so the refresh is an exact copy.
+class CpuFullBackend final : public TrainBackend {
+ public:
+  CpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
+      : weights_(load_llama_weights(cfg, ckpt)),
+        grads_(zeros_like(weights_)),
+        table_(ParamTable::full(cfg)),
+        master_(static_cast<size_t>(table_.trainable_numel())),
+        flat_grad_(master_.size()),
+        opt_(table_.trainable_numel(), opt.adamw, table_.decay_ranges()),
+        model_(cfg, weights_, nullptr, opt.model) {
+    if (opt.optimizer != "adamw")
+      fail("train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW moments)",
+           opt.optimizer);
+    gather_trainable(table_, weights_, master_.data());
+  }
+  std::string name() const override { return "cpu, full fine-tuning"; }
+  cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
+    return model_.forward_backward(b, scale, none_, key, &grads_);
+  }
+  cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
+  StepResult step(double lr, double max_norm) override {
+    gather_trainable(table_, grads_, flat_grad_.data());
+    const double norm = flat_grad_norm(flat_grad_.data(), table_.trainable_numel());
+    opt_.step(master_.data(), flat_grad_.data(), lr, static_cast<float>(clip_coefficient(norm, max_norm)));
+    scatter_trainable(table_, master_.data(), weights_);  // refresh the compute copy
+    for (const ParamSpec& s : table_.specs()) param_tensor(grads_, s).zero();
+    return {norm, false};
+  }
+  void read_weights(LlamaWeights& out) const override { out = weights_; }
+
+ private:
+  LlamaWeights weights_;         // compute copy the model reads
+  LlamaWeights grads_;           // same shapes, accumulated over the micro-batches of a step
+  ParamTable table_;
+  std::vector<float> master_;    // [trainable] fp32 master weights
+  std::vector<float> flat_grad_; // [trainable]
+  FlatAdamW opt_;
+  LoraParams none_;              // no adapter
+  LlamaCpu model_;
+};
+
 }  // namespace
+
+Method method_from_name(const std::string& name) {
+  if (name == "lora") return Method::Lora;
+  if (name == "qlora") return Method::Qlora;
+  if (name == "full") return Method::Full;
+  fail("train.method: unknown method '{}' (lora, qlora, full)", name);
+}
 
 #ifndef FTUNE_HAVE_CUDA
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig&, const CheckpointReader&, const LoraParams&,
@@ -90,8 +144,15 @@ bool gpu_available() { return false; }
 std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg,
                                            const CheckpointReader& ckpt, const LoraParams& lora,
                                            const BackendOptions& opt) {
+  if (device != "cpu" && device != "auto" && device != "cuda")
+    fail("train.device: unknown device '{}' (cpu, cuda, auto)", device);
+  if (opt.method == Method::Full) {
+    if (device == "cuda")
+      fail("train.method=full runs on the CPU (train.device=cpu) in this version; GPU full fine-tuning is not "
+           "available yet");
+    return std::make_unique<CpuFullBackend>(cfg, ckpt, opt);
+  }
   if (device == "cuda" || (device == "auto" && gpu_available())) return make_gpu_backend(cfg, ckpt, lora, opt);
-  if (device != "cpu" && device != "auto") fail("train.device: unknown device '{}' (cpu, cuda, auto)", device);
   return std::make_unique<CpuBackend>(cfg, ckpt, lora, opt);
 }
 

@@ -8,6 +8,7 @@
 #include "model/batch.h"
 #include "model/llama.h"
 #include "model/lora.h"
+#include "core/error.h"
 #include "io/checkpoint.h"
 #include "ops/cpu/cross_entropy.h"
 #include "optim/adamw.h"
@@ -30,19 +31,25 @@ class TrainBackend {
   // AdamW update at lr and zeroes the gradients. Returns the norm before clipping, and whether
   // fp16 loss scaling skipped the update (the gradients overflowed).
   virtual StepResult step(double lr, double max_norm) = 0;
-  // The adapter as it is now.
-  virtual void read_adapter(LoraParams& out) const = 0;
+  // What trains, as it is now: the adapter (LoRA, QLoRA) or every weight (full fine-tuning).
+  virtual void read_adapter(LoraParams& out) const { FT_ASSERT(false && "not a LoRA backend"); }
+  virtual void read_weights(LlamaWeights& out) const { FT_ASSERT(false && "not a full fine-tuning backend"); }
   // Device memory: what the backend planned (every buffer, allocated once up front) and what the
   // process has in use on the device beyond what it held before the model, in bytes (0 on the CPU).
   virtual size_t planned_bytes() const { return 0; }
   virtual size_t measured_bytes() const { return 0; }
 };
 
+// What trains: adapters on the base as stored, adapters on an NF4 base, or every weight.
+enum class Method { Lora, Qlora, Full };
+Method method_from_name(const std::string& name);  // "lora", "qlora", "full"
+
 struct BackendOptions {
   ModelOptions model;
   AdamWSettings adamw;
   std::string precision = "auto";  // GPU storage: bf16, fp32, or auto (bf16 on sm_80+); the CPU is fp32
   bool qlora = false;  // projections frozen in NF4 (the CPU model uses their dequantized values)
+  Method method = Method::Lora;
   std::string optimizer = "adamw";  // adamw, adamw_8bit, paged_adamw_8bit
   bool offload_activations = false;  // GPU, with checkpointing
 };

@@ -2,6 +2,8 @@
 #include "train/run_output.h"
 
 #include <filesystem>
+#include <set>
+#include <vector>
 
 #include "core/error.h"
 
@@ -42,9 +44,11 @@ void RunOutput::begin() {
   begun_ = true;
 }
 
-void RunOutput::commit() {
+void RunOutput::commit(const std::function<bool(const std::string& name)>& stale) {
   FT_ASSERT(begun_ && !committed_);
   std::error_code ec;
+  std::set<std::string> staged;
+  for (const auto& e : fs::directory_iterator(staging_dir(), ec)) staged.insert(e.path().filename().string());
   for (const auto& e : fs::directory_iterator(staging_dir(), ec)) {
     const fs::path to = fs::path(dir_) / e.path().filename();
     if (fs::is_directory(to) && !fs::is_directory(e.path())) fail("{}: is a directory; cannot replace it with a file", to.string());
@@ -52,6 +56,14 @@ void RunOutput::commit() {
     if (ec) fail("{}: cannot move into place: {}", to.string(), ec.message());
   }
   if (ec) fail("{}: cannot list: {}", staging_dir(), ec.message());
+  if (stale) {
+    std::vector<fs::path> old;
+    for (const auto& e : fs::directory_iterator(dir_, ec)) {
+      const std::string name = e.path().filename().string();
+      if (e.is_regular_file() && !staged.count(name) && stale(name)) old.push_back(e.path());
+    }
+    for (const auto& p : old) fs::remove(p, ec);
+  }
   fs::remove_all(staging_dir(), ec);
   committed_ = true;
 }

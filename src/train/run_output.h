@@ -2,6 +2,7 @@
 // directory inside it while the work runs, and moved into place only when the work completes, so
 // the files a user finds there are all from one complete run (all old or all new).
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -25,8 +26,9 @@ class RunOutput {
 
   // Renames every staged file over its name in the output directory (each rename is atomic),
   // then removes the staging directory. Files of the output directory that the run did not
-  // write are left alone.
-  void commit();
+  // write are left alone, except those `stale` says an earlier run of the same kind wrote (a
+  // previous run's extra weight shards, which would otherwise sit beside the new ones).
+  void commit(const std::function<bool(const std::string& name)>& stale = {});
 
   static constexpr const char* kStagingName = ".ftune-partial";
 

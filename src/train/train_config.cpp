@@ -51,7 +51,6 @@ struct KeyDef {
   bool path = false;  // relative values are resolved (see resolve_path)
   Range range{};
   std::vector<std::string_view> choices{};  // for lists: allowed per element
-  std::vector<std::string_view> planned{};  // recognized values that are not available yet
 };
 
 constexpr std::string_view kAllLinear = "all-linear";
@@ -94,7 +93,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "data.add_eos", .field = FT_FIELD(data.add_eos), .doc = "Append the tokenizer's EOS token to `text` rows."},
       {.name = "data.pad_to_multiple_of", .field = FT_FIELD(data.pad_to_multiple_of), .doc = "Round each micro-batch's row length up to a multiple of this (8 keeps GPU matrix shapes aligned; 1 = no rounding).", .range = at_least(1)},
       {.name = "data.packing", .field = FT_FIELD(data.packing), .doc = "Concatenate examples into rows of data.max_seq_len tokens; positions restart and attention never crosses an example boundary."},
-      {.name = "train.method", .field = FT_FIELD(train.method), .doc = "Fine-tuning method: `lora` on the base as stored (bf16 on the GPU), or `qlora`: the seven projections of every layer frozen in NF4 with double quantization (bitsandbytes' format, blocks of 64), LoRA in bf16 on top.", .choices = {"lora", "qlora"}, .planned = {"full"}},
+      {.name = "train.method", .field = FT_FIELD(train.method), .doc = "Fine-tuning method: `lora` on the base as stored (bf16 on the GPU), `qlora`: the seven projections of every layer frozen in NF4 with double quantization (bitsandbytes' format, blocks of 64), LoRA in bf16 on top, or `full`: every weight trains (fp32 master weights and AdamW moments, weight decay on matrices only, as transformers' Trainer groups them; CPU only in this version) and output_dir receives a Hugging Face model directory in the base's dtype.", .choices = {"lora", "qlora", "full"}},
       {.name = "train.optimizer", .field = FT_FIELD(train.optimizer), .doc = "`adamw` (fp32 moments), `adamw_8bit` (moments in 8 bits, blockwise as bitsandbytes), or `paged_adamw_8bit` (the 8-bit moments in host memory, streamed to the GPU around each step).", .choices = {"adamw", "adamw_8bit", "paged_adamw_8bit"}},
       {.name = "train.micro_batch_size", .field = FT_FIELD(train.micro_batch_size), .doc = "Sequences per forward and backward pass.", .range = at_least(1)},
       {.name = "train.grad_accum", .field = FT_FIELD(train.grad_accum), .doc = "Micro-batches whose gradients are summed per optimizer step.", .range = at_least(1)},
@@ -241,8 +240,6 @@ std::string quoted_list(const std::vector<std::string_view>& xs) {
 void check_choice(const KeyDef& k, const std::string& v, const Source& src) {
   if (k.choices.empty()) return;
   if (std::find(k.choices.begin(), k.choices.end(), v) != k.choices.end()) return;
-  if (std::find(k.planned.begin(), k.planned.end(), v) != k.planned.end())
-    fail("{}: {}: '{}' is not available yet (available: {})", src.label, k.name, v, quoted_list(k.choices));
   fail("{}: {}: must be one of {}, found '{}'", src.label, k.name, quoted_list(k.choices), v);
 }
 
@@ -419,14 +416,28 @@ std::string allowed_text(const KeyDef& k) {
   std::string out;
   for (auto c : k.choices) out += fmt::format("{}`{}`", out.empty() ? "" : ", ", c);
   if (std::holds_alternative<ListRef>(k.field) && !k.choices.empty()) out = fmt::format("each of {}; or `{}`", out, kAllLinear);
-  if (!k.planned.empty()) {
-    std::string later;
-    for (auto p : k.planned) later += fmt::format("{}`{}`", later.empty() ? "" : ", ", p);
-    out += fmt::format(" ({}: not available yet)", later);
-  }
   if (k.range.lo) out = range_text(k.range);
   if (std::holds_alternative<SeedRef>(k.field)) out = ">= 0";
   return out;
+}
+
+// Rules across keys: a key that the chosen method does not use is a mistake worth naming.
+void check_key_combinations(const TrainConfig& cfg, const std::string& label) {
+  if (cfg.train.method == "full") {
+    if (cfg.train.optimizer != "adamw")
+      fail("{}: train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW "
+           "moments: train.optimizer adamw)",
+           label, cfg.train.optimizer);
+    if (cfg.train.device == "cuda")
+      fail("{}: train.method=full runs on the CPU (train.device=cpu) in this version; GPU full fine-tuning is not "
+           "available yet",
+           label);
+    for (const std::string& k : cfg.given)
+      if (k.starts_with("lora."))
+        fail("{}: {} is a LoRA setting, but train.method is full (every weight trains, no adapter); remove it or "
+             "choose train.method lora or qlora",
+             label, k);
+  }
 }
 
 }  // namespace
@@ -454,6 +465,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     if (std::get<TextRef>(k.field)(cfg).empty())
       fail("{}: required key '{}' is missing (set it in the recipe or with --set {}=...)", label, k.name, k.name);
   }
+  check_key_combinations(cfg, label);
   return cfg;
 }
 

@@ -1,6 +1,7 @@
 // The training step lives here: micro-batches of one optimizer step are counted first so the
 // loss is the mean over every trained token of the step (accumulation == one big batch), then
-// forward/backward per micro-batch, clip, schedule, AdamW, metrics, and the adapter at the end.
+// forward/backward per micro-batch, clip, schedule, AdamW, metrics, and at the end the adapter
+// (LoRA, QLoRA) or the whole model as a Hugging Face directory (full fine-tuning).
 #include "train/trainer.h"
 
 #include <fmt/format.h>
@@ -22,9 +23,11 @@
 #include "data/dataset.h"
 #include "io/checkpoint.h"
 #include "io/peft_adapter.h"
+#include "model/hf_export.h"
 #include "model/llama.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "params/param_table.h"
 #include "train/backend.h"
 #include "train/metrics_log.h"
 #include "train/progress.h"
@@ -130,8 +133,16 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
   check_llama_checkpoint(mcfg, ckpt);
+  const Method method = method_from_name(ts.method);
+  const bool full = method == Method::Full;
   LoraParams lora;
-  if (!cfg.lora.init_adapter.empty()) {
+  if (full) {
+    for (int64_t l = 0; l < mcfg.num_hidden_layers; ++l)
+      for (int p = 0; p < kNumProj; ++p)
+        if (stored_quantized(ckpt, l, static_cast<Proj>(p)))
+          fail("{}: the checkpoint holds 4-bit (bitsandbytes) weights; train.method=full needs the model in bf16, fp16 "
+               "or fp32", cfg.model);
+  } else if (!cfg.lora.init_adapter.empty()) {
     adopt_init_adapter(cfg, load_peft_config(cfg.lora.init_adapter));
     lora = load_peft_adapter(cfg.lora.init_adapter, mcfg);
     lora.spec.dropout = cfg.lora.dropout;
@@ -144,9 +155,13 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const std::vector<Example>& examples = data.train;
   const DatasetStats& stats = data.train_stats;
 
-  fmt::print(stderr, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
-             mcfg.num_hidden_layers, mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6, spec.r,
-             spec.alpha, fmt::join(spec.target_names(), ","), static_cast<double>(lora.num_parameters()) / 1e6);
+  if (full)
+    fmt::print(stderr, "ftune: {} layers, hidden {}; full fine-tuning of all {:.1f}M parameters\n", mcfg.num_hidden_layers,
+               mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6);
+  else
+    fmt::print(stderr, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
+               mcfg.num_hidden_layers, mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6, spec.r,
+               spec.alpha, fmt::join(spec.target_names(), ","), static_cast<double>(lora.num_parameters()) / 1e6);
   fmt::print(stderr, "ftune: train: {} (template {}, max_seq_len {})\n", stats.summary(), data.template_name,
              cfg.data.max_seq_len);
   for (const auto& p : stats.problems) fmt::print(stderr, "ftune:   skipped {}\n", p);
@@ -160,8 +175,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = ts.gradient_checkpointing;
-  BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision,
-                      ts.method == "qlora", ts.optimizer, ts.offload_activations};
+  BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision, method == Method::Qlora,
+                      method, ts.optimizer, ts.offload_activations};
   const auto model = make_backend(ts.device, mcfg, ckpt, lora, bopt);
   fmt::print(stderr, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
@@ -250,14 +265,24 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     if (report.skipped_steps)
       fmt::print(stderr, "ftune: {} of {} steps were skipped (fp16 overflow; the loss scale was lowered)\n",
                  report.skipped_steps, ts.max_steps);
-    model->read_adapter(lora);
-    save_peft_adapter(out.staging_dir(), lora, cfg.model);
+    if (full) {
+      LlamaWeights trained;
+      model->read_weights(trained);
+      save_hf_model(out.staging_dir(), cfg.model, ParamTable::full(mcfg), trained,
+                    ckpt.info("model.embed_tokens.weight").dtype);
+    } else {
+      model->read_adapter(lora);
+      save_peft_adapter(out.staging_dir(), lora, cfg.model);
+    }
   } catch (const Error& e) {
     const std::string what = e.what();
     if (what.find(out.staging_dir()) != std::string::npos) throw;
     failed(what);
   }
-  out.commit();
+  // A model saved in fewer shards than an earlier run's leaves none of that run's shards behind.
+  out.commit([&](const std::string& name) {
+    return full && name.starts_with("model") && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
+  });
   return report;
 }
 

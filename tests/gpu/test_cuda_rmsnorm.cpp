@@ -14,12 +14,7 @@ namespace {
 
 using testing::rel_err;
 
-std::vector<float> randn(size_t n, uint64_t seed, float mean = 0.0f) {
-  Rng r(seed);
-  std::vector<float> v(n);
-  for (float& x : v) x = mean + r.normal();
-  return v;
-}
+using testing::randn;
 
 TEST(CudaRmsNorm, MatchesCpuForwardAndBackward) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";

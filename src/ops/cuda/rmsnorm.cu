@@ -1,4 +1,7 @@
-// RMSNorm forward and backward kernels: one block per row, fp32 accumulation, block reduce.
+// RMSNorm forward and backward kernels: one block per row, fp32 accumulation, block reduce. The
+// weight gradient: a thread per column over fixed row chunks, then a thread per column over chunks.
+#include <algorithm>
+
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/rmsnorm.h"
 #include "ops/cuda/storage.cuh"
@@ -51,6 +54,36 @@ __global__ void rmsnorm_backward_kernel(const float* dy, const T* x, const float
     dx[off + i] += s * (dy[off + i] * w[i] - ld(x, off + i) * s * m);
 }
 
+constexpr int64_t kRowsPerChunk = 64;  // rows per partial sum of the weight gradient
+
+int64_t weight_grad_chunks(int64_t rows) { return (rows + kRowsPerChunk - 1) / kRowsPerChunk; }
+
+// Pass 1: part[chunk, i] = sum over the chunk's rows, in row order, of dy[r, i] * x[r, i] * rstd[r].
+template <typename T>
+__global__ void rmsnorm_weight_grad_partial_kernel(const float* __restrict__ dy, const T* __restrict__ x,
+                                                   const float* __restrict__ rstd, int64_t rows, int64_t dim,
+                                                   float* __restrict__ part) {
+  const int64_t i = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (i >= dim) return;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kRowsPerChunk;
+  const int64_t r1 = r0 + kRowsPerChunk < rows ? r0 + kRowsPerChunk : rows;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int64_t r = r0; r < r1; ++r) acc += dy[r * dim + i] * ld(x, r * dim + i) * rstd[r];
+  part[blockIdx.x * dim + i] = acc;
+}
+
+// Pass 2: dw[i] += sum over chunks, in chunk order, of part[chunk, i].
+__global__ void rmsnorm_weight_grad_reduce_kernel(const float* __restrict__ part, int64_t chunks, int64_t dim,
+                                                  float* __restrict__ dw) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= dim) return;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int64_t k = 0; k < chunks; ++k) acc += part[k * dim + i];
+  dw[i] += acc;
+}
+
 }  // namespace
 
 void rmsnorm_forward(const Context& ctx, Storage st, const void* x, const float* w, void* y, float* rstd, int64_t rows,
@@ -75,6 +108,33 @@ void rmsnorm_backward(const Context& ctx, Storage st, const float* dy, const voi
     using T = std::remove_pointer_t<decltype(t)>;
     rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const T*>(x), w, rstd, dx, dim);
   });
+  FT_CUDA_LAUNCH();
+}
+
+size_t rmsnorm_weight_grad_workspace(int64_t rows, int64_t dim) {
+  FT_ASSERT(rows >= 0 && dim > 0);
+  return static_cast<size_t>(weight_grad_chunks(rows)) * static_cast<size_t>(dim) * sizeof(float);
+}
+
+void rmsnorm_weight_grad(const Context& ctx, Storage st, const float* dy, const void* x, const float* rstd,
+                         int64_t rows, int64_t dim, float* dw, float* workspace) {
+  FT_ASSERT(rows >= 0 && dim > 0);
+  if (rows == 0) return;
+  const int64_t chunks = weight_grad_chunks(rows);
+  const int64_t threads = std::min<int64_t>(256, (dim + 31) / 32 * 32);
+  const int64_t tiles = (dim + threads - 1) / threads;
+  FT_ASSERT(chunks <= INT32_MAX && tiles <= 65535);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(tiles));
+  dispatch(st, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    rmsnorm_weight_grad_partial_kernel<<<grid, static_cast<unsigned>(threads), 0, ctx.stream()>>>(
+        dy, static_cast<const T*>(x), rstd, rows, dim, workspace);
+  });
+  FT_CUDA_LAUNCH();
+  // Few columns per block here, so that a 4096-wide weight still spreads over 32 blocks.
+  constexpr int64_t kReduceThreads = 128;
+  rmsnorm_weight_grad_reduce_kernel<<<static_cast<unsigned>((dim + kReduceThreads - 1) / kReduceThreads),
+                                      kReduceThreads, 0, ctx.stream()>>>(workspace, chunks, dim, dw);
   FT_CUDA_LAUNCH();
 }
 
