@@ -68,6 +68,22 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
       max_n_(opt.max_batch * opt.max_seq) {
   if (opt.nf4 && dt_ != cuda::Storage::BF16) fail("internal error: NF4 base weights need bf16 compute");
   if (opt.offload && !opt.checkpointing) fail("internal error: activation offload needs checkpointing");
+  if (opt.full && (opt.nf4 || spec)) fail("internal error: full fine-tuning trains the base itself (no NF4, no adapter)");
+  if (opt.full) {
+    table_ = ParamTable::full(cfg);
+    layer_off_.resize(cfg.num_hidden_layers);
+    for (const ParamSpec& ps : table_.specs()) {
+      switch (ps.role) {
+        case ParamRole::Embed: embed_off_ = ps.offset; break;
+        case ParamRole::FinalNorm: final_off_ = ps.offset; break;
+        case ParamRole::LmHead: head_off_ = ps.offset; break;
+        case ParamRole::Proj: layer_off_[ps.layer][ps.proj] = ps.offset; break;
+        case ParamRole::InputNorm: layer_off_[ps.layer][kNumProj] = ps.offset; break;
+        case ParamRole::PostNorm: layer_off_[ps.layer][kNumProj + 1] = ps.offset; break;
+      }
+    }
+    if (cfg.tie_word_embeddings) head_off_ = embed_off_;  // the lm_head's gradient is the embedding's
+  }
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
   slots_.resize(cfg.num_hidden_layers);
   if (has_lora_)
@@ -204,11 +220,37 @@ void LlamaGpu::allocate() {
     xd_ = alloc_dt(N * widest), dxd_ = alloc(N * widest * 4);
   }
   norm_acc_ = alloc(8);
+  if (opt_.full) allocate_full();
 }
 
-// Base weights from the source (tensor by tensor) or random on the device; the adapter zeroed;
-// the RoPE tables.
+// Base weights from the source (tensor by tensor) or random on the device (with full
+// fine-tuning the masters too); the adapter and optimizer states zeroed; the RoPE tables.
 void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
+  const int64_t L = cfg_.num_hidden_layers, H = cfg_.hidden_size;
+  if (opt_.full && w) {  // the masters from the checkpoint, the compute copy from the masters
+    fill_masters(*w);
+    refresh_compute();
+  } else {
+    fill_weights(w, seed);
+    if (opt_.full) masters_from_compute();
+  }
+  if (opt_.nf4) code2_.upload(dynamic_map(true).data(), 256 * 4);
+  if (opt_.offload)
+    offload_ = std::make_unique<ActivationOffload>(ctx_, L + 1, static_cast<size_t>(max_n_ * H) * esz_);
+  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(ctx_, lora_n_);
+  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::PagedAdamW8bit)
+    paged8_ = std::make_unique<PagedAdamW8bit>(ctx_, lora_n_);
+  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_, &full_g_, &full_m_, &full_v_})
+    if (b->data()) ctx_.zero(b->data(), b->bytes());
+  std::vector<int32_t> pos(opt_.max_seq);
+  for (int64_t i = 0; i < opt_.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
+  std::vector<float> c, s;
+  rope_tables(rope_inv_freq(cfg_), pos.data(), opt_.max_seq, c, s);
+  cos_tab_.upload(c.data(), c.size() * 4), sin_tab_.upload(s.data(), s.size() * 4);
+}
+
+// The weights as the model computes with them: uploaded tensor by tensor, or random.
+void LlamaGpu::fill_weights(const WeightSource* w, uint64_t seed) {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
   uint64_t salt = seed * 0x9E3779B97F4A7C15ull;
   auto rnd = [&](cuda::DeviceBuffer& b, int64_t n, bool as_dt, float mean, float std) {
@@ -254,19 +296,6 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
       upload_nf4(q, n4);
     }
   }
-  if (opt_.nf4) code2_.upload(dynamic_map(true).data(), 256 * 4);
-  if (opt_.offload)
-    offload_ = std::make_unique<ActivationOffload>(ctx_, L + 1, static_cast<size_t>(max_n_ * H) * esz_);
-  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(ctx_, lora_n_);
-  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::PagedAdamW8bit)
-    paged8_ = std::make_unique<PagedAdamW8bit>(ctx_, lora_n_);
-  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_})
-    if (b->data()) ctx_.zero(b->data(), b->bytes());
-  std::vector<int32_t> pos(opt_.max_seq);
-  for (int64_t i = 0; i < opt_.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
-  std::vector<float> c, s;
-  rope_tables(rope_inv_freq(cfg_), pos.data(), opt_.max_seq, c, s);
-  cos_tab_.upload(c.data(), c.size() * 4), sin_tab_.upload(s.data(), s.size() * 4);
 }
 
 void LlamaGpu::set_lora(const LoraParams& lora) {
@@ -299,6 +328,7 @@ void LlamaGpu::get_lora(LoraParams& lora) const {
 
 void LlamaGpu::zero_grads() {
   if (lora_n_) ctx_.zero(lora_g_.data(), lora_n_ * 4);
+  if (opt_.full) ctx_.zero(full_g_.data(), full_g_.bytes());
 }
 
 void LlamaGpu::add_grads_to(LoraParams& grads) const {
@@ -314,9 +344,10 @@ void LlamaGpu::add_grads_to(LoraParams& grads) const {
 }
 
 double LlamaGpu::grad_norm() const {
-  if (!lora_n_) return 0.0;
+  const int64_t n = opt_.full ? table_.trainable_numel() : lora_n_;
+  if (!n) return 0.0;
   ctx_.zero(norm_acc_.data(), 8);
-  cuda::sum_squares(ctx_, f(lora_g_), lora_n_, norm_acc_.as<double>());
+  cuda::sum_squares(ctx_, f(opt_.full ? full_g_ : lora_g_), n, norm_acc_.as<double>());
   ctx_.synchronize();
   return std::sqrt(norm_acc_.to_host<double>(1)[0]);
 }
@@ -351,6 +382,7 @@ void LlamaGpu::prepare(const Batch& b) {
   const int64_t d2 = cfg_.head_dim / 2;
   cuda::gather_rows(ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
   cuda::gather_rows(ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
+  if (opt_.full) prepare_full(b);
   if (offload_) offload_->before_write(0);
   cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
   if (offload_) offload_->after_write(0, xbuf(0), x_bytes());
@@ -425,6 +457,9 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const
   auto [out, in] = proj_shape(cfg_, p);
   const void* W = weight(l, i);
   if (!adapted(i)) {
+    // Full fine-tuning: dW += dy^T x, before dx is written (dx may be x's own buffer).
+    if (opt_.full)
+      cuda::gemm(ctx_, out, in, n_, 1.0f, {dy, dt_, true}, {x, dt_, false}, 1.0f, grad_at(layer_off_[l][i]), F32);
     cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
     return;
   }
@@ -522,6 +557,7 @@ void LlamaGpu::layer_backward(int64_t l) {
   cuda::swiglu_backward(ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), n_ * I);
   linear_bwd(l, Proj::Gate, A.n2.data(), t(Proj::Gate), A.gate.data(), dn_.data(), F32, 0.0f);
   linear_bwd(l, Proj::Up, A.n2.data(), t(Proj::Up), A.up.data(), dn_.data(), F32, 1.0f);
+  if (opt_.full) norm_grad(f(dn_), A.h.data(), f(A.rstd2), layer_off_[l][kNumProj + 1]);
   cuda::rmsnorm_backward(ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H);  // dy = dL/dh
   dyo = dy_op();
   linear_bwd(l, Proj::O, A.att.data(), t(Proj::O), dyo, datt_.data(), dt_, 0.0f);
@@ -531,6 +567,7 @@ void LlamaGpu::layer_backward(int64_t l) {
   linear_bwd(l, Proj::Q, A.n1.data(), t(Proj::Q), dq_.data(), dn_.data(), F32, 0.0f);
   linear_bwd(l, Proj::K, A.n1.data(), t(Proj::K), dk_.data(), dn_.data(), F32, 1.0f);
   linear_bwd(l, Proj::V, A.n1.data(), t(Proj::V), dv_.data(), dn_.data(), F32, 1.0f);
+  if (opt_.full) norm_grad(f(dn_), xbuf(l), f(A.rstd1), layer_off_[l][kNumProj]);
   cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
 }
 
@@ -542,10 +579,11 @@ void LlamaGpu::head(bool backward) {
   const void* w = cfg_.tie_word_embeddings ? embed_.data() : head_.data();
   cuda::lm_head_cross_entropy(ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
                               backward ? grad_scale_ : 0.0f, f(loss_), backward ? dnormed_.data() : nullptr,
-                              logits_.data(), chunk_);
+                              logits_.data(), chunk_, backward && opt_.full ? grad_at(head_off_) : nullptr);
   if (!backward) return;
   ctx_.zero(f(dy_), n_ * H * 4);
   cuda::convert(ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
+  if (opt_.full) norm_grad(f(dn_), xbuf(L), f(final_rstd_), final_off_);
   cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
 }
 
@@ -580,6 +618,7 @@ std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad
     if (offload_ && l >= 1 && l - 1 < resident) offload_->prefetch(l - 1, xbuf(l - 1), x_bytes());
     layer_backward(l);
   }
+  if (opt_.full) embedding_grad();
   return {read_loss(), b.count_targets()};
 }
 

@@ -1,4 +1,4 @@
-// The Llama model on one GPU with LoRA: the same computation as LlamaCpu, layer by layer, through
+// The Llama model on one GPU with LoRA or full fine-tuning: the same computation as LlamaCpu, layer by layer, through
 // the CUDA ops, with weights and activations in bf16 (or fp32, the exact twin of the CPU model),
 // fp32 gradients along the residual stream, and the adapter, its gradients and its AdamW moments
 // resident on the device in fp32 (one flat buffer each, so the optimizer step is one launch).
@@ -21,6 +21,7 @@
 #include "ops/cuda/storage.h"
 #include "model/offload_gpu.h"
 #include "optim/paged_states_gpu.h"
+#include "params/param_table.h"
 
 namespace ftune {
 
@@ -39,6 +40,10 @@ struct GpuModelOptions {
                      // dequantized into bf16 before each GEMM; needs bf16
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
   bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
+  // Full fine-tuning: every weight trains. The fp32 master weights, their gradients and AdamW
+  // moments live on the device in the parameter table's flat layout (params/param_table.h); the
+  // dt weights are the compute copy, refreshed from the masters after each step.
+  bool full = false;
 };
 
 class LlamaGpu {
@@ -65,6 +70,14 @@ class LlamaGpu {
   void adamw_step(const cuda::AdamWStep& s, float grad_coef);
 
   int64_t lora_parameters() const { return lora_n_; }
+  // Full fine-tuning: the master weights as host tensors, and the accumulated gradients as one
+  // host vector in the table's layout.
+  void get_weights(LlamaWeights& w) const;
+  std::vector<float> full_grads() const;  // [table().trainable_numel()]
+  const ParamTable& table() const { return table_; }
+  // One AdamW update of the masters (weight decay on the table's decay ranges only) with the
+  // gradients multiplied by grad_coef, then the compute copy refreshed.
+  void full_adamw_step(const cuda::AdamWStep& s, float grad_coef);
   const GpuModelOptions& options() const { return opt_; }
   size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
 
@@ -121,6 +134,16 @@ class LlamaGpu {
   size_t x_bytes() const { return static_cast<size_t>(n_ * cfg_.hidden_size) * esz_; }  // one layer input
   void* xbuf(int64_t i) const { return xs_[offload_ ? i % ActivationOffload::kSlots : i].data(); }  // layer i's input
   void forward_layers();
+  // Full fine-tuning (llama_gpu_full.cpp).
+  void allocate_full();
+  void fill_masters(const WeightSource& w);  // the checkpoint's fp32 values into the masters
+  void masters_from_compute();               // random weights: the masters take the compute copy's values
+  void refresh_compute();                    // masters -> compute copy (dt matrices, fp32 norms)
+  void prepare_full(const Batch& b);         // the embedding-gradient index of the micro-batch
+  void embedding_grad();                     // dy_ (the embedding output's gradient) into the table's rows
+  void norm_grad(const float* dn, const void* x, const float* rstd, int64_t off);  // dw += of one RMSNorm
+  float* grad_at(int64_t off) const { return full_g_.as<float>() + off; }
+  void fill_weights(const WeightSource* w, uint64_t seed);
 
   cuda::Context& ctx_;
   LlamaConfig cfg_;
@@ -162,6 +185,15 @@ class LlamaGpu {
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
   cuda::DeviceBuffer xd_, dxd_, norm_acc_;               // dropout: [N, max(H, I, Q)] dt and fp32; [1] f64
   int64_t chunk_ = 0;                                    // lm_head rows per chunk
+
+  // Full fine-tuning.
+  ParamTable table_;                                     // every tensor, trainable, flat layout
+  cuda::DeviceBuffer full_p_, full_g_, full_m_, full_v_; // [P] fp32: masters, gradients, AdamW moments
+  cuda::DeviceBuffer emb_uniq_, emb_off_, emb_tok_;      // [N], [N + 1], [N] int32: token rows per id
+  int64_t emb_n_uniq_ = 0;
+  cuda::DeviceBuffer norm_ws_;                           // RMSNorm weight-gradient partial sums
+  int64_t embed_off_ = 0, final_off_ = 0, head_off_ = 0; // table offsets (head_off_: embed's when tied)
+  std::vector<std::array<int64_t, kNumProj + 2>> layer_off_;  // per layer: 7 projections, input, post norm
 };
 
 }  // namespace ftune

@@ -138,6 +138,9 @@ std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig&, const Checkpo
                                                const BackendOptions&) {
   fail("train.device: this ftune was built without CUDA (nvcc was not found at build time)");
 }
+std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig&, const CheckpointReader&, const BackendOptions&) {
+  fail("train.device: this ftune was built without CUDA (nvcc was not found at build time)");
+}
 bool gpu_available() { return false; }
 #endif
 
@@ -146,13 +149,12 @@ std::unique_ptr<TrainBackend> make_backend(const std::string& device, const Llam
                                            const BackendOptions& opt) {
   if (device != "cpu" && device != "auto" && device != "cuda")
     fail("train.device: unknown device '{}' (cpu, cuda, auto)", device);
+  const bool gpu = device == "cuda" || (device == "auto" && gpu_available());
   if (opt.method == Method::Full) {
-    if (device == "cuda")
-      fail("train.method=full runs on the CPU (train.device=cpu) in this version; GPU full fine-tuning is not "
-           "available yet");
+    if (gpu) return make_gpu_full_backend(cfg, ckpt, opt);
     return std::make_unique<CpuFullBackend>(cfg, ckpt, opt);
   }
-  if (device == "cuda" || (device == "auto" && gpu_available())) return make_gpu_backend(cfg, ckpt, lora, opt);
+  if (gpu) return make_gpu_backend(cfg, ckpt, lora, opt);
   return std::make_unique<CpuBackend>(cfg, ckpt, lora, opt);
 }
 

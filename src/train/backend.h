@@ -64,6 +64,8 @@ std::unique_ptr<TrainBackend> make_backend(const std::string& device, const Llam
 // Part of the CUDA build only.
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
                                                const LoraParams& lora, const BackendOptions& opt);
+std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
+                                                    const BackendOptions& opt);
 bool gpu_available();
 
 }  // namespace ftune

@@ -102,9 +102,76 @@ class GpuBackend final : public TrainBackend {
   LossScaler scaler_;  // fp16 only
 };
 
+// Full fine-tuning on the GPU: the model holds the masters, gradients and moments on the device;
+// this class adds the step's rules (loss scaling, clipping) as the LoRA backend does.
+class GpuFullBackend final : public TrainBackend {
+ public:
+  GpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
+      : baseline_(cuda::memory_in_use()), adamw_(opt.adamw),
+        model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), nullptr, full_options(ctx_, opt)) {}
+  std::string name() const override {
+    const auto& o = model_.options();
+    return fmt::format("cuda ({}), {}, full fine-tuning (fp32 masters and AdamW moments){}", ctx_.name(),
+                       o.storage == cuda::Storage::BF16   ? "bf16"
+                       : o.storage == cuda::Storage::F16 ? "fp16 with loss scaling"
+                                                          : "fp32",
+                       o.checkpointing ? ", checkpointed" : "");
+  }
+  cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
+    const float s = fp16() ? static_cast<float>(scaler_.scale()) : 1.0f;
+    const auto [sum, count] = model_.forward_backward(b, scale * s, key);
+    return {sum, count};
+  }
+  cpu::CrossEntropyResult loss(const Batch& b) override {
+    const auto [sum, count] = model_.loss(b);
+    return {sum, count};
+  }
+  StepResult step(double lr, double max_norm) override {
+    double norm = model_.grad_norm();
+    float unscale = 1.0f;
+    if (fp16()) {
+      const double s = scaler_.scale();
+      if (!scaler_.update(std::isfinite(norm))) {
+        model_.zero_grads();
+        return {norm, true};
+      }
+      norm /= s, unscale = static_cast<float>(1.0 / s);
+    }
+    const float c = static_cast<float>(clip_coefficient(norm, max_norm)) * unscale;
+    model_.full_adamw_step({static_cast<float>(lr), static_cast<float>(adamw_.beta1), static_cast<float>(adamw_.beta2),
+                            static_cast<float>(adamw_.eps), static_cast<float>(adamw_.weight_decay), ++t_},
+                           c);
+    model_.zero_grads();
+    return {norm, false};
+  }
+  void read_weights(LlamaWeights& out) const override { model_.get_weights(out); }
+  bool fp16() const { return model_.options().storage == cuda::Storage::F16; }
+  size_t planned_bytes() const override { return model_.planned_bytes(); }
+  size_t measured_bytes() const override { return cuda::memory_in_use() - baseline_; }
+
+ private:
+  static GpuModelOptions full_options(const cuda::Context& ctx, const BackendOptions& opt) {
+    GpuModelOptions o = model_options(ctx, opt);
+    o.full = true;
+    return o;
+  }
+  cuda::Context ctx_;
+  size_t baseline_;
+  AdamWSettings adamw_;
+  LlamaGpu model_;
+  int64_t t_ = 0;
+  LossScaler scaler_;  // fp16 only
+};
+
 }  // namespace
 
 bool gpu_available() { return cuda::device_count() > 0; }
+
+std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
+                                                    const BackendOptions& opt) {
+  if (!gpu_available()) fail("train.device=cuda: no CUDA device is visible");
+  return std::make_unique<GpuFullBackend>(cfg, ckpt, opt);
+}
 
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
                                                const LoraParams& lora, const BackendOptions& opt) {

@@ -93,7 +93,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "data.add_eos", .field = FT_FIELD(data.add_eos), .doc = "Append the tokenizer's EOS token to `text` rows."},
       {.name = "data.pad_to_multiple_of", .field = FT_FIELD(data.pad_to_multiple_of), .doc = "Round each micro-batch's row length up to a multiple of this (8 keeps GPU matrix shapes aligned; 1 = no rounding).", .range = at_least(1)},
       {.name = "data.packing", .field = FT_FIELD(data.packing), .doc = "Concatenate examples into rows of data.max_seq_len tokens; positions restart and attention never crosses an example boundary."},
-      {.name = "train.method", .field = FT_FIELD(train.method), .doc = "Fine-tuning method: `lora` on the base as stored (bf16 on the GPU), `qlora`: the seven projections of every layer frozen in NF4 with double quantization (bitsandbytes' format, blocks of 64), LoRA in bf16 on top, or `full`: every weight trains (fp32 master weights and AdamW moments, weight decay on matrices only, as transformers' Trainer groups them; CPU only in this version) and output_dir receives a Hugging Face model directory in the base's dtype.", .choices = {"lora", "qlora", "full"}},
+      {.name = "train.method", .field = FT_FIELD(train.method), .doc = "Fine-tuning method: `lora` on the base as stored (bf16 on the GPU), `qlora`: the seven projections of every layer frozen in NF4 with double quantization (bitsandbytes' format, blocks of 64), LoRA in bf16 on top, or `full`: every weight trains (fp32 master weights and AdamW moments, weight decay on matrices only, as transformers' Trainer groups them; on the GPU bf16 or fp16 compute copies) and output_dir receives a Hugging Face model directory in the base's dtype.", .choices = {"lora", "qlora", "full"}},
       {.name = "train.optimizer", .field = FT_FIELD(train.optimizer), .doc = "`adamw` (fp32 moments), `adamw_8bit` (moments in 8 bits, blockwise as bitsandbytes), or `paged_adamw_8bit` (the 8-bit moments in host memory, streamed to the GPU around each step).", .choices = {"adamw", "adamw_8bit", "paged_adamw_8bit"}},
       {.name = "train.micro_batch_size", .field = FT_FIELD(train.micro_batch_size), .doc = "Sequences per forward and backward pass.", .range = at_least(1)},
       {.name = "train.grad_accum", .field = FT_FIELD(train.grad_accum), .doc = "Micro-batches whose gradients are summed per optimizer step.", .range = at_least(1)},
@@ -428,10 +428,7 @@ void check_key_combinations(const TrainConfig& cfg, const std::string& label) {
       fail("{}: train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW "
            "moments: train.optimizer adamw)",
            label, cfg.train.optimizer);
-    if (cfg.train.device == "cuda")
-      fail("{}: train.method=full runs on the CPU (train.device=cpu) in this version; GPU full fine-tuning is not "
-           "available yet",
-           label);
+
     for (const std::string& k : cfg.given)
       if (k.starts_with("lora."))
         fail("{}: {} is a LoRA setting, but train.method is full (every weight trains, no adapter); remove it or "

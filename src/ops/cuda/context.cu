@@ -68,17 +68,17 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
   return *this;
 }
 
-void DeviceBuffer::upload(const void* host, size_t bytes) {
-  FT_ASSERT(bytes <= bytes_);
-  FT_CUDA(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice));
+void DeviceBuffer::upload_at(size_t offset, const void* host, size_t bytes) {
+  FT_ASSERT(offset <= bytes_ && bytes <= bytes_ - offset);
+  FT_CUDA(cudaMemcpy(static_cast<char*>(ptr_) + offset, host, bytes, cudaMemcpyHostToDevice));
   // From pageable memory cudaMemcpy may return before its DMA lands, and the context's
   // non-blocking streams do not wait for the legacy stream: finish the copy here.
   FT_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
 }
 
-void DeviceBuffer::download(void* host, size_t bytes) const {
-  FT_ASSERT(bytes <= bytes_);
-  FT_CUDA(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost));
+void DeviceBuffer::download_at(size_t offset, void* host, size_t bytes) const {
+  FT_ASSERT(offset <= bytes_ && bytes <= bytes_ - offset);
+  FT_CUDA(cudaMemcpy(host, static_cast<const char*>(ptr_) + offset, bytes, cudaMemcpyDeviceToHost));
 }
 
 PinnedBuffer::PinnedBuffer(size_t bytes) : bytes_(bytes) {

@@ -70,7 +70,7 @@ void cross_entropy_rows(const Context& ctx, Storage s, void* logits, const int32
 
 void lm_head_cross_entropy(const Context& ctx, Storage s, const void* h, const void* w, const int32_t* target,
                            int64_t rows, int64_t dim, int64_t vocab, float grad_scale, float* loss, void* dh,
-                           void* scratch, int64_t chunk) {
+                           void* scratch, int64_t chunk, float* dw) {
   FT_ASSERT(chunk > 0);
   const size_t esz = static_cast<size_t>(storage_bytes(s));
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -79,6 +79,8 @@ void lm_head_cross_entropy(const Context& ctx, Storage s, const void* h, const v
     // logits[n, vocab] = h_chunk @ w^T
     gemm(ctx, n, vocab, dim, 1.0f, {hc, s, false}, {w, s, true}, 0.0f, scratch, s);
     cross_entropy_rows(ctx, s, scratch, target + r0, n, vocab, grad_scale, loss + r0);
+    // dw[vocab, dim] += dlogits^T @ h_chunk
+    if (dw) gemm(ctx, vocab, dim, n, 1.0f, {scratch, s, true}, {hc, s, false}, 1.0f, dw, Storage::F32);
     // dh[n, dim] = dlogits @ w
     if (dh)
       gemm(ctx, n, dim, vocab, 1.0f, {scratch, s, false}, {w, s, false}, 0.0f, static_cast<char*>(dh) + r0 * dim * esz,

@@ -23,8 +23,11 @@ class DeviceBuffer {
 
   // Synchronous copies outside any Context stream, complete when they return: synchronize the
   // stream that last wrote (or will read) the buffer before calling them.
-  void upload(const void* host, size_t bytes);
-  void download(void* host, size_t bytes) const;
+  void upload(const void* host, size_t bytes) { upload_at(0, host, bytes); }
+  void download(void* host, size_t bytes) const { download_at(0, host, bytes); }
+  // The same, `offset` bytes into the buffer.
+  void upload_at(size_t offset, const void* host, size_t bytes);
+  void download_at(size_t offset, void* host, size_t bytes) const;
   template <typename T>
   static DeviceBuffer from(const std::vector<T>& v) {
     DeviceBuffer b(v.size() * sizeof(T));
