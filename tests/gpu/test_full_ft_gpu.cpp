@@ -143,9 +143,13 @@ TEST(GpuFullFt, FiveAdamWStepsMatchHf) {
       const SafetensorsFile golden = SafetensorsFile::open((dir / "golden_full.safetensors").string());
       const double e_losses = rel_err(losses, golden.read_f32("full_adamw.losses").data);
       const double e_norms = rel_err(norms, golden.read_f32("full_adamw.grad_norms").data);
-      // fp32: the CPU's bounds (1e-4 losses and norms, 1e-5 weights). bf16 compute copies: the
-      // loss within bf16's 5e-3, the norm (a sum over all gradients) within 5e-2, and the fp32
-      // masters within 1e-3 (each step moves a weight by about lr whatever bf16 does to its gradient).
+      // Losses and norms: fp32 the CPU's bounds (1e-4); bf16 compute copies the loss within bf16's
+      // 5e-3 and the norm (a sum over all gradients) within 5e-2. Weights: Adam's first steps move
+      // each weight by about lr times the sign of its gradient, so an element whose gradient is
+      // within rounding of zero can step the other way: the GPU's GEMMs sum in another order than
+      // the CPU's, which moves the fp32 weights by up to 3e-5 (measured; 1e-4 bound, against the
+      // CPU model's 3e-6 under its 1e-5), and bf16 rounding flips more of them (measured up to
+      // 2.4e-3; 5e-3 bound).
       EXPECT_LT(e_losses, bf16 ? 5e-3 : 1e-4) << dir.filename() << " " << precision;
       EXPECT_LT(e_norms, bf16 ? 5e-2 : 1e-4) << dir.filename() << " " << precision;
       double worst = 0;
@@ -155,7 +159,7 @@ TEST(GpuFullFt, FiveAdamWStepsMatchHf) {
         const ParamSpec* s = table.find(t.name.substr(std::strlen("full_adamw.final.")));
         ASSERT_NE(s, nullptr) << t.name;
         const double e = rel_err(param_tensor(trained, *s).data, golden.read_f32(t.name).data);
-        EXPECT_LT(e, bf16 ? 1e-3 : 1e-5) << dir.filename() << " " << s->key << " " << precision;
+        EXPECT_LT(e, bf16 ? 5e-3 : 1e-4) << dir.filename() << " " << s->key << " " << precision;
         worst = std::max(worst, e);
       }
       std::printf("[ measured ] %s %s: 5-step full-FT losses rel err %.2e, norms %.2e, final weights %.2e\n",
