@@ -130,13 +130,13 @@ TEST_P(FullFtGolden, FiveAdamWStepsWithDecayAndClipping) {
   const auto betas = meta_.at("betas");
   BackendOptions bopt;
   bopt.model = options();
-  bopt.adamw = {betas[0].get<double>(), betas[1].get<double>(), meta_.at("eps").get<double>(),
-                meta_.at("weight_decay").get<double>()};
-  bopt.method = Method::Full;
+  bopt.plan.adamw = {betas[0].get<double>(), betas[1].get<double>(), meta_.at("eps").get<double>(),
+                     meta_.at("weight_decay").get<double>()};
+  bopt.plan.method = Method::Full;
   const double lr = meta_.at("lr").get<double>(), max_norm = meta_.at("max_grad_norm").get<double>();
-  ASSERT_GT(bopt.adamw.weight_decay, 0.0);
+  ASSERT_GT(bopt.plan.adamw.weight_decay, 0.0);
   const CheckpointReader ckpt((kFixtures / GetParam() / "model").string());
-  const auto backend = make_backend("cpu", cfg_, ckpt, LoraParams{}, bopt);
+  const auto backend = make_backend(cfg_, ckpt, LoraParams{}, bopt);
   std::vector<double> losses, norms;
   for (int s = 0; s < meta_.at("steps").get<int>(); ++s) {
     const auto r = backend->forward_backward(batch_, scale(), 0);

@@ -9,7 +9,8 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "train/train_config.h"
+#include "recipe/run_plan.h"
+#include "recipe/train_config.h"
 
 namespace ftune {
 namespace {
@@ -368,6 +369,14 @@ TEST(TrainConfigErrors, KeysTheMethodDoesNotUse) {
   expect_recipe_error(base + "  optimizer: paged_adamw_8bit\n",
                       "recipe.yaml: train.optimizer=paged_adamw_8bit with train.method=full is not available yet");
   EXPECT_NO_THROW(parse_train_config(base + "  device: cuda\n", "recipe.yaml", {}, ""));
+  expect_recipe_error("model: m\noutput_dir: o\ndata:\n  train: d.jsonl\ntrain:\n  offload_activations: true\n",
+                      "recipe.yaml: train.offload_activations needs train.gradient_checkpointing: true");
+  // The plan carries the keys as enums.
+  const RunPlan p = make_run_plan(parse(base + "  precision: fp16\n  gradient_checkpointing: true\n"), "recipe.yaml");
+  EXPECT_EQ(p.method, Method::Full);
+  EXPECT_EQ(p.precision, Precision::Fp16);
+  EXPECT_EQ(p.optimizer, OptimizerKind::AdamW);
+  EXPECT_TRUE(p.checkpointing);
   // The same recipe as LoRA takes those keys.
   const std::string lora = "model: m\noutput_dir: o\ndata:\n  train: d.jsonl\nlora:\n  r: 16\n";
   EXPECT_NO_THROW(parse_train_config(lora, "recipe.yaml", {}, ""));

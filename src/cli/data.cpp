@@ -16,7 +16,7 @@
 #include "model/llama_config.h"
 #include "tokenizer/tokenizer.h"
 #include "train/run_data.h"
-#include "train/train_config.h"
+#include "recipe/train_config.h"
 
 namespace ftune {
 

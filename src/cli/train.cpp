@@ -2,7 +2,7 @@
 #include <fmt/format.h>
 
 #include "cli/commands.h"
-#include "train/train_config.h"
+#include "recipe/train_config.h"
 #include "train/trainer.h"
 
 namespace ftune {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "train/train_config.h"
+#include "data/data_settings.h"
 
 namespace ftune {
 

@@ -28,14 +28,14 @@ LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, 
 class CpuBackend final : public TrainBackend {
  public:
   CpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
-      : weights_(load_weights(cfg, ckpt, opt.qlora)),
+      : weights_(load_weights(cfg, ckpt, opt.plan.method == Method::Qlora)),
         lora_(lora),
         grads_(lora.zeros_like()),
-        settings_(opt.adamw),
-        opt_(lora_, opt.adamw),
+        settings_(opt.plan.adamw),
+        opt_(lora_, opt.plan.adamw),
         model_(cfg, weights_, &lora_, opt.model) {
     // Paging moves states between GPU and host memory; on the CPU both 8-bit choices are the same.
-    if (opt.optimizer != "adamw") adam8_ = std::make_unique<Adam8bitState>(lora_.num_parameters());
+    if (opt.plan.optimizer != OptimizerKind::AdamW) adam8_ = std::make_unique<Adam8bitState>(lora_.num_parameters());
   }
   std::string name() const override { return "cpu"; }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
@@ -91,11 +91,9 @@ class CpuFullBackend final : public TrainBackend {
         table_(ParamTable::full(cfg)),
         master_(static_cast<size_t>(table_.trainable_numel())),
         flat_grad_(master_.size()),
-        opt_(table_.trainable_numel(), opt.adamw, table_.decay_ranges()),
+        opt_(table_.trainable_numel(), opt.plan.adamw, table_.decay_ranges()),
         model_(cfg, weights_, nullptr, opt.model) {
-    if (opt.optimizer != "adamw")
-      fail("train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW moments)",
-           opt.optimizer);
+    FT_ASSERT(opt.plan.optimizer == OptimizerKind::AdamW);  // the run plan refuses the others
     gather_trainable(table_, weights_, master_.data());
   }
   std::string name() const override { return "cpu, full fine-tuning"; }
@@ -126,13 +124,6 @@ class CpuFullBackend final : public TrainBackend {
 
 }  // namespace
 
-Method method_from_name(const std::string& name) {
-  if (name == "lora") return Method::Lora;
-  if (name == "qlora") return Method::Qlora;
-  if (name == "full") return Method::Full;
-  fail("train.method: unknown method '{}' (lora, qlora, full)", name);
-}
-
 #ifndef FTUNE_HAVE_CUDA
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig&, const CheckpointReader&, const LoraParams&,
                                                const BackendOptions&) {
@@ -144,13 +135,11 @@ std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig&, const Ch
 bool gpu_available() { return false; }
 #endif
 
-std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg,
-                                           const CheckpointReader& ckpt, const LoraParams& lora,
+std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora,
                                            const BackendOptions& opt) {
-  if (device != "cpu" && device != "auto" && device != "cuda")
-    fail("train.device: unknown device '{}' (cpu, cuda, auto)", device);
-  const bool gpu = device == "cuda" || (device == "auto" && gpu_available());
-  if (opt.method == Method::Full) {
+  const Device device = opt.plan.device;
+  const bool gpu = device == Device::Cuda || (device == Device::Auto && gpu_available());
+  if (opt.plan.method == Method::Full) {
     if (gpu) return make_gpu_full_backend(cfg, ckpt, opt);
     return std::make_unique<CpuFullBackend>(cfg, ckpt, opt);
   }

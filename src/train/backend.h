@@ -12,6 +12,7 @@
 #include "io/checkpoint.h"
 #include "ops/cpu/cross_entropy.h"
 #include "optim/adamw.h"
+#include "recipe/run_plan.h"
 
 namespace ftune {
 
@@ -40,25 +41,15 @@ class TrainBackend {
   virtual size_t measured_bytes() const { return 0; }
 };
 
-// What trains: adapters on the base as stored, adapters on an NF4 base, or every weight.
-enum class Method { Lora, Qlora, Full };
-Method method_from_name(const std::string& name);  // "lora", "qlora", "full"
-
 struct BackendOptions {
-  ModelOptions model;
-  AdamWSettings adamw;
-  std::string precision = "auto";  // GPU storage: bf16, fp32, or auto (bf16 on sm_80+); the CPU is fp32
-  bool qlora = false;  // projections frozen in NF4 (the CPU model uses their dequantized values)
-  Method method = Method::Lora;
-  std::string optimizer = "adamw";  // adamw, adamw_8bit, paged_adamw_8bit
-  bool offload_activations = false;  // GPU, with checkpointing
+  ModelOptions model;  // micro-batch shape (model.gradient_checkpointing follows plan.checkpointing)
+  RunPlan plan;        // method, precision, optimizer, device, offload, AdamW settings
 };
 
-// device: "cpu", "cuda", or "auto" (cuda when this build has it and a GPU is present). The base
+// plan.device: cpu, cuda, or auto (cuda when this build has it and a GPU is present). The base
 // weights are read from `ckpt` (the CPU model loads them all; the GPU one uploads tensor by
-// tensor). `lora` is the adapter to start from.
-std::unique_ptr<TrainBackend> make_backend(const std::string& device, const LlamaConfig& cfg,
-                                           const CheckpointReader& ckpt, const LoraParams& lora,
+// tensor). `lora` is the adapter to start from (unused for full fine-tuning).
+std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora,
                                            const BackendOptions& opt);
 
 // Part of the CUDA build only.

@@ -16,33 +16,36 @@ namespace {
 
 GpuModelOptions model_options(const cuda::Context& ctx, const BackendOptions& opt) {
   const bool has_bf16 = ctx.sm_version() >= 80;
-  if (opt.precision == "bf16" && !has_bf16)
+  const RunPlan& p = opt.plan;
+  if (p.precision == Precision::Bf16 && !has_bf16)
     fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32 or auto)",
          ctx.name(), ctx.sm_version());
   // bf16 and auto: bf16 where the GPU has it (an explicit bf16 without it failed above).
-  const cuda::Storage storage = opt.precision == "fp16" ? cuda::Storage::F16
-                                : opt.precision == "fp32" ? cuda::Storage::F32
+  const cuda::Storage storage = p.precision == Precision::Fp16 ? cuda::Storage::F16
+                                : p.precision == Precision::Fp32 ? cuda::Storage::F32
                                 : has_bf16                ? cuda::Storage::BF16
                                                           : cuda::Storage::F32;
-  if (opt.qlora && storage != cuda::Storage::BF16) {
-    if (opt.precision != "auto")
+  const bool qlora = p.method == Method::Qlora;
+  if (qlora && storage != cuda::Storage::BF16) {
+    if (p.precision != Precision::Auto)
       fail("train.method=qlora computes in bf16 on the GPU: set train.precision to bf16 or auto (or train.device=cpu)");
     fail("train.method=qlora computes in bf16, which this {} (sm_{}) lacks; use train.method=lora with "
          "train.precision=fp32, or train.device=cpu",
          ctx.name(), ctx.sm_version());
   }
-  if (opt.offload_activations && !opt.model.gradient_checkpointing)
-    fail("train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer inputs)");
-  return {opt.model.max_batch, opt.model.max_seq, storage, opt.model.gradient_checkpointing, opt.qlora,
-          gpu_optimizer(opt.optimizer),
-          opt.offload_activations};
+  FT_ASSERT(!p.offload_activations || opt.model.gradient_checkpointing);  // the run plan's rule
+  const GpuOptimizer o = p.optimizer == OptimizerKind::AdamW8bit        ? GpuOptimizer::AdamW8bit
+                         : p.optimizer == OptimizerKind::PagedAdamW8bit ? GpuOptimizer::PagedAdamW8bit
+                                                                        : GpuOptimizer::AdamW;
+  return {opt.model.max_batch, opt.model.max_seq, storage, opt.model.gradient_checkpointing, qlora, o,
+          p.offload_activations};
 }
 
 class GpuBackend final : public TrainBackend {
  public:
   GpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
       : baseline_(cuda::memory_in_use()),
-        adamw_(opt.adamw),
+        adamw_(opt.plan.adamw),
         shape_(lora.zeros_like()),
         model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), &lora.spec, model_options(ctx_, opt)) {
     model_.set_lora(lora);
@@ -107,7 +110,7 @@ class GpuBackend final : public TrainBackend {
 class GpuFullBackend final : public TrainBackend {
  public:
   GpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
-      : baseline_(cuda::memory_in_use()), adamw_(opt.adamw),
+      : baseline_(cuda::memory_in_use()), adamw_(opt.plan.adamw),
         model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), nullptr, full_options(ctx_, opt)) {}
   std::string name() const override {
     const auto& o = model_.options();

@@ -7,7 +7,7 @@
 #include "data/dataset.h"
 #include "model/llama_config.h"
 #include "tokenizer/tokenizer.h"
-#include "train/train_config.h"
+#include "recipe/train_config.h"
 
 namespace ftune {
 

@@ -1,7 +1,6 @@
-// The training step lives here: micro-batches of one optimizer step are counted first so the
-// loss is the mean over every trained token of the step (accumulation == one big batch), then
-// forward/backward per micro-batch, clip, schedule, AdamW, metrics, and at the end the adapter
-// (LoRA, QLoRA) or the whole model as a Hugging Face directory (full fine-tuning).
+// `ftune train`: checks the inputs, builds the backend, runs the steps (train/engine.cpp) with
+// the schedule, metrics, validation and progress, and at the end writes the adapter (LoRA, QLoRA)
+// or the whole model as a Hugging Face directory (full fine-tuning), all staged until complete.
 #include "train/trainer.h"
 
 #include <fmt/format.h>
@@ -29,6 +28,7 @@
 #include "optim/schedule.h"
 #include "params/param_table.h"
 #include "train/backend.h"
+#include "train/engine.h"
 #include "train/metrics_log.h"
 #include "train/progress.h"
 #include "train/run_data.h"
@@ -92,33 +92,6 @@ int thread_count(int64_t asked) {
   return static_cast<int>(std::min<int64_t>(asked, hw));
 }
 
-// Mean loss over every trained token of the validation set (no dropout).
-double validation_loss(TrainBackend& model, const std::vector<Example>& val, int64_t micro, int32_t pad, int64_t multiple) {
-  double sum = 0;
-  int64_t count = 0;
-  for (size_t i = 0; i < val.size(); i += static_cast<size_t>(micro)) {
-    std::vector<const std::vector<int32_t>*> ids, labels;
-    for (size_t j = i; j < std::min(val.size(), i + static_cast<size_t>(micro)); ++j)
-      ids.push_back(&val[j].ids), labels.push_back(&val[j].labels);
-    const auto r = model.loss(make_batch(ids, labels, pad, multiple));
-    sum += r.loss_sum;
-    count += r.count;
-  }
-  return count ? sum / static_cast<double>(count) : 0.0;
-}
-
-// NaN and infinity as a user reads them (fmt prints "-nan").
-std::string shown(double v) {
-  if (std::isnan(v)) return "NaN";
-  if (std::isinf(v)) return v > 0 ? "infinity" : "-infinity";
-  return fmt::format("{:.6g}", v);
-}
-
-uint64_t dropout_key(uint64_t seed, int64_t step, int64_t micro) {
-  Rng r(seed, 0xD20F0000ull + static_cast<uint64_t>(step) * 4096 + static_cast<uint64_t>(micro));
-  return r.next_u64() | 1;  // never 0, which means "no dropout"
-}
-
 }  // namespace
 
 TrainReport run_training(const TrainConfig& recipe, const std::function<void(const StepMetrics&)>& on_step) {
@@ -133,8 +106,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
   check_llama_checkpoint(mcfg, ckpt);
-  const Method method = method_from_name(ts.method);
-  const bool full = method == Method::Full;
+  const RunPlan plan = make_run_plan(cfg, "recipe");
+  const bool full = plan.method == Method::Full;
   LoraParams lora;
   if (full) {
     for (int64_t l = 0; l < mcfg.num_hidden_layers; ++l)
@@ -174,10 +147,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   mopt.max_batch = ts.micro_batch_size;
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
-  mopt.gradient_checkpointing = ts.gradient_checkpointing;
-  BackendOptions bopt{mopt, {ts.beta1, ts.beta2, ts.eps, ts.weight_decay}, ts.precision, method == Method::Qlora,
-                      method, ts.optimizer, ts.offload_activations};
-  const auto model = make_backend(ts.device, mcfg, ckpt, lora, bopt);
+  mopt.gradient_checkpointing = plan.checkpointing;
+  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan});
   fmt::print(stderr, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   if (model->planned_bytes())
@@ -204,37 +175,21 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   report.truncated = stats.truncated;
   report.dropped = stats.dropped;
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<Batch> micro(ts.grad_accum);
+  Engine engine(*model, plan, ts.seed);
   try {
     for (int64_t step = 0; step < ts.max_steps; ++step) {
       const auto ts0 = std::chrono::steady_clock::now();
-      int64_t targets = 0, tokens = 0;
-      for (auto& b : micro) {
-        b = batcher.next();
-        targets += b.count_targets();
-        tokens += b.tokens;
-      }
-      double loss_sum = 0.0;
-      const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
-      for (size_t m = 0; m < micro.size(); ++m)
-        loss_sum += model->forward_backward(micro[m], scale, dropout_key(ts.seed, step, static_cast<int64_t>(m))).loss_sum;
       StepMetrics sm;
       sm.step = step + 1;
-      sm.loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
       sm.lr = sched.at(step);
-      const StepResult r = model->step(sm.lr, ts.max_grad_norm);
+      const StepOutcome r = engine.step(batcher, step, sm.lr);
+      sm.loss = r.loss;
       sm.grad_norm = r.grad_norm;
       sm.skipped = r.skipped;
       report.skipped_steps += r.skipped;
-      // A non-finite loss or norm that loss scaling did not absorb means the run diverged: stop
-      // before anything of it is written as the result.
-      if (!r.skipped && (!std::isfinite(sm.loss) || !std::isfinite(sm.grad_norm)))
-        failed(fmt::format("step {}: training diverged: loss {}, gradient norm {} at lr {:.3g}; lower train.lr or "
-                           "train.max_grad_norm",
-                           sm.step, shown(sm.loss), shown(sm.grad_norm), sm.lr));
       const auto now = std::chrono::steady_clock::now();
-      sm.tokens = tokens;
-      sm.tokens_per_s = static_cast<double>(tokens) / std::chrono::duration<double>(now - ts0).count();
+      sm.tokens = r.tokens;
+      sm.tokens_per_s = static_cast<double>(r.tokens) / std::chrono::duration<double>(now - ts0).count();
       sm.elapsed_s = std::chrono::duration<double>(now - t0).count();
       metrics.write(fmt::format(
           "{{\"step\": {}, \"loss\": {}, \"lr\": {}, \"grad_norm\": {}, \"tokens\": {}, \"tokens_per_s\": {}, "
@@ -244,8 +199,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
           r.skipped ? fmt::format(", \"skipped\": true, \"skipped_steps\": {}", report.skipped_steps) : ""));
       if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
       if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
-        const double vl = validation_loss(*model, data.val, ts.micro_batch_size, pad, m);
-        if (!std::isfinite(vl)) failed(fmt::format("step {}: the validation loss is {}", sm.step, shown(vl)));
+        const double vl = engine.validation_loss(data.val, pad, m);
+        if (!std::isfinite(vl)) failed(fmt::format("step {}: the validation loss is {}", sm.step, shown_number(vl)));
         report.val_losses.emplace_back(sm.step, vl);
         metrics.write(fmt::format("{{\"step\": {}, \"val_loss\": {}, \"val_ppl\": {}}}", sm.step, json_number(vl, 6),
                                   json_number(std::exp(vl), 4)));

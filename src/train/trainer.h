@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include "train/train_config.h"
+#include "recipe/train_config.h"
 
 namespace ftune {
 

@@ -126,12 +126,13 @@ TEST(GpuFullFt, FiveAdamWStepsMatchHf) {
       bopt.model.max_batch = c.batch.batch;
       bopt.model.max_seq = c.batch.seq;
       const auto betas = c.meta.at("betas");
-      bopt.adamw = {betas[0].get<double>(), betas[1].get<double>(), c.meta.at("eps").get<double>(),
-                    c.meta.at("weight_decay").get<double>()};
-      bopt.method = Method::Full;
-      bopt.precision = precision;
+      bopt.plan.adamw = {betas[0].get<double>(), betas[1].get<double>(), c.meta.at("eps").get<double>(),
+                         c.meta.at("weight_decay").get<double>()};
+      bopt.plan.method = Method::Full;
+      bopt.plan.device = Device::Cuda;
+      bopt.plan.precision = bf16 ? Precision::Bf16 : Precision::Fp32;
       const CheckpointReader ckpt((dir / "model").string());
-      const auto backend = make_backend("cuda", c.cfg, ckpt, LoraParams{}, bopt);
+      const auto backend = make_backend(c.cfg, ckpt, LoraParams{}, bopt);
       std::vector<double> losses, norms;
       for (int s = 0; s < c.meta.at("steps").get<int>(); ++s) {
         const auto r = backend->forward_backward(c.batch, 1.0f / static_cast<float>(c.batch.count_targets()), 0);

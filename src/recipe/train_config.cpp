@@ -1,6 +1,6 @@
 // Recipe parsing for `ftune train`: one key table drives YAML reading, `--set` overrides,
 // validation, the Markdown key reference and the YAML written next to the outputs.
-#include "train/train_config.h"
+#include "recipe/train_config.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -19,6 +19,7 @@
 #include <variant>
 
 #include "core/error.h"
+#include "recipe/run_plan.h"
 
 namespace ftune {
 namespace {
@@ -421,22 +422,6 @@ std::string allowed_text(const KeyDef& k) {
   return out;
 }
 
-// Rules across keys: a key that the chosen method does not use is a mistake worth naming.
-void check_key_combinations(const TrainConfig& cfg, const std::string& label) {
-  if (cfg.train.method == "full") {
-    if (cfg.train.optimizer != "adamw")
-      fail("{}: train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW "
-           "moments: train.optimizer adamw)",
-           label, cfg.train.optimizer);
-
-    for (const std::string& k : cfg.given)
-      if (k.starts_with("lora."))
-        fail("{}: {} is a LoRA setting, but train.method is full (every weight trains, no adapter); remove it or "
-             "choose train.method lora or qlora",
-             label, k);
-  }
-}
-
 }  // namespace
 
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& label,
@@ -462,7 +447,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     if (std::get<TextRef>(k.field)(cfg).empty())
       fail("{}: required key '{}' is missing (set it in the recipe or with --set {}=...)", label, k.name, k.name);
   }
-  check_key_combinations(cfg, label);
+  make_run_plan(cfg, label);  // every rule across keys, checked while the recipe's name is at hand
   return cfg;
 }
 

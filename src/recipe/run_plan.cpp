@@ -1,0 +1,76 @@
+// Recipe -> RunPlan, with the rules across keys.
+#include "recipe/run_plan.h"
+
+#include <array>
+#include <utility>
+
+#include "core/error.h"
+
+namespace ftune {
+
+namespace {
+
+template <typename E, size_t N>
+E parse_choice(const char* key, const std::string& value, const std::array<std::pair<const char*, E>, N>& names) {
+  std::string all;
+  for (const auto& [name, e] : names) {
+    if (value == name) return e;
+    all += all.empty() ? name : std::string(", ") + name;
+  }
+  fail("{}: unknown value '{}' ({})", key, value, all);
+}
+
+constexpr std::array<std::pair<const char*, Method>, 3> kMethods{
+    {{"lora", Method::Lora}, {"qlora", Method::Qlora}, {"full", Method::Full}}};
+constexpr std::array<std::pair<const char*, Precision>, 4> kPrecisions{
+    {{"auto", Precision::Auto}, {"bf16", Precision::Bf16}, {"fp16", Precision::Fp16}, {"fp32", Precision::Fp32}}};
+constexpr std::array<std::pair<const char*, OptimizerKind>, 3> kOptimizers{{{"adamw", OptimizerKind::AdamW},
+                                                                            {"adamw_8bit", OptimizerKind::AdamW8bit},
+                                                                            {"paged_adamw_8bit", OptimizerKind::PagedAdamW8bit}}};
+constexpr std::array<std::pair<const char*, Device>, 3> kDevices{
+    {{"cpu", Device::Cpu}, {"cuda", Device::Cuda}, {"auto", Device::Auto}}};
+
+template <typename E, size_t N>
+const char* name_of(E e, const std::array<std::pair<const char*, E>, N>& names) {
+  for (const auto& [name, x] : names)
+    if (x == e) return name;
+  return "?";
+}
+
+}  // namespace
+
+const char* method_name(Method m) { return name_of(m, kMethods); }
+const char* optimizer_name(OptimizerKind o) { return name_of(o, kOptimizers); }
+
+RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
+  const TrainSettings& t = cfg.train;
+  RunPlan p;
+  p.method = parse_choice("train.method", t.method, kMethods);
+  p.precision = parse_choice("train.precision", t.precision, kPrecisions);
+  p.optimizer = parse_choice("train.optimizer", t.optimizer, kOptimizers);
+  p.device = parse_choice("train.device", t.device, kDevices);
+  p.checkpointing = t.gradient_checkpointing;
+  p.offload_activations = t.offload_activations;
+  p.adamw = {t.beta1, t.beta2, t.eps, t.weight_decay};
+  p.max_grad_norm = t.max_grad_norm;
+  p.micro_batch = t.micro_batch_size;
+  p.grad_accum = t.grad_accum;
+  if (p.method == Method::Full) {
+    for (const std::string& k : cfg.given)
+      if (k.starts_with("lora."))
+        fail("{}: {} is a LoRA setting, but train.method is full (every weight trains, no adapter); remove it or "
+             "choose train.method lora or qlora",
+             label, k);
+    if (p.optimizer != OptimizerKind::AdamW)
+      fail("{}: train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW "
+           "moments: train.optimizer adamw)",
+           label, t.optimizer);
+  }
+  if (p.offload_activations && !p.checkpointing)
+    fail("{}: train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer "
+         "inputs)",
+         label);
+  return p;
+}
+
+}  // namespace ftune

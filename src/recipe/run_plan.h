@@ -1,0 +1,39 @@
+// How a run trains, decided once from the recipe: the method, precision, optimizer, device and
+// memory settings as enums, and every rule that joins several recipe keys (a key the method does
+// not use, a combination that is not available). Everything below train/ takes a RunPlan and never
+// reads a recipe key.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "optim/adamw.h"
+#include "recipe/train_config.h"
+
+namespace ftune {
+
+enum class Method { Lora, Qlora, Full };            // train.method
+enum class Precision { Auto, Bf16, Fp16, Fp32 };    // train.precision (GPU storage; the CPU is fp32)
+enum class OptimizerKind { AdamW, AdamW8bit, PagedAdamW8bit };  // train.optimizer
+enum class Device { Cpu, Cuda, Auto };              // train.device
+
+struct RunPlan {
+  Method method = Method::Lora;
+  Precision precision = Precision::Auto;
+  OptimizerKind optimizer = OptimizerKind::AdamW;
+  Device device = Device::Cpu;
+  bool checkpointing = false;        // train.gradient_checkpointing
+  bool offload_activations = false;  // train.offload_activations (needs checkpointing)
+  AdamWSettings adamw;               // betas, eps, weight decay
+  double max_grad_norm = 1.0;        // <= 0: no clipping
+  int64_t micro_batch = 1, grad_accum = 1;
+  bool trains_adapter() const { return method != Method::Full; }
+};
+
+// The plan of a recipe. Fails with one line naming `label` and the keys when keys contradict
+// each other or ask for something not available.
+RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label);
+
+const char* method_name(Method m);        // "lora", "qlora", "full"
+const char* optimizer_name(OptimizerKind o);
+
+}  // namespace ftune

@@ -1,0 +1,44 @@
+// One optimizer step of a run, the same on every backend: the micro-batches of the step are
+// drawn and their trained tokens counted first, so the loss is the mean over every trained token
+// of the step (gradient accumulation equals one large batch); forward and backward per
+// micro-batch with its own dropout key; then the backend's update (clipping, fp16 loss scaling,
+// the optimizer, the refresh of compute copies). A step whose loss or gradient norm is not finite,
+// and that loss scaling did not skip, is an error naming the step: the run has diverged.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "data/batcher.h"
+#include "data/dataset.h"
+#include "recipe/run_plan.h"
+#include "train/backend.h"
+
+namespace ftune {
+
+struct StepOutcome {
+  double loss = 0.0;       // mean over the step's trained tokens
+  double grad_norm = 0.0;  // before clipping
+  int64_t targets = 0;     // trained tokens of the step
+  int64_t tokens = 0;      // input tokens (padding excluded)
+  bool skipped = false;    // fp16 overflow: no update
+};
+
+class Engine {
+ public:
+  Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed) : backend_(backend), plan_(plan), seed_(seed) {}
+  // Step `step` (0-based) at learning rate lr, with grad_accum micro-batches from `batches`.
+  StepOutcome step(MicroBatcher& batches, int64_t step, double lr);
+  // Mean loss over every trained token of `val` (no dropout), in micro-batches of the plan's size.
+  double validation_loss(const std::vector<Example>& val, int32_t pad, int64_t pad_multiple);
+
+ private:
+  TrainBackend& backend_;
+  RunPlan plan_;
+  uint64_t seed_;
+  std::vector<Batch> micro_;  // [grad_accum], reused
+};
+
+// NaN and infinity as a user reads them (fmt prints "-nan").
+std::string shown_number(double v);
+
+}  // namespace ftune
