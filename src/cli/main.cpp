@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "train/stop_signal.h"
 
 namespace {
 // On a terminal the progress line may be open: end it before the error.
@@ -43,6 +44,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const ftune::Preempted& e) {
+    fmt::print(stderr, "{}ftune: {}\n", sep(), e.what());
+    return ftune::kExitPreempted;
   } catch (const ftune::Error& e) {
     fmt::print(stderr, "{}ftune: error: {}\n", sep(), e.what());
     return 1;

@@ -14,13 +14,17 @@ void add_train_command(CLI::App& app) {
     std::vector<std::string> sets;
     bool overwrite = false;
     bool help_config = false;
+    std::string resume;
   };
   auto args = std::make_shared<Args>();
   cmd->add_option("recipe", args->recipe, "YAML recipe (see docs/config.md)");
   cmd->add_option("--set", args->sets, "Override a recipe key, e.g. --set lora.r=16 (repeatable)");
   cmd->add_flag("--overwrite", args->overwrite, "Replace ftune's files in a non-empty output_dir");
   cmd->add_flag("--help-config", args->help_config, "Print every recipe key with its default and meaning");
-  cmd->callback([args] {
+  auto* resume = cmd->add_option("--resume", args->resume,
+                                 "Continue from the latest checkpoint in output_dir, or from the checkpoint DIR given")
+                     ->expected(0, 1);
+  cmd->callback([args, resume] {
     if (args->help_config) {
       fmt::print("{}", train_config_help());
       return;
@@ -28,6 +32,7 @@ void add_train_command(CLI::App& app) {
     if (args->recipe.empty()) throw CLI::RequiredError("recipe");
     TrainConfig cfg = load_train_config(args->recipe, args->sets);
     if (args->overwrite) cfg.overwrite = true;
+    if (resume->count()) cfg.resume_from = args->resume.empty() ? "latest" : args->resume;
     const TrainReport r = run_training(cfg);
     if (!r.steps.empty())
       fmt::print(stderr, "ftune: done: {} steps, loss {:.4f} -> {:.4f}; {} written to {}\n", r.steps.size(),

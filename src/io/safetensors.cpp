@@ -475,7 +475,9 @@ void SafetensorsWriter::add_f32(const std::string& name, const Tensor& t, DType 
   add(name, dtype, t.shape, std::move(bytes));
 }
 
-void SafetensorsWriter::write(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+// Checks the names and builds the header; `order` is the tensors' order in the data section.
+std::string SafetensorsWriter::header(const std::string& path, const std::map<std::string, std::string>& metadata,
+                                      std::vector<const Entry*>& order) const {
   // Strings go into JSON, which must be UTF-8; say which one is not instead of writing junk.
   const auto check_text = [&](const std::string& s, const char* what) {
     for (size_t i = 0; i < s.size();) {
@@ -492,7 +494,6 @@ void SafetensorsWriter::write(const std::string& path, const std::map<std::strin
   }
   for (const auto& e : entries_) check_text(e.name, "tensor name");
 
-  std::vector<const Entry*> order;
   order.reserve(entries_.size());
   for (const auto& e : entries_) order.push_back(&e);
   std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
@@ -514,7 +515,22 @@ void SafetensorsWriter::write(const std::string& path, const std::map<std::strin
   header.append((8 - header.size() % 8) % 8, ' ');  // keeps every tensor's data 8-byte aligned
   if (header.size() > kMaxHeaderBytes)
     fail("{}: header would be {} bytes, over the {}-byte limit readers accept", path, header.size(), kMaxHeaderBytes);
+  return header;
+}
 
+std::string SafetensorsWriter::to_bytes(const std::map<std::string, std::string>& metadata) const {
+  std::vector<const Entry*> order;
+  const std::string head = header("safetensors image", metadata, order);
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(head.size()) >> (8 * i));
+  out += head;
+  for (const Entry* e : order) out.append(reinterpret_cast<const char*>(e->bytes.data()), e->bytes.size());
+  return out;
+}
+
+void SafetensorsWriter::write(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+  std::vector<const Entry*> order;
+  const std::string header = this->header(path, metadata, order);
   // Write beside the target and rename over it, so the real name only ever holds a whole file.
   const std::string tmp = path + ".tmp";
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));

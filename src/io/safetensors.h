@@ -66,6 +66,8 @@ class SafetensorsWriter {
   // Stores an fp32 tensor as `dtype` (F32, BF16 or F16).
   void add_f32(const std::string& name, const Tensor& t, DType dtype = DType::F32);
   void write(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const;
+  // The whole file as it would be written, in memory.
+  std::string to_bytes(const std::map<std::string, std::string>& metadata = {}) const;
 
  private:
   struct Entry {
@@ -74,6 +76,8 @@ class SafetensorsWriter {
     std::vector<int64_t> shape;
     std::vector<uint8_t> bytes;
   };
+  std::string header(const std::string& path, const std::map<std::string, std::string>& metadata,
+                     std::vector<const Entry*>& order) const;
   std::vector<Entry> entries_;
 };
 

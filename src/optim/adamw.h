@@ -19,6 +19,8 @@ class AdamW {
   int64_t steps() const { return t_; }
   const LoraParams& first_moment() const { return m_; }
   const LoraParams& second_moment() const { return v_; }
+  // A checkpoint's state back: moments of the parameters' shapes and the step count.
+  void restore(LoraParams m, LoraParams v, int64_t steps) { m_ = std::move(m), v_ = std::move(v), t_ = steps; }
 
  private:
   AdamWSettings s_;

@@ -51,6 +51,11 @@ void FlatAdamW::step(float* p, const float* g, double lr, float grad_coef) {
   update(p, g, at, n, 1.0f, grad_coef, step_size, bc2_sqrt);
 }
 
+void FlatAdamW::restore(std::vector<float> m, std::vector<float> v, int64_t steps) {
+  FT_ASSERT(m.size() == m_.size() && v.size() == v_.size() && steps >= 0);
+  m_ = std::move(m), v_ = std::move(v), t_ = steps;
+}
+
 double flat_grad_norm(const float* g, int64_t n) {
   // Fixed chunks summed in order: the same result whatever the thread count or run.
   constexpr int64_t kChunk = 1 << 16;

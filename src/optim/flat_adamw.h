@@ -21,6 +21,8 @@ class FlatAdamW {
   int64_t steps() const { return t_; }
   const std::vector<float>& first_moment() const { return m_; }   // [n]
   const std::vector<float>& second_moment() const { return v_; }  // [n]
+  // A checkpoint's state back: moments [n] and the step count.
+  void restore(std::vector<float> m, std::vector<float> v, int64_t steps);
 
  private:
   void update(float* p, const float* g, int64_t begin, int64_t end, float decay, float coef, float step_size,

@@ -118,6 +118,9 @@ const std::vector<KeyDef>& key_table() {
        .choices = {"cpu", "cuda", "auto"}},
       {.name = "train.precision", .field = FT_FIELD(train.precision), .doc = "Storage of weights and activations on the GPU: `bf16` (fp32 accumulation, fp32 adapter and optimizer state; sm_80 and newer), `fp16` with dynamic loss scaling (for GPUs without bf16, such as the T4), `fp32` (the exact twin of the CPU model), or `auto`: bf16 where the GPU has it, else fp32. The CPU model is always fp32.",
        .choices = {"auto", "bf16", "fp16", "fp32"}},
+      {.name = "train.save_every", .field = FT_FIELD(train.save_every), .doc = "Write a checkpoint (weights, optimizer state, data position; everything a run needs to continue exactly) every this many steps and at the end, under output_dir/checkpoints/; 0 = none (a stop signal still writes one). CPU runs only in this version.", .range = at_least(0)},
+      {.name = "train.keep_last", .field = FT_FIELD(train.keep_last), .doc = "Complete checkpoints kept (older ones are deleted once a newer one is complete); 0 = all.", .range = at_least(0)},
+      {.name = "train.resume", .field = FT_FIELD(train.resume), .doc = "`auto`: continue from the latest intact checkpoint in output_dir when there is one (what a restarted worker needs), else start; `never`: start afresh (`ftune train --resume` asks for it once).", .choices = {"never", "auto"}},
       {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores, and more than the machine's cores is capped to them.", .range = from_to(0, kMaxThreads)},
   };
   return kTable;
@@ -424,8 +427,9 @@ std::string allowed_text(const KeyDef& k) {
 
 }  // namespace
 
-TrainConfig parse_train_config(const std::string& yaml_text, const std::string& label,
-                               const std::vector<std::string>& overrides, const std::string& base_dir) {
+namespace {
+TrainConfig parse_keys(const std::string& yaml_text, const std::string& label, const std::vector<std::string>& overrides,
+                       const std::string& base_dir) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
@@ -447,7 +451,20 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     if (std::get<TextRef>(k.field)(cfg).empty())
       fail("{}: required key '{}' is missing (set it in the recipe or with --set {}=...)", label, k.name, k.name);
   }
+  return cfg;
+}
+}  // namespace
+
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& label,
+                               const std::vector<std::string>& overrides, const std::string& base_dir) {
+  TrainConfig cfg = parse_keys(yaml_text, label, overrides, base_dir);
   make_run_plan(cfg, label);  // every rule across keys, checked while the recipe's name is at hand
+  return cfg;
+}
+
+TrainConfig read_resolved_config(const std::string& yaml_text, const std::string& label) {
+  TrainConfig cfg = parse_keys(yaml_text, label, {}, "");
+  cfg.given.clear();  // every key is written there; none was the user's choice in particular
   return cfg;
 }
 
@@ -491,6 +508,28 @@ std::string train_config_to_yaml(const TrainConfig& cfg) {
   if (!open_section.empty()) out << YAML::EndMap;
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
+}
+
+std::vector<std::string> train_config_differences(const TrainConfig& before, const TrainConfig& now) {
+  TrainConfig a = before, b = now;
+  auto text = [](TrainConfig& c, const KeyDef& k) {
+    return std::visit(
+        [&](auto ref) -> std::string {
+          const auto& v = ref(c);
+          using T = std::remove_cvref_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::vector<std::string>>) return fmt::format("[{}]", fmt::join(v, ", "));
+          else if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+          else if constexpr (std::is_same_v<T, std::string>) return v;
+          else return fmt::format("{}", v);
+        },
+        k.field);
+  };
+  std::vector<std::string> out;
+  for (const KeyDef& k : key_table()) {
+    const std::string x = text(a, k), y = text(b, k);
+    if (x != y) out.push_back(fmt::format("{}: {} -> {}", k.name, x, y));
+  }
+  return out;
 }
 
 std::string train_config_help() {

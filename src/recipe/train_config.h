@@ -44,6 +44,9 @@ struct TrainSettings {
   int64_t threads = 0;              // 0 = all cores; more than the cores is capped to them
   std::string device = "cpu";       // cpu, cuda or auto
   std::string precision = "auto";   // GPU storage: auto, bf16, fp16 or fp32
+  int64_t save_every = 0;           // checkpoint every this many steps (and at the end); 0 = none
+  int64_t keep_last = 2;            // complete checkpoints kept; 0 = all
+  std::string resume = "never";     // never, or auto: continue from the latest checkpoint when there is one
 };
 
 struct TrainConfig {
@@ -51,6 +54,7 @@ struct TrainConfig {
   std::string output_dir;
   bool overwrite = false;
   std::set<std::string> given;  // the keys the recipe or --set gave (the others hold defaults)
+  std::string resume_from;      // `--resume` ("latest") or `--resume DIR`; not a recipe key
   LoraSettings lora;
   DataSettings data;
   TrainSettings train;
@@ -62,8 +66,12 @@ struct TrainConfig {
 TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides);
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& label,
                                const std::vector<std::string>& overrides, const std::string& base_dir);
+// A configuration train_config_to_yaml wrote (a checkpoint's), read back as it was.
+TrainConfig read_resolved_config(const std::string& yaml_text, const std::string& label);
 // The resolved configuration as YAML (written to output_dir/config.yaml).
 std::string train_config_to_yaml(const TrainConfig& cfg);
+// Keys whose values differ between two configurations, with both values ("key: a -> b").
+std::vector<std::string> train_config_differences(const TrainConfig& before, const TrainConfig& now);
 // Markdown documentation of every key: name, type, default, meaning.
 std::string train_config_help();
 

@@ -11,6 +11,12 @@ namespace ftune {
 
 namespace {
 
+int64_t int_of(const BackendState& s, const std::string& name) {
+  const auto it = s.ints.find(name);
+  if (it == s.ints.end()) fail("checkpoint: '{}' is missing", name);
+  return it->second;
+}
+
 // QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
 // 64), the values the GPU dequantizes before each GEMM.
 LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4) {
@@ -52,6 +58,47 @@ class CpuBackend final : public TrainBackend {
     return {norm, false};
   }
   void read_adapter(LoraParams& out) const override { out = lora_; }
+  bool checkpoints() const override { return true; }
+  BackendState save_state() const override {
+    BackendState s;
+    lora_.for_each([&](const std::string& key, const Tensor& t) { s.f32["adapter." + key] = t.data; });
+    if (adam8_) {
+      s.u8["adam8.m_q"] = adam8_->m_q, s.u8["adam8.v_q"] = adam8_->v_q;
+      s.f32["adam8.absmax_m"] = adam8_->absmax_m, s.f32["adam8.absmax_v"] = adam8_->absmax_v;
+      s.f32["adam8.m32"] = adam8_->m32, s.f32["adam8.v32"] = adam8_->v32;
+      s.ints["adam8.t"] = t8_;
+    } else {
+      opt_.first_moment().for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.m." + key] = t.data; });
+      opt_.second_moment().for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.v." + key] = t.data; });
+      s.ints["adam.t"] = opt_.steps();
+    }
+    return s;
+  }
+  void load_state(const BackendState& s) override {
+    auto take = [&](const std::string& name, std::vector<float>& dst) {
+      const auto it = s.f32.find(name);
+      if (it == s.f32.end() || it->second.size() != dst.size())
+        fail("checkpoint: '{}' is missing or of another size (a checkpoint of another adapter or optimizer)", name);
+      dst = it->second;
+    };
+    lora_.for_each([&](const std::string& key, Tensor& t) { take("adapter." + key, t.data); });
+    if (adam8_) {
+      for (auto* v : {&adam8_->m_q, &adam8_->v_q}) {
+        const std::string name = v == &adam8_->m_q ? "adam8.m_q" : "adam8.v_q";
+        const auto it = s.u8.find(name);
+        if (it == s.u8.end() || it->second.size() != v->size()) fail("checkpoint: '{}' is missing or of another size", name);
+        *v = it->second;
+      }
+      take("adam8.absmax_m", adam8_->absmax_m), take("adam8.absmax_v", adam8_->absmax_v);
+      take("adam8.m32", adam8_->m32), take("adam8.v32", adam8_->v32);
+      t8_ = int_of(s, "adam8.t");
+    } else {
+      LoraParams m = lora_.zeros_like(), v = lora_.zeros_like();
+      m.for_each([&](const std::string& key, Tensor& t) { take("adam.m." + key, t.data); });
+      v.for_each([&](const std::string& key, Tensor& t) { take("adam.v." + key, t.data); });
+      opt_.restore(std::move(m), std::move(v), int_of(s, "adam.t"));
+    }
+  }
 
  private:
   // 8-bit AdamW over the adapter flattened in for_each order (as the GPU model lays it out).
@@ -110,6 +157,25 @@ class CpuFullBackend final : public TrainBackend {
     return {norm, false};
   }
   void read_weights(LlamaWeights& out) const override { out = weights_; }
+  bool checkpoints() const override { return true; }
+  BackendState save_state() const override {
+    BackendState s;
+    s.f32["master"] = master_;
+    s.f32["adam.m"] = opt_.first_moment(), s.f32["adam.v"] = opt_.second_moment();
+    s.ints["adam.t"] = opt_.steps();
+    return s;
+  }
+  void load_state(const BackendState& s) override {
+    auto get = [&](const std::string& name) {
+      const auto it = s.f32.find(name);
+      if (it == s.f32.end() || it->second.size() != master_.size())
+        fail("checkpoint: '{}' is missing or of another size (a checkpoint of another model)", name);
+      return it->second;
+    };
+    master_ = get("master");
+    opt_.restore(get("adam.m"), get("adam.v"), int_of(s, "adam.t"));
+    scatter_trainable(table_, master_.data(), weights_);
+  }
 
  private:
   LlamaWeights weights_;         // compute copy the model reads

@@ -14,6 +14,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "core/error.h"
@@ -33,6 +36,8 @@
 #include "train/progress.h"
 #include "train/run_data.h"
 #include "train/run_output.h"
+#include "train/run_checkpoint.h"
+#include "train/stop_signal.h"
 
 namespace ftune {
 
@@ -92,6 +97,52 @@ int thread_count(int64_t asked) {
   return static_cast<int>(std::min<int64_t>(asked, hw));
 }
 
+// The checkpoint to continue from: `--resume DIR`, or with `--resume` / train.resume auto the
+// newest intact one under root (a damaged one is reported and the one before it used).
+std::optional<Checkpoint> find_resume(const TrainConfig& cfg, const std::string& root) {
+  if (!cfg.resume_from.empty() && cfg.resume_from != "latest") return read_checkpoint(cfg.resume_from);
+  if (cfg.resume_from.empty() && cfg.train.resume != "auto") return std::nullopt;
+  const auto dirs = list_checkpoints(root);
+  if (dirs.empty()) {
+    if (cfg.resume_from == "latest") fail("{}: no checkpoint to resume from", root);
+    return std::nullopt;  // train.resume auto: nothing yet, so start
+  }
+  std::string first_reason;
+  for (const auto& d : dirs) {
+    try {
+      return read_checkpoint(d);
+    } catch (const Error& e) {
+      fmt::print(stderr, "ftune: checkpoint not usable, trying the one before: {}\n", e.what());
+      if (first_reason.empty()) first_reason = e.what();
+    }
+  }
+  fail("{}: no intact checkpoint (the newest: {})", root, first_reason);
+}
+
+// A resumed run must be the run that was checkpointed: any key that changes what is computed is
+// refused; those that only change how far it goes or what it reports may differ.
+void check_resumable(const Checkpoint& ck, const TrainConfig& now) {
+  static const std::set<std::string> kMayChange = {"output_dir",        "overwrite",      "train.max_steps",
+                                                   "train.log_every",   "train.eval_every", "train.save_every",
+                                                   "train.keep_last",   "train.resume",   "train.threads"};
+  const TrainConfig before = read_resolved_config(ck.config_yaml, ck.dir + "/config.yaml");
+  for (const std::string& d : train_config_differences(before, now))
+    if (!kMayChange.count(d.substr(0, d.find(':'))))
+      fail("{}: cannot resume: the run was checkpointed with another setting ({}); resume with the recipe it had, or "
+           "start afresh in another output_dir",
+           ck.dir, d);
+  if (now.train.max_steps <= ck.progress.step)
+    fail("{}: cannot resume: the checkpoint is at step {} and train.max_steps is {}; raise train.max_steps to train on",
+         ck.dir, ck.progress.step, now.train.max_steps);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
 }  // namespace
 
 TrainReport run_training(const TrainConfig& recipe, const std::function<void(const StepMetrics&)>& on_step) {
@@ -102,7 +153,9 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   openblas_set_num_threads(threads);
   // Everything the user can get wrong is checked before any long work starts, and nothing is
   // written until the run really starts (a failed start leaves output_dir as it was).
-  RunOutput out(cfg.output_dir, cfg.overwrite, {cfg.model});
+  const std::string ckpt_root = (fs::path(cfg.output_dir) / kCheckpointsDir).string();
+  const std::optional<Checkpoint> resume = find_resume(cfg, ckpt_root);
+  RunOutput out(cfg.output_dir, cfg.overwrite || resume.has_value(), {cfg.model});
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
   check_llama_checkpoint(mcfg, ckpt);
@@ -123,6 +176,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     lora = LoraParams::init(mcfg, spec_from_config(cfg.lora), ts.seed);
   }
   const LoraSpec& spec = lora.spec;
+  if (resume) check_resumable(*resume, cfg);
   const RunData run_data = load_run_data(cfg, mcfg);
   const DataSplit& data = run_data.split;
   const std::vector<Example>& examples = data.train;
@@ -161,23 +215,49 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
                                                                          : 0);
   MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
                        cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
+  if ((ts.save_every > 0 || resume) && !model->checkpoints())
+    fail("train.save_every / --resume: checkpoints of {} runs are not available yet (CPU runs have them)", model->name());
+  int64_t first_step = 0;
+  if (resume) {
+    model->load_state(resume->state);
+    batcher.restore(resume->progress.batcher);
+    first_step = resume->progress.step;
+    fmt::print(stderr, "ftune: resuming from {} (step {} of {})\n", resume->dir, first_step, ts.max_steps);
+  }
 
   // The run starts: its files go to the staging directory until the adapter is complete.
   out.begin();
   auto failed = [&](const std::string& why) {
     fail("{} (the partial run is in {}; output_dir is unchanged)", why, out.staging_dir());
   };
+  if (!resume) {  // a fresh run: an earlier run's checkpoints would be mistaken for this one's
+    std::error_code ec;
+    fs::remove_all(ckpt_root, ec);
+  }
   write_text(out.staged("config.yaml"), train_config_to_yaml(cfg));
   MetricsLog metrics(out.staged("metrics.jsonl"));
+  if (resume) {  // the metrics of the steps before the checkpoint, as they were written
+    std::istringstream lines(resume->metrics);
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty()) metrics.write(line);
+  }
   ProgressLine progress(ts.max_steps, stderr);
   TrainReport report;
   report.examples = stats.kept;
   report.truncated = stats.truncated;
   report.dropped = stats.dropped;
+  report.skipped_steps = resume ? resume->progress.skipped_steps : 0;
+  report.first_step = first_step;
+  const StopSignals stop;
+  auto save_checkpoint = [&](int64_t done) {
+    const TrainProgress p{done, batcher.state(), report.skipped_steps};
+    return write_checkpoint(ckpt_root, p, model->save_state(), train_config_to_yaml(cfg),
+                            read_text(out.staged("metrics.jsonl")), ts.keep_last);
+  };
   const auto t0 = std::chrono::steady_clock::now();
   Engine engine(*model, plan, ts.seed);
   try {
-    for (int64_t step = 0; step < ts.max_steps; ++step) {
+    for (int64_t step = first_step; step < ts.max_steps; ++step) {
       const auto ts0 = std::chrono::steady_clock::now();
       StepMetrics sm;
       sm.step = step + 1;
@@ -209,7 +289,18 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       }
       report.steps.push_back(sm);
       if (on_step) on_step(sm);
+      if (stop.requested()) {
+        if (!model->checkpoints())
+          fail("stopped by signal {} after step {}; {} runs cannot write checkpoints yet, so this run cannot be resumed",
+               stop.signal(), sm.step, model->name());
+        const std::string dir = save_checkpoint(sm.step);
+        throw Preempted(fmt::format("stopped by signal {} after step {} of {}: checkpoint {} written; run again with "
+                                    "--resume (or train.resume: auto) to continue",
+                                    stop.signal(), sm.step, ts.max_steps, dir));
+      }
+      if (ts.save_every > 0 && sm.step % ts.save_every == 0 && sm.step != ts.max_steps) save_checkpoint(sm.step);
     }
+    if (ts.save_every > 0) save_checkpoint(ts.max_steps);
     if (report.skipped_steps == ts.max_steps)
       failed(fmt::format("every one of the {} steps overflowed in fp16 and was skipped; nothing was trained",
                          ts.max_steps));
@@ -229,6 +320,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       model->read_adapter(lora);
       save_peft_adapter(out.staging_dir(), lora, cfg.model);
     }
+  } catch (const Preempted&) {
+    throw;  // its checkpoint is the result; output_dir keeps the previous run's files
   } catch (const Error& e) {
     const std::string what = e.what();
     if (what.find(out.staging_dir()) != std::string::npos) throw;

@@ -1,0 +1,37 @@
+# SIGTERM mid-run: the step finishes, a checkpoint is written, ftune exits 75 ("preempted,
+# resumable") leaving output_dir's previous files alone; `--resume` then ends with the very adapter
+# an uninterrupted run writes. A recipe change on resume is refused naming the key.
+source "$(dirname "$0")/lib.bash" "$@"
+make_model "$WORK/model"
+head -64 "$ROOT/examples/quickstart/train.jsonl" >"$WORK/d.jsonl"
+write_recipe "$WORK/r.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/out" "  lr: 1e-3" "lora:" "  dropout: 0.1"
+sed -i 's/^  max_steps: 2$/  max_steps: 300/' "$WORK/r.yaml"
+"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ref" 2>/dev/null
+"$FTUNE" train "$WORK/r.yaml" >"$WORK/log" 2>&1 &
+pid=$!
+for _ in $(seq 1 400); do
+  [ -s "$WORK/out/.ftune-partial/metrics.jsonl" ] && break
+  sleep 0.01
+done
+kill -TERM "$pid"
+rc=0; wait "$pid" || rc=$?
+if [ "$rc" -eq 0 ]; then
+  echo "skip preemption: the run ended before the signal arrived"
+else
+  last=$(tail -1 "$WORK/log")
+  if [ "$rc" -eq 75 ] && printf '%s' "$last" | grep -Eq "stopped by signal 15 after step [0-9]+ of 300: checkpoint .*step-[0-9]+ written"; then
+    echo "ok   SIGTERM: exit 75, $last"; else echo "FAIL SIGTERM: rc $rc: $last"; fails=$((fails + 1)); fi
+  [ ! -e "$WORK/out/adapter_model.safetensors" ] && echo "ok   no adapter before the run completes" || {
+    echo "FAIL adapter written by a stopped run"; fails=$((fails + 1)); }
+  expect_fail resume-changed "cannot resume: the run was checkpointed with another setting \(train\.lr: 0\.001 -> 0\.002\)" \
+    "$FTUNE" train "$WORK/r.yaml" --resume --set train.lr=2e-3
+  if "$FTUNE" train "$WORK/r.yaml" --resume 2>"$WORK/log2" && grep -q "resuming from .*step-" "$WORK/log2"; then
+    echo "ok   resumed"; else echo "FAIL resume: $(tail -2 "$WORK/log2")"; fails=$((fails + 1)); fi
+  if cmp -s "$WORK/ref/adapter_model.safetensors" "$WORK/out/adapter_model.safetensors"; then
+    echo "ok   resumed adapter is byte for byte the uninterrupted run's"; else
+    echo "FAIL resumed adapter differs from the uninterrupted run's"; fails=$((fails + 1)); fi
+  [ "$(wc -l <"$WORK/out/metrics.jsonl")" -eq 300 ] && echo "ok   metrics of all 300 steps" || {
+    echo "FAIL metrics lines: $(wc -l <"$WORK/out/metrics.jsonl")"; fails=$((fails + 1)); }
+fi
+expect_fail resume-nothing "no checkpoint to resume from" "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/none" --resume
+finish
