@@ -10,5 +10,6 @@ void add_init_model_command(CLI::App& app);
 void add_logits_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_data_command(CLI::App& app);
+void add_merge_command(CLI::App& app);
 
 }  // namespace ftune

@@ -28,6 +28,11 @@ std::vector<std::string> hf_side_files(const std::string& base_dir) {
 
 void save_hf_model(const std::string& dir, const std::string& base_dir, const ParamTable& table, const LlamaWeights& w,
                    DType dtype, uint64_t max_shard_bytes) {
+  save_hf_model(dir, base_dir, table, [&](const ParamSpec& s) { return param_tensor(w, s); }, dtype, max_shard_bytes);
+}
+
+void save_hf_model(const std::string& dir, const std::string& base_dir, const ParamTable& table,
+                   const std::function<Tensor(const ParamSpec&)>& tensor_of, DType dtype, uint64_t max_shard_bytes) {
   FT_ASSERT(max_shard_bytes > 0);
   for (const std::string& name : hf_side_files(base_dir)) {
     std::error_code ec;
@@ -53,7 +58,9 @@ void save_hf_model(const std::string& dir, const std::string& base_dir, const Pa
         n == 1 ? std::string("model.safetensors") : fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
     SafetensorsWriter out;
     for (const ParamSpec* s : shards[i]) {
-      out.add_f32(s->key, param_tensor(w, *s), dtype);
+      const Tensor t = tensor_of(*s);
+      FT_ASSERT(t.numel() == s->numel());
+      out.add_f32(s->key, t, dtype);
       weight_map[s->key] = file;
     }
     out.write((fs::path(dir) / file).string(), {{"format", "pt"}});

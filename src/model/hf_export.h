@@ -4,6 +4,7 @@
 // one model.safetensors when they fit one shard (as transformers' save_pretrained writes them).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 namespace ftune {
 
 class ParamTable;
+struct ParamSpec;
 
 // transformers' default max_shard_size, "5GB" = 5 * 10^9 bytes.
 inline constexpr uint64_t kMaxShardBytes = 5'000'000'000ull;
@@ -24,5 +26,10 @@ std::vector<std::string> hf_side_files(const std::string& base_dir);
 // Writes into `dir` (which must exist). `dtype` is the dtype the weights are stored in.
 void save_hf_model(const std::string& dir, const std::string& base_dir, const ParamTable& table, const LlamaWeights& w,
                    DType dtype, uint64_t max_shard_bytes = kMaxShardBytes);
+// The same with each tensor asked for when it is written (fp32, the spec's shape), so that host
+// memory holds one shard at a time, not the model.
+void save_hf_model(const std::string& dir, const std::string& base_dir, const ParamTable& table,
+                   const std::function<Tensor(const ParamSpec&)>& tensor_of, DType dtype,
+                   uint64_t max_shard_bytes = kMaxShardBytes);
 
 }  // namespace ftune

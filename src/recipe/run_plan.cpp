@@ -66,6 +66,10 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
            "moments: train.optimizer adamw)",
            label, t.optimizer);
   }
+  if (p.method == Method::Full && t.save_merged)
+    fail("{}: train.save_merged folds an adapter into the base; with train.method full output_dir already holds the "
+         "whole model",
+         label);
   if (p.offload_activations && !p.checkpointing)
     fail("{}: train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer "
          "inputs)",

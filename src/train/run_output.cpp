@@ -52,6 +52,7 @@ void RunOutput::commit(const std::function<bool(const std::string& name)>& stale
   for (const auto& e : fs::directory_iterator(staging_dir(), ec)) {
     const fs::path to = fs::path(dir_) / e.path().filename();
     if (fs::is_directory(to) && !fs::is_directory(e.path())) fail("{}: is a directory; cannot replace it with a file", to.string());
+    if (fs::is_directory(to) && fs::is_directory(e.path())) fs::remove_all(to, ec);  // an earlier run's, replaced whole
     fs::rename(e.path(), to, ec);
     if (ec) fail("{}: cannot move into place: {}", to.string(), ec.message());
   }

@@ -26,6 +26,7 @@
 #include "io/checkpoint.h"
 #include "io/peft_adapter.h"
 #include "model/hf_export.h"
+#include "model/merge.h"
 #include "model/llama.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
@@ -319,6 +320,11 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     } else {
       model->read_adapter(lora);
       save_peft_adapter(out.staging_dir(), lora, cfg.model);
+      if (ts.save_merged) {
+        const std::string merged = out.staged("merged");
+        fs::create_directories(merged);
+        save_merged_model(merged, cfg.model, lora);
+      }
     }
   } catch (const Preempted&) {
     throw;  // its checkpoint is the result; output_dir keeps the previous run's files
