@@ -28,7 +28,8 @@ const std::vector<std::string> kAllKeys = {
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
-    "train.threads", "train.save_every", "train.keep_last", "train.resume", "train.save_merged"};
+    "train.threads", "train.save_every", "train.keep_last", "train.resume", "train.save_merged", "train.epochs",
+    "train.early_stopping_patience"};
 
 const std::vector<std::string> kAllModules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"};
@@ -377,6 +378,8 @@ TEST(TrainConfigErrors, KeysTheMethodDoesNotUse) {
   EXPECT_EQ(p.precision, Precision::Fp16);
   EXPECT_EQ(p.optimizer, OptimizerKind::AdamW);
   EXPECT_TRUE(p.checkpointing);
+  expect_recipe_error(base + "  epochs: 2\n  max_steps: 10\n", "train.epochs and train.max_steps both set the length");
+  expect_recipe_error(base + "  early_stopping_patience: 3\n", "train.early_stopping_patience needs validation losses");
   // The same recipe as LoRA takes those keys.
   const std::string lora = "model: m\noutput_dir: o\ndata:\n  train: d.jsonl\nlora:\n  r: 16\n";
   EXPECT_NO_THROW(parse_train_config(lora, "recipe.yaml", {}, ""));

@@ -95,6 +95,39 @@ TEST(Trainer, InitAdapterContinuesTraining) {
   EXPECT_EQ(load_peft_config(second.dir / "out").r, 4);
 }
 
+TEST(Trainer, EpochsSetTheSteps) {
+  TinyRun run;  // 24 examples, micro-batches of 4, accumulation 2: 6 micro-batches, 3 steps an epoch
+  run.cfg.train.epochs = 2.5;
+  const TrainReport r = run_training(run.cfg);
+  EXPECT_EQ(r.steps.size(), 8u);  // ceil(2.5 * 6 / 2)
+  std::ifstream m(run.dir / "out/metrics.jsonl");
+  std::string line, last;
+  while (std::getline(m, line)) last = line;
+  EXPECT_NE(last.find("\"epoch\": 2"), std::string::npos) << last;  // the third epoch, half done
+}
+
+TEST(Trainer, EarlyStoppingEndsTheRunAndKeepsTheBestCheckpoint) {
+  TinyRun run;
+  run.cfg.data.val_fraction = 0.25;
+  run.cfg.train.eval_every = 1;
+  run.cfg.train.early_stopping_patience = 2;
+  run.cfg.train.lr = 0.3;  // too large: the validation loss soon stops improving
+  run.cfg.train.max_steps = 60;
+  const TrainReport r = run_training(run.cfg);
+  ASSERT_TRUE(r.stopped_early);
+  ASSERT_GE(r.val_losses.size(), 3u);
+  EXPECT_LT(r.steps.size(), 60u);
+  // The last `patience` evaluations are no better than the best one before them.
+  double best = r.val_losses.front().second;
+  int64_t best_step = r.val_losses.front().first;
+  for (size_t i = 0; i + 2 < r.val_losses.size(); ++i)
+    if (r.val_losses[i].second < best) best = r.val_losses[i].second, best_step = r.val_losses[i].first;
+  for (size_t i = r.val_losses.size() - 2; i < r.val_losses.size(); ++i) EXPECT_GE(r.val_losses[i].second, best);
+  const auto best_dir = std::filesystem::path(run.dir / "out") / "checkpoints" / "best" / fmt::format("step-{:08d}", best_step);
+  EXPECT_TRUE(std::filesystem::exists(best_dir / "manifest.json")) << best_dir;
+  EXPECT_TRUE(std::filesystem::exists(run.dir / "out/adapter_model.safetensors"));
+}
+
 TEST(Schedule, WarmupThenDecay) {
   LrSchedule s{"cosine", 1.0, 10, 110, 0.1};
   EXPECT_DOUBLE_EQ(s.at(0), 0.0);  // transformers' warmup starts at 0

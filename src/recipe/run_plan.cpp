@@ -70,6 +70,12 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
     fail("{}: train.save_merged folds an adapter into the base; with train.method full output_dir already holds the "
          "whole model",
          label);
+  if (t.epochs > 0 && cfg.given.count("train.max_steps"))
+    fail("{}: train.epochs and train.max_steps both set the length of the run; give one of them", label);
+  if (t.early_stopping_patience > 0 && (t.eval_every <= 0 || (cfg.data.val.empty() && cfg.data.val_fraction <= 0)))
+    fail("{}: train.early_stopping_patience needs validation losses during the run: train.eval_every > 0 and "
+         "data.val or data.val_fraction",
+         label);
   if (p.offload_activations && !p.checkpointing)
     fail("{}: train.offload_activations needs train.gradient_checkpointing: true (it offloads the checkpointed layer "
          "inputs)",

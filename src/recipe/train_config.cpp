@@ -99,6 +99,8 @@ const std::vector<KeyDef>& key_table() {
       {.name = "train.micro_batch_size", .field = FT_FIELD(train.micro_batch_size), .doc = "Sequences per forward and backward pass.", .range = at_least(1)},
       {.name = "train.grad_accum", .field = FT_FIELD(train.grad_accum), .doc = "Micro-batches whose gradients are summed per optimizer step.", .range = at_least(1)},
       {.name = "train.max_steps", .field = FT_FIELD(train.max_steps), .doc = "Optimizer steps to run.", .range = at_least(1)},
+      {.name = "train.epochs", .field = FT_FIELD(train.epochs), .doc = "Passes over data.train, instead of train.max_steps (which it sets: the micro-batches of one epoch, times the epochs, over train.grad_accum, rounded up); fractions are allowed. 0 = use train.max_steps.", .range = at_least(0)},
+      {.name = "train.early_stopping_patience", .field = FT_FIELD(train.early_stopping_patience), .doc = "Stop when the validation loss has not improved for this many evaluations (train.eval_every); the best step's checkpoint is kept in output_dir/checkpoints/best (CPU runs). 0 = off.", .range = at_least(0)},
       {.name = "train.lr", .field = FT_FIELD(train.lr), .doc = "Peak learning rate.", .range = above(0)},
       {.name = "train.schedule", .field = FT_FIELD(train.schedule), .doc = "Learning-rate decay after warmup.", .choices = {"constant", "linear", "cosine"}},
       {.name = "train.warmup_steps", .field = FT_FIELD(train.warmup_steps), .doc = "Steps of linear warmup from 0 to train.lr.", .range = at_least(0)},

@@ -28,6 +28,8 @@ struct TrainSettings {
   int64_t micro_batch_size = 4;
   int64_t grad_accum = 1;
   int64_t max_steps = 100;  // optimizer steps
+  double epochs = 0.0;      // > 0: train this many passes over data.train instead (sets max_steps)
+  int64_t early_stopping_patience = 0;  // stop after this many evaluations without a better validation loss; 0 = off
   double lr = 2e-4;
   std::string schedule = "cosine";  // "constant", "linear", "cosine"
   int64_t warmup_steps = 0;

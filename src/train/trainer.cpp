@@ -14,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -132,9 +133,12 @@ void check_resumable(const Checkpoint& ck, const TrainConfig& now) {
       fail("{}: cannot resume: the run was checkpointed with another setting ({}); resume with the recipe it had, or "
            "start afresh in another output_dir",
            ck.dir, d);
-  if (now.train.max_steps <= ck.progress.step)
+}
+
+void check_steps_left(const Checkpoint& ck, int64_t max_steps) {
+  if (max_steps <= ck.progress.step)
     fail("{}: cannot resume: the checkpoint is at step {} and train.max_steps is {}; raise train.max_steps to train on",
-         ck.dir, ck.progress.step, now.train.max_steps);
+         ck.dir, ck.progress.step, max_steps);
 }
 
 std::string read_text(const std::string& path) {
@@ -209,13 +213,26 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   if (model->planned_bytes())
     fmt::print(stderr, "ftune: device memory planned {:.2f} GiB (weights, activations, adapter and optimizer state)\n",
                static_cast<double>(model->planned_bytes()) / kGiB);
-  LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
   // Padding never reaches the loss or, through the causal mask, a real token; any valid id will do.
   const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0        ? mcfg.pad_token_id
                                            : !mcfg.eos_token_ids.empty() ? mcfg.eos_token_ids[0]
                                                                          : 0);
   MicroBatcher batcher(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
                        cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
+  if (ts.epochs > 0) {  // the steps of that many passes, from the first epoch's micro-batches
+    MicroBatcher count(examples, ts.micro_batch_size, ts.shuffle, ts.seed, pad,
+                       cfg.data.packing ? cfg.data.max_seq_len : 0, cfg.data.pad_to_multiple_of);
+    int64_t per_epoch = 0;
+    do {
+      count.next();
+      ++per_epoch;
+    } while (count.state().cursor < examples.size());
+    cfg.train.max_steps = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil(ts.epochs * static_cast<double>(per_epoch) / static_cast<double>(ts.grad_accum))));
+    fmt::print(stderr, "ftune: {} epochs of {} micro-batches: {} steps\n", ts.epochs, per_epoch, ts.max_steps);
+  }
+  if (resume) check_steps_left(*resume, ts.max_steps);
+  LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
   if ((ts.save_every > 0 || resume) && !model->checkpoints())
     fail("train.save_every / --resume: checkpoints of {} runs are not available yet (CPU runs have them)", model->name());
   int64_t first_step = 0;
@@ -257,6 +274,9 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   };
   const auto t0 = std::chrono::steady_clock::now();
   Engine engine(*model, plan, ts.seed);
+  int64_t done = first_step;  // steps completed
+  double best_val = std::numeric_limits<double>::infinity();
+  int64_t best_step = 0, evals_since_best = 0;
   try {
     for (int64_t step = first_step; step < ts.max_steps; ++step) {
       const auto ts0 = std::chrono::steady_clock::now();
@@ -287,8 +307,19 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
                                   json_number(std::exp(vl), 4)));
         fmt::print(stderr, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "",
                    sm.step, vl, std::exp(vl));
+        if (ts.early_stopping_patience > 0) {
+          if (vl < best_val) {
+            best_val = vl, best_step = sm.step, evals_since_best = 0;
+            if (model->checkpoints())
+              write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
+                               model->save_state(), train_config_to_yaml(cfg), read_text(out.staged("metrics.jsonl")), 1);
+          } else if (++evals_since_best >= ts.early_stopping_patience) {
+            report.stopped_early = true;
+          }
+        }
       }
       report.steps.push_back(sm);
+      done = sm.step;
       if (on_step) on_step(sm);
       if (stop.requested()) {
         if (!model->checkpoints())
@@ -299,12 +330,17 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
                                     "--resume (or train.resume: auto) to continue",
                                     stop.signal(), sm.step, ts.max_steps, dir));
       }
+      if (report.stopped_early) {
+        fmt::print(stderr, "{}ftune: early stop after step {}: the validation loss has not improved for {} evaluations "
+                   "(best {:.4f} at step {})\n",
+                   isatty(2) ? "\n" : "", sm.step, ts.early_stopping_patience, best_val, best_step);
+        break;
+      }
       if (ts.save_every > 0 && sm.step % ts.save_every == 0 && sm.step != ts.max_steps) save_checkpoint(sm.step);
     }
-    if (ts.save_every > 0) save_checkpoint(ts.max_steps);
-    if (report.skipped_steps == ts.max_steps)
-      failed(fmt::format("every one of the {} steps overflowed in fp16 and was skipped; nothing was trained",
-                         ts.max_steps));
+    if (ts.save_every > 0) save_checkpoint(done);
+    if (report.skipped_steps == done)
+      failed(fmt::format("every one of the {} steps overflowed in fp16 and was skipped; nothing was trained", done));
     if (model->planned_bytes())
       fmt::print(stderr, "{}ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
                  isatty(2) ? "\n" : "", static_cast<double>(model->measured_bytes()) / kGiB,

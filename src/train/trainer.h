@@ -28,6 +28,7 @@ struct TrainReport {
   std::vector<std::pair<int64_t, double>> val_losses;  // (step, validation loss)
   int64_t skipped_steps = 0;  // fp16 steps whose update was skipped (a resumed run's earlier ones included)
   int64_t first_step = 0;     // steps done before this run (a resumed run's checkpoint step)
+  bool stopped_early = false; // train.early_stopping_patience ended the run
 };
 
 // Runs the whole recipe: validates inputs first (output dir, model, data), trains, and writes the
