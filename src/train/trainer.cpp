@@ -34,6 +34,7 @@
 #include "params/param_table.h"
 #include "train/backend.h"
 #include "train/engine.h"
+#include "train/loss_plot.h"
 #include "train/metrics_log.h"
 #include "train/progress.h"
 #include "train/run_data.h"
@@ -361,6 +362,13 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
         fs::create_directories(merged);
         save_merged_model(merged, cfg.model, lora);
       }
+    }
+    // The loss curves beside the metrics (a plot that cannot be drawn is not worth the run).
+    try {
+      write_loss_plot(read_loss_curves(out.staged("metrics.jsonl")), out.staged("loss.png"),
+                      fs::absolute(cfg.output_dir).filename().string());
+    } catch (const Error& e) {
+      fmt::print(stderr, "ftune: no loss plot: {}\n", e.what());
     }
   } catch (const Preempted&) {
     throw;  // its checkpoint is the result; output_dir keeps the previous run's files
