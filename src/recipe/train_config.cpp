@@ -124,6 +124,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "train.keep_last", .field = FT_FIELD(train.keep_last), .doc = "Complete checkpoints kept (older ones are deleted once a newer one is complete); 0 = all.", .range = at_least(0)},
       {.name = "train.resume", .field = FT_FIELD(train.resume), .doc = "`auto`: continue from the latest intact checkpoint in output_dir when there is one (what a restarted worker needs), else start; `never`: start afresh (`ftune train --resume` asks for it once).", .choices = {"never", "auto"}},
       {.name = "train.save_merged", .field = FT_FIELD(train.save_merged), .doc = "LoRA and QLoRA: also write the base with the adapter folded in (W + scaling B A, from the base in its original precision) as a Hugging Face model directory in output_dir/merged, in the base's dtype."},
+      {.name = "train.tensorboard", .field = FT_FIELD(train.tensorboard), .doc = "Also write the run's scalars (train/loss, train/lr, train/grad_norm, train/tokens_per_s, eval/loss, eval/perplexity) as TensorBoard event files into output_dir/tensorboard, as they happen (`tensorboard --logdir output_dir`); metrics.jsonl is always written."},
       {.name = "train.threads", .field = FT_FIELD(train.threads), .doc = "CPU threads; 0 means all cores, and more than the machine's cores is capped to them.", .range = from_to(0, kMaxThreads)},
   };
   return kTable;

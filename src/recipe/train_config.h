@@ -49,7 +49,8 @@ struct TrainSettings {
   int64_t save_every = 0;           // checkpoint every this many steps (and at the end); 0 = none
   int64_t keep_last = 2;            // complete checkpoints kept; 0 = all
   std::string resume = "never";     // never, or auto: continue from the latest checkpoint when there is one
-  bool save_merged = false;         // LoRA/QLoRA: also write base + adapter as a model in output_dir/merged
+  bool save_merged = false;
+  bool tensorboard = false;         // also write TensorBoard event files into output_dir/tensorboard         // LoRA/QLoRA: also write base + adapter as a model in output_dir/merged
 };
 
 struct TrainConfig {

@@ -35,6 +35,7 @@
 #include "train/backend.h"
 #include "train/engine.h"
 #include "train/loss_plot.h"
+#include "train/tensorboard.h"
 #include "train/metrics_log.h"
 #include "train/progress.h"
 #include "train/run_data.h"
@@ -255,6 +256,15 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   }
   write_text(out.staged("config.yaml"), train_config_to_yaml(cfg));
   MetricsLog metrics(out.staged("metrics.jsonl"));
+  std::unique_ptr<EventWriter> events;  // live, beside the staged files: TensorBoard follows it during the run
+  if (ts.tensorboard) {
+    const std::string tb = (fs::path(cfg.output_dir) / "tensorboard").string();
+    if (!resume) {
+      std::error_code ec;
+      fs::remove_all(tb, ec);  // a fresh run's curves start alone
+    }
+    events = std::make_unique<EventWriter>(tb);
+  }
   if (resume) {  // the metrics of the steps before the checkpoint, as they were written
     std::istringstream lines(resume->metrics);
     for (std::string line; std::getline(lines, line);)
@@ -300,10 +310,17 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
           json_number(sm.tokens_per_s, 1), json_number(sm.elapsed_s, 3), batcher.epoch(),
           r.skipped ? fmt::format(", \"skipped\": true, \"skipped_steps\": {}", report.skipped_steps) : ""));
       if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
+      if (events) {
+        if (!r.skipped) events->scalar("train/loss", sm.step, sm.loss), events->scalar("train/grad_norm", sm.step, sm.grad_norm);
+        events->scalar("train/lr", sm.step, sm.lr);
+        events->scalar("train/tokens_per_s", sm.step, sm.tokens_per_s);
+        if (report.skipped_steps) events->scalar("train/skipped_steps", sm.step, static_cast<double>(report.skipped_steps));
+      }
       if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {
         const double vl = engine.validation_loss(data.val, pad, m);
         if (!std::isfinite(vl)) failed(fmt::format("step {}: the validation loss is {}", sm.step, shown_number(vl)));
         report.val_losses.emplace_back(sm.step, vl);
+        if (events) events->scalar("eval/loss", sm.step, vl), events->scalar("eval/perplexity", sm.step, std::exp(vl));
         metrics.write(fmt::format("{{\"step\": {}, \"val_loss\": {}, \"val_ppl\": {}}}", sm.step, json_number(vl, 6),
                                   json_number(std::exp(vl), 4)));
         fmt::print(stderr, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "",
