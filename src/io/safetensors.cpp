@@ -524,7 +524,8 @@ std::string SafetensorsWriter::to_bytes(const std::map<std::string, std::string>
   std::string out(8, '\0');
   for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(head.size()) >> (8 * i));
   out += head;
-  for (const Entry* e : order) out.append(reinterpret_cast<const char*>(e->bytes.data()), e->bytes.size());
+  for (const Entry* e : order)
+    if (!e->bytes.empty()) out.append(reinterpret_cast<const char*>(e->bytes.data()), e->bytes.size());
   return out;
 }
 

@@ -77,7 +77,7 @@ std::string state_bytes(const BackendState& s) {
   SafetensorsWriter w;
   for (const auto& [name, v] : s.f32) {
     std::vector<uint8_t> b(v.size() * 4);
-    std::memcpy(b.data(), v.data(), b.size());
+    if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
     w.add("f32." + name, DType::F32, {static_cast<int64_t>(v.size())}, std::move(b));
   }
   for (const auto& [name, v] : s.u8) w.add("u8." + name, DType::U8, {static_cast<int64_t>(v.size())}, v);
@@ -94,7 +94,7 @@ BackendState parse_state(const std::string& bytes, const std::string& label) {
     const auto raw = f.bytes(t);
     if (t.name.starts_with("f32.") && t.dtype == DType::F32) {
       std::vector<float> v(raw.size() / 4);
-      std::memcpy(v.data(), raw.data(), v.size() * 4);
+      if (!v.empty()) std::memcpy(v.data(), raw.data(), v.size() * 4);
       s.f32[t.name.substr(4)] = std::move(v);
     } else if (t.name.starts_with("u8.") && t.dtype == DType::U8) {
       s.u8[t.name.substr(3)] = std::vector<uint8_t>(raw.begin(), raw.end());
