@@ -34,22 +34,6 @@ std::vector<std::string> cases() {
   return out;
 }
 
-std::vector<std::vector<int32_t>> read_i64_rows(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* t = f.find(name);
-  EXPECT_NE(t, nullptr) << name;
-  EXPECT_EQ(t->dtype, DType::I64);
-  auto bytes = f.bytes(*t);
-  const int64_t rows = t->shape[0], cols = t->shape[1];
-  std::vector<std::vector<int32_t>> out(rows, std::vector<int32_t>(cols));
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      int64_t v;
-      std::memcpy(&v, bytes.data() + (r * cols + c) * 8, 8);
-      out[r][c] = static_cast<int32_t>(v);
-    }
-  return out;
-}
-
 class HfGolden : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -60,8 +44,8 @@ class HfGolden : public ::testing::TestWithParam<std::string> {
     golden_ = std::make_unique<SafetensorsFile>(SafetensorsFile::open((dir_ / "golden.safetensors").string()));
     std::ifstream jf(dir_ / "golden.json");
     meta_ = nlohmann::json::parse(jf);
-    ids_ = read_i64_rows(*golden_, "input_ids");
-    labels_ = read_i64_rows(*golden_, "labels");
+    ids_ = testing::i64_rows(*golden_, "input_ids");
+    labels_ = testing::i64_rows(*golden_, "labels");
     std::vector<const std::vector<int32_t>*> pi, pl;
     for (size_t i = 0; i < ids_.size(); ++i) pi.push_back(&ids_[i]), pl.push_back(&labels_[i]);
     batch_ = make_batch(pi, pl, 0);

@@ -28,16 +28,7 @@ TEST(Merge, MergedModelGivesTheLogitsOfBasePlusAdapter) {
     const LlamaWeights base = load_llama_weights(cfg, CheckpointReader((dir / "model").string()));
     const LoraParams lora = load_peft_adapter((dir / "adapter").string(), cfg);
     const SafetensorsFile golden = SafetensorsFile::open((dir / "golden.safetensors").string());
-    const TensorInfo* ids_info = golden.find("input_ids");
-    ASSERT_NE(ids_info, nullptr);
-    std::vector<std::vector<int32_t>> ids(ids_info->shape[0], std::vector<int32_t>(ids_info->shape[1]));
-    const auto raw = golden.bytes(*ids_info);
-    for (size_t i = 0; i < ids.size(); ++i)
-      for (size_t j = 0; j < ids[i].size(); ++j) {
-        int64_t v;
-        std::memcpy(&v, raw.data() + (i * ids[i].size() + j) * 8, 8);
-        ids[i][j] = static_cast<int32_t>(v);
-      }
+    const auto ids = testing::i64_rows(golden, "input_ids");
     std::vector<const std::vector<int32_t>*> rows;
     for (const auto& r : ids) rows.push_back(&r);
     const Batch b = make_batch(rows, rows, 0);

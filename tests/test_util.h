@@ -2,12 +2,15 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "io/safetensors.h"
 #include "core/tensor.h"
 
 namespace ftune::testing {
@@ -34,6 +37,22 @@ inline std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
   std::vector<float> o(v.size());
   for (size_t i = 0; i < v.size(); ++i) o[i] = bf16_to_f32(v[i]);
   return o;
+}
+
+// An I64 [rows, cols] tensor of a golden file (token ids, labels) as int32 rows.
+inline std::vector<std::vector<int32_t>> i64_rows(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.find(name);
+  if (!t || t->dtype != DType::I64 || t->shape.size() != 2) throw std::runtime_error(name + ": not an I64 matrix");
+  const auto bytes = f.bytes(*t);
+  const int64_t rows = t->shape[0], cols = t->shape[1];
+  std::vector<std::vector<int32_t>> out(rows, std::vector<int32_t>(cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      int64_t v;
+      std::memcpy(&v, bytes.data() + (r * cols + c) * 8, 8);
+      out[r][c] = static_cast<int32_t>(v);
+    }
+  return out;
 }
 
 // n draws of N(mean, 1).

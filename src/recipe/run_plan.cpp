@@ -30,17 +30,7 @@ constexpr std::array<std::pair<const char*, OptimizerKind>, 3> kOptimizers{{{"ad
 constexpr std::array<std::pair<const char*, Device>, 3> kDevices{
     {{"cpu", Device::Cpu}, {"cuda", Device::Cuda}, {"auto", Device::Auto}}};
 
-template <typename E, size_t N>
-const char* name_of(E e, const std::array<std::pair<const char*, E>, N>& names) {
-  for (const auto& [name, x] : names)
-    if (x == e) return name;
-  return "?";
-}
-
 }  // namespace
-
-const char* method_name(Method m) { return name_of(m, kMethods); }
-const char* optimizer_name(OptimizerKind o) { return name_of(o, kOptimizers); }
 
 RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   const TrainSettings& t = cfg.train;

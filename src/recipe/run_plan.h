@@ -26,14 +26,10 @@ struct RunPlan {
   AdamWSettings adamw;               // betas, eps, weight decay
   double max_grad_norm = 1.0;        // <= 0: no clipping
   int64_t micro_batch = 1, grad_accum = 1;
-  bool trains_adapter() const { return method != Method::Full; }
 };
 
 // The plan of a recipe. Fails with one line naming `label` and the keys when keys contradict
 // each other or ask for something not available.
 RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label);
-
-const char* method_name(Method m);        // "lora", "qlora", "full"
-const char* optimizer_name(OptimizerKind o);
 
 }  // namespace ftune
