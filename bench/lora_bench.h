@@ -8,7 +8,7 @@
 
 #include "core/rng.h"
 #include "model/batch.h"
-#include "model/llama_gpu.h"
+#include "gpu/llama_gpu.h"
 #include "optim/adamw.h"
 
 namespace ftune::bench {
@@ -49,7 +49,7 @@ inline Batch random_batch(int64_t rows, int64_t seq, int64_t vocab, uint64_t see
 inline double train_step(LlamaGpu& model, const Batch& batch, int64_t t) {
   const auto [sum, count] = model.forward_backward(batch, 1.0f / static_cast<float>(batch.count_targets()));
   const double coef = clip_coefficient(model.grad_norm(), 1.0);
-  model.adamw_step({1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, t}, static_cast<float>(coef));
+  model.optimizer_step({1e-4f, 0.9f, 0.999f, 1e-8f, 0.0f, t}, static_cast<float>(coef));
   model.zero_grads();
   return sum / static_cast<double>(count);
 }

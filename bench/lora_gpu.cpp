@@ -22,24 +22,12 @@
 #include <string>
 
 #include "core/error.h"
-#include "model/llama_gpu.h"
+#include "gpu/llama_gpu.h"
 #include "lora_bench.h"
 #include "memory_peak.h"
 #include "model/presets.h"
+#include "plan/run_estimate.h"
 
-namespace {
-
-// Model FLOPs per trained token, as bench/peer_lora.py counts them: 4 N_base (forward and input
-// gradient of the frozen projections and lm_head), 6 N_lora, and 6 L d T for causal attention.
-double flops_per_token(const ftune::LlamaConfig& c, int64_t n_lora, int64_t seq) {
-  const double d = static_cast<double>(c.hidden_size), i = static_cast<double>(c.intermediate_size);
-  const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
-  const double L = static_cast<double>(c.num_hidden_layers), V = static_cast<double>(c.vocab_size);
-  const double n_base = L * (2 * d * q + 2 * d * kv + 3 * d * i) + d * V;
-  return 4 * n_base + 6 * static_cast<double>(n_lora) + 6 * L * q * static_cast<double>(seq);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace ftune;
@@ -97,7 +85,7 @@ int main(int argc, char** argv) {
     const size_t peak = sampler.stop();
     const size_t end = cuda::memory_in_use();
     const double tok_s = static_cast<double>(steps * mb * seq) / secs;
-    const double tflops = flops_per_token(cfg, model.lora_parameters(), seq) * tok_s / 1e12;
+    const double tflops = train_flops_per_token(cfg, Method::Lora, model.lora_parameters(), seq) * tok_s / 1e12;
     const double gib = 1024.0 * 1024.0 * 1024.0;
     auto beyond = [&](size_t bytes) { return static_cast<double>(bytes > before ? bytes - before : 0) / gib; };
     fmt::print(

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/error.h"
-#include "model/llama_gpu.h"
+#include "gpu/llama_gpu.h"
 #include "lora_bench.h"
 #include "model/presets.h"
 #include "ops/cuda/attention.h"

@@ -147,11 +147,13 @@ TEST_P(FullFtGolden, FiveAdamWStepsWithDecayAndClipping) {
     const ParamSpec* s = table_.find(key);
     ASSERT_NE(s, nullptr) << key;
     const Tensor ref = full_->read_f32(t.name);
-    // Weights after five steps: 1e-5 relative. Adam's update is about lr per element whatever the
-    // gradient's size, so fp32 gradient noise moves the weights far less than it moves the
-    // gradients (measured: <= 3e-6).
+    // Weights after five steps: 1e-4 relative, the bound of the losses. Adam's first steps move each
+    // weight by about lr times the sign of its gradient, so an element whose gradient is within
+    // fp32 rounding of zero can step the other way; how many do depends on the summation order of
+    // OpenBLAS's GEMM kernels, which it picks per CPU (measured on one machine: 2.9e-6 with the
+    // Haswell kernels, 2.6e-5 with SkylakeX's, 1.8e-5 with Sandybridge's).
     const double e = rel_err(param_tensor(trained, *s).data, ref.data);
-    EXPECT_LT(e, 1e-5) << key;
+    EXPECT_LT(e, 1e-4) << key;
     worst = std::max(worst, e);
     ++checked;
   }

@@ -14,7 +14,7 @@
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
-#include "optim/adamw.h"
+#include "train/lora_adamw.h"
 #include "test_util.h"
 
 namespace ftune {
@@ -108,7 +108,7 @@ TEST_P(HfGolden, LoraGradients) {
 
 TEST_P(HfGolden, FiveAdamWSteps) {
   const auto betas = meta_.at("betas");
-  AdamW opt(lora_, {betas[0].get<double>(), betas[1].get<double>(), meta_.at("eps").get<double>(),
+  LoraAdamW opt(lora_, {betas[0].get<double>(), betas[1].get<double>(), meta_.at("eps").get<double>(),
                     meta_.at("weight_decay").get<double>()});
   const double lr = meta_.at("lr").get<double>(), max_norm = meta_.at("max_grad_norm").get<double>();
   const Tensor ref_losses = golden_->read_f32("train_losses");

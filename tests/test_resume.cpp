@@ -1,119 +1,32 @@
 // Checkpoints and exact resume on the CPU: a run stopped after any step and resumed from its last
 // checkpoint gives bitwise the losses, gradient norms and final weights of the uninterrupted run
-// (LoRA with dropout and packing, 8-bit AdamW, full fine-tuning); damaged checkpoints are refused
+// (LoRA with dropout and packing, 8-bit AdamW, full fine-tuning with fp32 or 8-bit moments); damaged checkpoints are refused
 // and the one before used; a changed recipe is refused naming the key.
-#include <gtest/gtest.h>
-
-#include <fmt/format.h>
-
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-
-#include "core/error.h"
-#include "model/presets.h"
-#include "model/weights.h"
-#include "test_util.h"
-#include "train/run_checkpoint.h"
-#include "train/trainer.h"
+#include "resume_util.h"
 
 namespace ftune {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::Crash;
+using testing::ResumeSetup;
+using testing::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-struct Crash {};  // stands for a process killed after a step
-
-struct ResumeSetup {
-  testing::TempDir dir{"resume"};
-  TrainConfig cfg;
-  explicit ResumeSetup(const std::string& method) {
-    LlamaConfig c = preset_config("tiny");
-    c.vocab_size = 64;
-    c.num_hidden_layers = 2;
-    fs::create_directories(dir / "model");
-    save_llama_model(c, random_llama_weights(c, 1), dir / "model", DType::F32);
-    std::ofstream f(dir / "data.jsonl");
-    Rng r(5);
-    for (int i = 0; i < 21; ++i) {  // not a multiple of the batch: epochs end mid-batch
-      const int start = static_cast<int>(r.below(10)), len = 6 + static_cast<int>(r.below(14));
-      std::string ids;
-      for (int t = 0; t < len; ++t) ids += fmt::format("{}{}", t ? ", " : "", 3 + (start + t) % 12);
-      f << "{\"input_ids\": [" << ids << "]}\n";
-    }
-    cfg.model = dir / "model";
-    cfg.data.train = dir / "data.jsonl";
-    cfg.data.max_seq_len = 32;
-    cfg.data.packing = true;
-    cfg.train.method = method;
-    cfg.train.micro_batch_size = 2;
-    cfg.train.grad_accum = 2;
-    cfg.train.max_steps = 14;
-    cfg.train.lr = method == "full" ? 1e-3 : 1e-2;
-    cfg.train.warmup_steps = 3;  // cosine after warmup: the schedule position matters
-    cfg.train.weight_decay = 0.01;
-    cfg.train.threads = 2;
-    cfg.lora.r = 4;
-    cfg.lora.alpha = 8;
-    cfg.lora.dropout = method == "full" ? 0.0 : 0.1;
-  }
-  TrainReport run(const std::string& out, int64_t crash_after = 0, const std::string& resume_from = "") {
-    TrainConfig c = cfg;
-    c.output_dir = dir / out;
-    c.resume_from = resume_from;
-    return run_training(c, [&](const StepMetrics& m) {
-      if (crash_after > 0 && m.step == crash_after) throw Crash{};
-    });
-  }
-};
-
-void expect_same_run(const std::string& method, const std::string& optimizer, int64_t crash_after) {
+void expect_bitwise(const std::string& method, const std::string& optimizer, int64_t crash_after) {
   ResumeSetup s(method);
   s.cfg.train.optimizer = optimizer;
-  s.cfg.train.save_every = 3;
-  const TrainReport full = s.run("a");
-  EXPECT_THROW(s.run("b", crash_after), Crash);
-  const std::string root = (fs::path(s.dir / "b") / kCheckpointsDir).string();
-  const auto ckpts = list_checkpoints(root);
-  ASSERT_FALSE(ckpts.empty());
-  const int64_t at = read_checkpoint(ckpts.front()).progress.step;
-  EXPECT_EQ(at, crash_after / 3 * 3);
-  EXPECT_LE(ckpts.size(), 2u) << "train.keep_last 2";
-  const TrainReport resumed = s.run("b", 0, "latest");
-  EXPECT_EQ(resumed.first_step, at);
-  ASSERT_EQ(resumed.steps.size() + static_cast<size_t>(at), full.steps.size());
-  for (size_t i = 0; i < resumed.steps.size(); ++i) {
-    const StepMetrics& x = full.steps[at + i];
-    const StepMetrics& y = resumed.steps[i];
-    EXPECT_EQ(x.step, y.step);
-    EXPECT_EQ(x.loss, y.loss) << "step " << x.step;  // bitwise
-    EXPECT_EQ(x.grad_norm, y.grad_norm) << "step " << x.step;
-    EXPECT_EQ(x.tokens, y.tokens) << "step " << x.step;
-  }
-  // The final weights, byte for byte, and the metrics of every step (timings aside) line for line.
-  const char* weights = method == "full" ? "model.safetensors" : "adapter_model.safetensors";
-  EXPECT_EQ(slurp(fs::path(s.dir / "a") / weights), slurp(fs::path(s.dir / "b") / weights)) << weights;
-  std::istringstream ma(slurp(s.dir / "a/metrics.jsonl")), mb(slurp(s.dir / "b/metrics.jsonl"));
-  int lines = 0;
-  for (std::string la, lb; std::getline(ma, la) && std::getline(mb, lb); ++lines)
-    EXPECT_EQ(la.substr(0, la.find("\"tokens_per_s\"")), lb.substr(0, lb.find("\"tokens_per_s\""))) << lines;
-  EXPECT_EQ(lines, 14);
+  testing::expect_same_run(s, crash_after);
 }
 
 TEST(Resume, LoraWithDropoutAndPackingIsBitwiseTheUninterruptedRun) {
-  for (int64_t crash : {4, 7, 13}) expect_same_run("lora", "adamw", crash);
+  for (int64_t crash : {4, 7, 13}) expect_bitwise("lora", "adamw", crash);
 }
 
-TEST(Resume, EightBitAdamWIsBitwiseTheUninterruptedRun) { expect_same_run("lora", "adamw_8bit", 8); }
+TEST(Resume, EightBitAdamWIsBitwiseTheUninterruptedRun) { expect_bitwise("lora", "adamw_8bit", 8); }
 
-TEST(Resume, FullFineTuningIsBitwiseTheUninterruptedRun) { expect_same_run("full", "adamw", 5); }
+TEST(Resume, FullFineTuningIsBitwiseTheUninterruptedRun) { expect_bitwise("full", "adamw", 5); }
+
+TEST(Resume, FullFineTuningWithEightBitMomentsIsBitwiseTheUninterruptedRun) { expect_bitwise("full", "adamw_8bit", 7); }
 
 TEST(Resume, DamagedCheckpointIsRefusedAndThePreviousOneUsed) {
   ResumeSetup s("lora");

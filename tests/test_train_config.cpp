@@ -24,7 +24,7 @@ const std::vector<std::string> kAllKeys = {
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
     "data.packing", "data.pad_to_multiple_of", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
-    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer", "train.offload_activations",
+    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer", "train.offload_activations", "train.optimizer_offload",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
@@ -368,7 +368,7 @@ TEST(TrainConfigErrors, KeysTheMethodDoesNotUse) {
   expect_recipe_error(base + "lora:\n  r: 16\n", "recipe.yaml: lora.r is a LoRA setting, but train.method is full");
   expect_recipe_error(base + "lora:\n  target_modules: [q_proj]\n", "recipe.yaml: lora.target_modules is a LoRA setting");
   expect_recipe_error(base + "  optimizer: paged_adamw_8bit\n",
-                      "recipe.yaml: train.optimizer=paged_adamw_8bit with train.method=full is not available yet");
+                      "recipe.yaml: train.optimizer=paged_adamw_8bit with train.method=full is not available");
   EXPECT_NO_THROW(parse_train_config(base + "  device: cuda\n", "recipe.yaml", {}, ""));
   expect_recipe_error("model: m\noutput_dir: o\ndata:\n  train: d.jsonl\ntrain:\n  offload_activations: true\n",
                       "recipe.yaml: train.offload_activations needs train.gradient_checkpointing: true");

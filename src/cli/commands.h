@@ -12,5 +12,6 @@ void add_tokenize_command(CLI::App& app);
 void add_data_command(CLI::App& app);
 void add_merge_command(CLI::App& app);
 void add_plot_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 
 }  // namespace ftune

@@ -18,37 +18,44 @@ FlatAdamW::FlatAdamW(int64_t n, const AdamWSettings& s, std::vector<std::pair<in
   }
 }
 
-void FlatAdamW::update(float* p, const float* g, int64_t begin, int64_t end, float decay, float coef,
-                       float step_size, float bc2_sqrt) {
-  const float b1 = static_cast<float>(s_.beta1), b2 = static_cast<float>(s_.beta2);
-  const float eps = static_cast<float>(s_.eps);
-  float* m = m_.data();
-  float* v = v_.data();
+AdamWConstants adamw_constants(const AdamWSettings& s, int64_t t, double lr, float grad_coef, bool decayed) {
+  const double bc1 = 1.0 - std::pow(s.beta1, static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(s.beta2, static_cast<double>(t));
+  return {static_cast<float>(s.beta1),
+          static_cast<float>(s.beta2),
+          static_cast<float>(s.eps),
+          static_cast<float>(lr / bc1),
+          static_cast<float>(std::sqrt(bc2)),
+          decayed ? static_cast<float>(1.0 - lr * s.weight_decay) : 1.0f,
+          grad_coef};
+}
+
+void adamw_apply(const AdamWConstants& c, float* p, const float* g, float* m, float* v, int64_t n) {
 #pragma omp parallel for schedule(static)
-  for (int64_t j = begin; j < end; ++j) {
-    const float gj = g[j] * coef;
-    p[j] *= decay;
-    m[j] = b1 * m[j] + (1.0f - b1) * gj;
-    v[j] = b2 * v[j] + (1.0f - b2) * gj * gj;
-    p[j] -= step_size * m[j] / (std::sqrt(v[j]) / bc2_sqrt + eps);
+  for (int64_t j = 0; j < n; ++j) {
+    const float gj = g[j] * c.coef;
+    p[j] *= c.decay;
+    m[j] = c.b1 * m[j] + (1.0f - c.b1) * gj;
+    v[j] = c.b2 * v[j] + (1.0f - c.b2) * gj * gj;
+    p[j] -= c.step_size * m[j] / (std::sqrt(v[j]) / c.bc2_sqrt + c.eps);
   }
 }
 
 void FlatAdamW::step(float* p, const float* g, double lr, float grad_coef) {
   ++t_;
-  const double bc1 = 1.0 - std::pow(s_.beta1, static_cast<double>(t_));
-  const double bc2 = 1.0 - std::pow(s_.beta2, static_cast<double>(t_));
-  const float step_size = static_cast<float>(lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  const float decay = static_cast<float>(1.0 - lr * s_.weight_decay);
+  const AdamWConstants plain = adamw_constants(s_, t_, lr, grad_coef, false);
+  const AdamWConstants decayed = adamw_constants(s_, t_, lr, grad_coef, true);
   const int64_t n = static_cast<int64_t>(m_.size());
+  auto update = [&](const AdamWConstants& c, int64_t b, int64_t e) {
+    if (e > b) adamw_apply(c, p + b, g + b, m_.data() + b, v_.data() + b, e - b);
+  };
   int64_t at = 0;  // alternate the undecayed gaps and the decayed ranges
   for (const auto& [b, e] : decay_) {
-    update(p, g, at, b, 1.0f, grad_coef, step_size, bc2_sqrt);
-    update(p, g, b, e, decay, grad_coef, step_size, bc2_sqrt);
+    update(plain, at, b);
+    update(decayed, b, e);
     at = e;
   }
-  update(p, g, at, n, 1.0f, grad_coef, step_size, bc2_sqrt);
+  update(plain, at, n);
 }
 
 void FlatAdamW::restore(std::vector<float> m, std::vector<float> v, int64_t steps) {

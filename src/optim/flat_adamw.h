@@ -12,6 +12,20 @@
 
 namespace ftune {
 
+// The float constants of one AdamW update at step t (1-based), as torch computes them: bias
+// corrections in double, rounded once.
+struct AdamWConstants {
+  float b1, b2, eps;
+  float step_size;  // lr / (1 - beta1^t)
+  float bc2_sqrt;   // sqrt(1 - beta2^t)
+  float decay;      // 1 - lr * weight_decay (1 where the range is not decayed)
+  float coef;       // the gradient is read multiplied by this (clipping, loss-scale removal)
+};
+AdamWConstants adamw_constants(const AdamWSettings& s, int64_t t, double lr, float grad_coef, bool decayed);
+// One update of p, m, v [n] from g [n], in place, over the OpenMP threads:
+//   p *= decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= step_size m / (sqrt(v)/bc2_sqrt + eps)
+void adamw_apply(const AdamWConstants& c, float* p, const float* g, float* m, float* v, int64_t n);
+
 class FlatAdamW {
  public:
   // n elements; decay_ranges: [begin, end) element ranges that get weight decay, sorted.
@@ -25,8 +39,6 @@ class FlatAdamW {
   void restore(std::vector<float> m, std::vector<float> v, int64_t steps);
 
  private:
-  void update(float* p, const float* g, int64_t begin, int64_t end, float decay, float coef, float step_size,
-              float bc2_sqrt);
   AdamWSettings s_;
   std::vector<std::pair<int64_t, int64_t>> decay_;
   std::vector<float> m_, v_;  // [n] each

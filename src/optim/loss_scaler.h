@@ -16,6 +16,13 @@ class LossScaler {
   // optimizer step may run (false: skip it); updates the scale for the next step.
   bool update(bool finite);
   int64_t skipped() const { return skipped_; }
+  // What a checkpoint keeps, and its restoration on resume.
+  struct State {
+    double scale;
+    int64_t clean, skipped;
+  };
+  State state() const { return {scale_, clean_, skipped_}; }
+  void restore(const State& s) { scale_ = s.scale, clean_ = s.clean, skipped_ = s.skipped; }
 
  private:
   double scale_, growth_, backoff_;

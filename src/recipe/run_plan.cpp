@@ -41,6 +41,7 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   p.device = parse_choice("train.device", t.device, kDevices);
   p.checkpointing = t.gradient_checkpointing;
   p.offload_activations = t.offload_activations;
+  p.optimizer_offload = t.optimizer_offload;
   p.adamw = {t.beta1, t.beta2, t.eps, t.weight_decay};
   p.max_grad_norm = t.max_grad_norm;
   p.micro_batch = t.micro_batch_size;
@@ -51,10 +52,22 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
         fail("{}: {} is a LoRA setting, but train.method is full (every weight trains, no adapter); remove it or "
              "choose train.method lora or qlora",
              label, k);
-    if (p.optimizer != OptimizerKind::AdamW)
-      fail("{}: train.optimizer={} with train.method=full is not available yet (full fine-tuning keeps fp32 AdamW "
-           "moments: train.optimizer adamw)",
+    if (p.optimizer == OptimizerKind::PagedAdamW8bit)
+      fail("{}: train.optimizer=paged_adamw_8bit with train.method=full is not available: use adamw_8bit (8-bit "
+           "moments on the GPU) or train.optimizer_offload: true (masters and moments in host memory)",
+           label);
+    if (p.optimizer_offload && p.optimizer != OptimizerKind::AdamW)
+      fail("{}: train.optimizer_offload keeps fp32 AdamW moments in host memory: set train.optimizer to adamw (not {})",
            label, t.optimizer);
+    if (p.optimizer_offload && p.device == Device::Cpu)
+      fail("{}: train.optimizer_offload moves the optimizer off the GPU, but train.device is cpu (where everything is "
+           "already in host memory); remove it or set train.device cuda",
+           label);
+  } else if (p.optimizer_offload) {
+    fail("{}: train.optimizer_offload is for train.method full (the master weights and moments of every weight); "
+         "train.method {} trains an adapter, whose optimizer state is small: use train.optimizer paged_adamw_8bit to "
+         "move it to host memory",
+         label, t.method);
   }
   if (p.method == Method::Full && t.save_merged)
     fail("{}: train.save_merged folds an adapter into the base; with train.method full output_dir already holds the "
@@ -71,6 +84,18 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
          "inputs)",
          label);
   return p;
+}
+
+LoraSpec lora_spec(const LoraSettings& s) {
+  LoraSpec spec;
+  spec.r = s.r;
+  spec.alpha = s.alpha;
+  spec.dropout = s.dropout;
+  spec.use_rslora = s.use_rslora;
+  for (const auto& name : s.target_modules)
+    for (int p = 0; p < kNumProj; ++p)
+      if (name == proj_name(static_cast<Proj>(p))) spec.targets[p] = true;
+  return spec;
 }
 
 }  // namespace ftune

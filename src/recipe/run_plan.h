@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "model/lora.h"
 #include "optim/adamw.h"
 #include "recipe/train_config.h"
 
@@ -23,6 +24,7 @@ struct RunPlan {
   Device device = Device::Cpu;
   bool checkpointing = false;        // train.gradient_checkpointing
   bool offload_activations = false;  // train.offload_activations (needs checkpointing)
+  bool optimizer_offload = false;    // train.optimizer_offload (full fine-tuning on the GPU)
   AdamWSettings adamw;               // betas, eps, weight decay
   double max_grad_norm = 1.0;        // <= 0: no clipping
   int64_t micro_batch = 1, grad_accum = 1;
@@ -31,5 +33,8 @@ struct RunPlan {
 // The plan of a recipe. Fails with one line naming `label` and the keys when keys contradict
 // each other or ask for something not available.
 RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label);
+
+// The adapter the lora.* keys describe (r, alpha, dropout, rsLoRA, target modules).
+LoraSpec lora_spec(const LoraSettings& s);
 
 }  // namespace ftune

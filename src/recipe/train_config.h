@@ -23,7 +23,7 @@ struct LoraSettings {
 
 
 struct TrainSettings {
-  std::string method = "lora";     // lora or qlora
+  std::string method = "lora";     // lora, qlora or full
   std::string optimizer = "adamw";  // adamw, adamw_8bit or paged_adamw_8bit
   int64_t micro_batch_size = 4;
   int64_t grad_accum = 1;
@@ -40,6 +40,7 @@ struct TrainSettings {
   uint64_t seed = 42;
   bool gradient_checkpointing = false;
   bool offload_activations = false;  // checkpointed layer inputs in pinned host memory (GPU)
+  bool optimizer_offload = false;    // full fine-tuning on the GPU: masters and moments on the host
   bool shuffle = true;
   int64_t eval_every = 0;          // 0 = evaluate at the end only
   int64_t log_every = 1;
@@ -49,8 +50,8 @@ struct TrainSettings {
   int64_t save_every = 0;           // checkpoint every this many steps (and at the end); 0 = none
   int64_t keep_last = 2;            // complete checkpoints kept; 0 = all
   std::string resume = "never";     // never, or auto: continue from the latest checkpoint when there is one
-  bool save_merged = false;
-  bool tensorboard = false;         // also write TensorBoard event files into output_dir/tensorboard         // LoRA/QLoRA: also write base + adapter as a model in output_dir/merged
+  bool save_merged = false;         // LoRA/QLoRA: also write base + adapter as a model in output_dir/merged
+  bool tensorboard = false;         // also write TensorBoard event files into output_dir/tensorboard
 };
 
 struct TrainConfig {

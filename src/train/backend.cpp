@@ -1,21 +1,18 @@
 // Backend choice and the CPU backend.
 #include "train/backend.h"
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 #include "optim/adamw8bit.h"
 #include "optim/flat_adamw.h"
+#include "train/lora_adamw.h"
 #include "params/param_table.h"
 #include "quant/nf4.h"
 
 namespace ftune {
 
 namespace {
-
-int64_t int_of(const BackendState& s, const std::string& name) {
-  const auto it = s.ints.find(name);
-  if (it == s.ints.end()) fail("checkpoint: '{}' is missing", name);
-  return it->second;
-}
 
 // QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
 // 64), the values the GPU dequantizes before each GEMM.
@@ -63,9 +60,7 @@ class CpuBackend final : public TrainBackend {
     BackendState s;
     lora_.for_each([&](const std::string& key, const Tensor& t) { s.f32["adapter." + key] = t.data; });
     if (adam8_) {
-      s.u8["adam8.m_q"] = adam8_->m_q, s.u8["adam8.v_q"] = adam8_->v_q;
-      s.f32["adam8.absmax_m"] = adam8_->absmax_m, s.f32["adam8.absmax_v"] = adam8_->absmax_v;
-      s.f32["adam8.m32"] = adam8_->m32, s.f32["adam8.v32"] = adam8_->v32;
+      save_adam8bit(*adam8_, "adam8.", s);
       s.ints["adam8.t"] = t8_;
     } else {
       opt_.first_moment().for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.m." + key] = t.data; });
@@ -76,27 +71,17 @@ class CpuBackend final : public TrainBackend {
   }
   void load_state(const BackendState& s) override {
     auto take = [&](const std::string& name, std::vector<float>& dst) {
-      const auto it = s.f32.find(name);
-      if (it == s.f32.end() || it->second.size() != dst.size())
-        fail("checkpoint: '{}' is missing or of another size (a checkpoint of another adapter or optimizer)", name);
-      dst = it->second;
+      dst = s.f32_of(name, static_cast<int64_t>(dst.size()));
     };
     lora_.for_each([&](const std::string& key, Tensor& t) { take("adapter." + key, t.data); });
     if (adam8_) {
-      for (auto* v : {&adam8_->m_q, &adam8_->v_q}) {
-        const std::string name = v == &adam8_->m_q ? "adam8.m_q" : "adam8.v_q";
-        const auto it = s.u8.find(name);
-        if (it == s.u8.end() || it->second.size() != v->size()) fail("checkpoint: '{}' is missing or of another size", name);
-        *v = it->second;
-      }
-      take("adam8.absmax_m", adam8_->absmax_m), take("adam8.absmax_v", adam8_->absmax_v);
-      take("adam8.m32", adam8_->m32), take("adam8.v32", adam8_->v32);
-      t8_ = int_of(s, "adam8.t");
+      load_adam8bit(*adam8_, "adam8.", s);
+      t8_ = s.int_of("adam8.t");
     } else {
       LoraParams m = lora_.zeros_like(), v = lora_.zeros_like();
       m.for_each([&](const std::string& key, Tensor& t) { take("adam.m." + key, t.data); });
       v.for_each([&](const std::string& key, Tensor& t) { take("adam.v." + key, t.data); });
-      opt_.restore(std::move(m), std::move(v), int_of(s, "adam.t"));
+      opt_.restore(std::move(m), std::move(v), s.int_of("adam.t"));
     }
   }
 
@@ -120,7 +105,7 @@ class CpuBackend final : public TrainBackend {
   LoraParams lora_;   // the adapter being trained
   LoraParams grads_;  // same shapes
   AdamWSettings settings_;
-  AdamW opt_;
+  LoraAdamW opt_;
   std::unique_ptr<Adam8bitState> adam8_;  // adamw_8bit / paged_adamw_8bit
   int64_t t8_ = 0;
   LlamaCpu model_;  // reads the adapter through a reference to lora_
@@ -129,7 +114,9 @@ class CpuBackend final : public TrainBackend {
 // Full fine-tuning on the CPU: every weight trains. The optimizer steps a flat fp32 master copy
 // (the parameter table's layout, which a checkpoint saves and ZeRO shards); the model computes
 // with weights_, its compute copy, refreshed from the master after each step. On the CPU both are
-// fp32, so the refresh is an exact copy.
+// fp32, so the refresh is an exact copy. adamw_8bit keeps one 8-bit state per tensor, as
+// bitsandbytes' AdamW8bit keeps one per parameter (fp32 moments under 4096 elements), with weight
+// decay on the decayed tensors: the twin of the GPU's 8-bit full fine-tuning, bit for bit.
 class CpuFullBackend final : public TrainBackend {
  public:
   CpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
@@ -139,11 +126,16 @@ class CpuFullBackend final : public TrainBackend {
         master_(static_cast<size_t>(table_.trainable_numel())),
         flat_grad_(master_.size()),
         opt_(table_.trainable_numel(), opt.plan.adamw, table_.decay_ranges()),
+        settings_(opt.plan.adamw),
         model_(cfg, weights_, nullptr, opt.model) {
-    FT_ASSERT(opt.plan.optimizer == OptimizerKind::AdamW);  // the run plan refuses the others
+    FT_ASSERT(opt.plan.optimizer != OptimizerKind::PagedAdamW8bit);  // the run plan refuses it
+    if (opt.plan.optimizer == OptimizerKind::AdamW8bit)
+      for (const ParamSpec& s : table_.specs()) adam8_.emplace_back(s.numel());
     gather_trainable(table_, weights_, master_.data());
   }
-  std::string name() const override { return "cpu, full fine-tuning"; }
+  std::string name() const override {
+    return adam8_.empty() ? "cpu, full fine-tuning" : "cpu, full fine-tuning, 8-bit AdamW moments per tensor";
+  }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
     return model_.forward_backward(b, scale, none_, key, &grads_);
   }
@@ -151,7 +143,19 @@ class CpuFullBackend final : public TrainBackend {
   StepResult step(double lr, double max_norm) override {
     gather_trainable(table_, grads_, flat_grad_.data());
     const double norm = flat_grad_norm(flat_grad_.data(), table_.trainable_numel());
-    opt_.step(master_.data(), flat_grad_.data(), lr, static_cast<float>(clip_coefficient(norm, max_norm)));
+    const float coef = static_cast<float>(clip_coefficient(norm, max_norm));
+    if (adam8_.empty()) {
+      opt_.step(master_.data(), flat_grad_.data(), lr, coef);
+    } else {
+      ++t8_;
+      for (size_t i = 0; i < adam8_.size(); ++i) {
+        const ParamSpec& s = table_.specs()[i];
+        adam8_[i].step({static_cast<float>(lr), static_cast<float>(settings_.beta1),
+                        static_cast<float>(settings_.beta2), static_cast<float>(settings_.eps),
+                        s.decay ? static_cast<float>(settings_.weight_decay) : 0.0f, t8_, coef},
+                       master_.data() + s.offset, flat_grad_.data() + s.offset);
+      }
+    }
     scatter_trainable(table_, master_.data(), weights_);  // refresh the compute copy
     for (const ParamSpec& s : table_.specs()) param_tensor(grads_, s).zero();
     return {norm, false};
@@ -161,19 +165,24 @@ class CpuFullBackend final : public TrainBackend {
   BackendState save_state() const override {
     BackendState s;
     s.f32["master"] = master_;
+    if (!adam8_.empty()) {  // the GPU's names for the same per-tensor states
+      for (size_t i = 0; i < adam8_.size(); ++i) save_adam8bit(adam8_[i], fmt::format("adam8.{}.", i), s);
+      s.ints["adam8.t"] = t8_;
+      return s;
+    }
     s.f32["adam.m"] = opt_.first_moment(), s.f32["adam.v"] = opt_.second_moment();
     s.ints["adam.t"] = opt_.steps();
     return s;
   }
   void load_state(const BackendState& s) override {
-    auto get = [&](const std::string& name) {
-      const auto it = s.f32.find(name);
-      if (it == s.f32.end() || it->second.size() != master_.size())
-        fail("checkpoint: '{}' is missing or of another size (a checkpoint of another model)", name);
-      return it->second;
-    };
-    master_ = get("master");
-    opt_.restore(get("adam.m"), get("adam.v"), int_of(s, "adam.t"));
+    const int64_t n = static_cast<int64_t>(master_.size());
+    master_ = s.f32_of("master", n);
+    if (!adam8_.empty()) {
+      for (size_t i = 0; i < adam8_.size(); ++i) load_adam8bit(adam8_[i], fmt::format("adam8.{}.", i), s);
+      t8_ = s.int_of("adam8.t");
+    } else {
+      opt_.restore(s.f32_of("adam.m", n), s.f32_of("adam.v", n), s.int_of("adam.t"));
+    }
     scatter_trainable(table_, master_.data(), weights_);
   }
 
@@ -184,6 +193,9 @@ class CpuFullBackend final : public TrainBackend {
   std::vector<float> master_;    // [trainable] fp32 master weights
   std::vector<float> flat_grad_; // [trainable]
   FlatAdamW opt_;
+  AdamWSettings settings_;
+  std::vector<Adam8bitState> adam8_;  // adamw_8bit: one state per table spec
+  int64_t t8_ = 0;
   LoraParams none_;              // no adapter
   LlamaCpu model_;
 };

@@ -17,8 +17,9 @@ void ProgressLine::update(const StepMetrics& m) {
   const double per_step = m.elapsed_s / static_cast<double>(m.step);
   const int64_t eta = static_cast<int64_t>(per_step * static_cast<double>(total_ - m.step) + 0.5);
   const std::string line =
-      fmt::format("step {}/{}  loss {:.4f}  lr {:.3g}  grad_norm {:.3f}  {:.0f} tok/s  ETA {}:{:02d}:{:02d}", m.step,
-                  total_, m.loss, m.lr, m.grad_norm, m.tokens_per_s, eta / 3600, eta / 60 % 60, eta % 60);
+      fmt::format("step {}/{}  loss {:.4f}  lr {:.3g}  grad_norm {:.3f}  {:.0f} tok/s  {:.2f} GiB  ETA {}:{:02d}:{:02d}",
+                  m.step, total_, m.loss, m.lr, m.grad_norm, m.tokens_per_s, m.memory_gib, eta / 3600, eta / 60 % 60,
+                  eta % 60);
   if (tty_) {
     fmt::print(out_, "\r\033[K{}", line);
     open_line_ = true;

@@ -1,4 +1,5 @@
-// The live progress line on the terminal: step/total, loss, tokens/s, ETA.
+// The live progress line on the terminal: step/total, loss, lr, gradient norm, tokens/s, memory in
+// use (device memory on the GPU, resident memory on the CPU), ETA.
 #pragma once
 #include <cstdint>
 #include <cstdio>

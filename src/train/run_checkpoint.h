@@ -10,16 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "core/state_dict.h"
 #include "data/batcher.h"
 
 namespace ftune {
 
 // A backend's training state: named arrays and integers.
-struct BackendState {
-  std::map<std::string, std::vector<float>> f32;
-  std::map<std::string, std::vector<uint8_t>> u8;
-  std::map<std::string, int64_t> ints;
-};
+using BackendState = StateDict;
 
 struct TrainProgress {
   int64_t step = 0;           // optimizer steps completed

@@ -49,23 +49,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
-LoraSpec spec_from_config(const LoraSettings& s) {
-  LoraSpec spec;
-  spec.r = s.r;
-  spec.alpha = s.alpha;
-  spec.dropout = s.dropout;
-  spec.use_rslora = s.use_rslora;
-  for (const auto& name : s.target_modules)
-    for (int p = 0; p < kNumProj; ++p)
-      if (name == proj_name(static_cast<Proj>(p))) spec.targets[p] = true;
-  return spec;
-}
-
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
   f.flush();
   if (!f) fail("{}: cannot write", path);
+}
+
+// The process's resident memory in bytes (Linux /proc/self/statm), 0 when unknown.
+size_t resident_bytes() {
+  std::ifstream f("/proc/self/statm");
+  size_t pages = 0, resident = 0;
+  if (!(f >> pages >> resident)) return 0;
+  return resident * static_cast<size_t>(sysconf(_SC_PAGESIZE));
 }
 
 std::string last_part_of(const std::string& key) { return key.substr(key.rfind('.') + 1); }
@@ -180,7 +176,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     lora = load_peft_adapter(cfg.lora.init_adapter, mcfg);
     lora.spec.dropout = cfg.lora.dropout;
   } else {
-    lora = LoraParams::init(mcfg, spec_from_config(cfg.lora), ts.seed);
+    lora = LoraParams::init(mcfg, lora_spec(cfg.lora), ts.seed);
   }
   const LoraSpec& spec = lora.spec;
   if (resume) check_resumable(*resume, cfg);
@@ -303,17 +299,20 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       sm.tokens = r.tokens;
       sm.tokens_per_s = static_cast<double>(r.tokens) / std::chrono::duration<double>(now - ts0).count();
       sm.elapsed_s = std::chrono::duration<double>(now - t0).count();
+      const size_t device_bytes = model->measured_bytes();
+      sm.memory_gib = static_cast<double>(device_bytes ? device_bytes : resident_bytes()) / (1024.0 * 1024.0 * 1024.0);
       metrics.write(fmt::format(
           "{{\"step\": {}, \"loss\": {}, \"lr\": {}, \"grad_norm\": {}, \"tokens\": {}, \"tokens_per_s\": {}, "
-          "\"elapsed_s\": {}, \"epoch\": {}{}}}",
+          "\"elapsed_s\": {}, \"memory_gib\": {}, \"epoch\": {}{}}}",
           sm.step, json_number(sm.loss, 6), json_number(sm.lr), json_number(sm.grad_norm, 6), sm.tokens,
-          json_number(sm.tokens_per_s, 1), json_number(sm.elapsed_s, 3), batcher.epoch(),
+          json_number(sm.tokens_per_s, 1), json_number(sm.elapsed_s, 3), json_number(sm.memory_gib, 3), batcher.epoch(),
           r.skipped ? fmt::format(", \"skipped\": true, \"skipped_steps\": {}", report.skipped_steps) : ""));
       if (ts.log_every > 0 && (sm.step % ts.log_every == 0 || sm.step == ts.max_steps)) progress.update(sm);
       if (events) {
         if (!r.skipped) events->scalar("train/loss", sm.step, sm.loss), events->scalar("train/grad_norm", sm.step, sm.grad_norm);
         events->scalar("train/lr", sm.step, sm.lr);
         events->scalar("train/tokens_per_s", sm.step, sm.tokens_per_s);
+        events->scalar("train/memory_gib", sm.step, sm.memory_gib);
         if (report.skipped_steps) events->scalar("train/skipped_steps", sm.step, static_cast<double>(report.skipped_steps));
       }
       if (!data.val.empty() && ((ts.eval_every > 0 && sm.step % ts.eval_every == 0) || sm.step == ts.max_steps)) {

@@ -34,8 +34,8 @@ write_recipe "$WORK/r2.yaml" "$WORK/out" "$WORK/d.jsonl" "$WORK/out2" "  method:
 # Bad combinations: one line naming the keys, nothing written.
 expect_fail full-with-lora-key "lora\.r is a LoRA setting, but train\.method is full" \
   "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad1" --set lora.r=16
-expect_fail full-8bit "train\.optimizer=adamw_8bit with train\.method=full is not available yet" \
-  "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad2" --set train.optimizer=adamw_8bit
+expect_fail full-paged "train\.optimizer=paged_adamw_8bit with train\.method=full is not available" \
+  "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad2" --set train.optimizer=paged_adamw_8bit
 for d in bad1 bad2; do [ -e "$WORK/$d" ] && { echo "FAIL $d written"; fails=$((fails + 1)); }; done
 echo "ok   nothing written by the refused runs"
 finish

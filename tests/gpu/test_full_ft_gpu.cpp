@@ -13,7 +13,7 @@
 #include "../test_util.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
-#include "model/llama_gpu.h"
+#include "gpu/llama_gpu.h"
 #include "model/presets.h"
 #include "ops/cuda/context.h"
 #include "params/param_table.h"

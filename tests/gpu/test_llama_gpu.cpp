@@ -11,7 +11,7 @@
 #include "io/peft_adapter.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
-#include "model/llama_gpu.h"
+#include "gpu/llama_gpu.h"
 #include "model/presets.h"
 #include "quant/nf4.h"
 

@@ -1,10 +1,10 @@
 // 8-bit blockwise AdamW (bitsandbytes' Adam8bit/AdamW8bit) on the GPU over one flat fp32 vector:
-// the same update as optim/adamw8bit.cpp, bit for bit (codes, absmax and parameters).
+// the same update as ops/cpu/adamw8bit.cpp, bit for bit (codes, absmax and parameters).
 #pragma once
 #include <cstdint>
 
 #include "ops/cuda/context.h"
-#include "optim/adamw8bit.h"
+#include "ops/cpu/adamw8bit.h"
 
 namespace ftune::cuda {
 

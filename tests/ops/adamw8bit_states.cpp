@@ -1,5 +1,6 @@
-// 8-bit AdamW on the GPU against the CPU optimizer, bit for bit, and the paged states against the
-// device-resident ones; skipped without a GPU.
+// 8-bit AdamW on the GPU (gpu/adamw8bit_states.h) against the CPU optimizer, bit for bit over many
+// steps with NaN and Inf gradients, and the paged states (chunked over the side stream) against the
+// device-resident ones: whole-optimizer runs rather than op-table rows; skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,7 +12,7 @@
 #include "ops/cuda/context.h"
 #include "ops/cuda/cuda_check.h"
 #include "optim/adamw8bit.h"
-#include "optim/paged_states_gpu.h"
+#include "gpu/adamw8bit_states.h"
 
 namespace ftune {
 namespace {

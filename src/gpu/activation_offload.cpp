@@ -1,5 +1,5 @@
 // ActivationOffload: copies on the side stream, ordered against the compute stream by events.
-#include "model/offload_gpu.h"
+#include "gpu/activation_offload.h"
 
 #include "ops/cuda/cuda_check.h"
 

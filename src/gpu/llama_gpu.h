@@ -19,9 +19,12 @@
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/storage.h"
-#include "model/offload_gpu.h"
-#include "optim/paged_states_gpu.h"
+#include "gpu/activation_offload.h"
+#include "gpu/adamw8bit_states.h"
+#include "core/state_dict.h"
+#include "gpu/full_optimizer.h"
 #include "params/param_table.h"
+#include "plan/memory_plan.h"
 
 namespace ftune {
 
@@ -40,10 +43,12 @@ struct GpuModelOptions {
                      // dequantized into bf16 before each GEMM; needs bf16
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
   bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
-  // Full fine-tuning: every weight trains. The fp32 master weights, their gradients and AdamW
-  // moments live on the device in the parameter table's flat layout (params/param_table.h); the
-  // dt weights are the compute copy, refreshed from the masters after each step.
+  // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
+  // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
+  // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host
+  // memory (optimizer_offload); the dt weights are the compute copy it refreshes after each step.
   bool full = false;
+  bool optimizer_offload = false;  // full only: masters and moments on the host, updated by the CPU
 };
 
 class LlamaGpu {
@@ -66,8 +71,14 @@ class LlamaGpu {
   void zero_grads();
   void add_grads_to(LoraParams& grads) const;  // host copy of the accumulated gradients, added in
   double grad_norm() const;                    // global L2 norm of the accumulated gradients
-  // One AdamW update of the adapter with the gradients multiplied by grad_coef (clipping).
-  void adamw_step(const cuda::AdamWStep& s, float grad_coef);
+  // One optimizer update of what trains (the adapter, or every weight with weight decay on the
+  // table's decayed tensors only) with the gradients multiplied by grad_coef (clipping, loss-scale
+  // removal), then the compute copy refreshed.
+  void optimizer_step(const cuda::AdamWStep& s, float grad_coef);
+  // What continues the run: the trainable weights and the optimizer's state (checkpoints).
+  void save_state(StateDict& out) const;
+  void load_state(const StateDict& in);
+  std::string optimizer_description() const;
 
   int64_t lora_parameters() const { return lora_n_; }
   // Full fine-tuning: the master weights as host tensors, and the accumulated gradients as one
@@ -75,11 +86,17 @@ class LlamaGpu {
   void get_weights(LlamaWeights& w) const;
   std::vector<float> full_grads() const;  // [table().trainable_numel()]
   const ParamTable& table() const { return table_; }
-  // One AdamW update of the masters (weight decay on the table's decay ranges only) with the
-  // gradients multiplied by grad_coef, then the compute copy refreshed.
-  void full_adamw_step(const cuda::AdamWStep& s, float grad_coef);
   const GpuModelOptions& options() const { return opt_; }
   size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
+  const MemoryPlan& memory_plan() const { return plan_; }  // the same, per category, and the host's
+
+  // The memory plan of a model with these options on a GPU of compute capability `sm` (e.g. 90),
+  // without a GPU: the very allocation the constructor makes, counted instead of allocated.
+  static MemoryPlan plan(const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt, int sm);
+  // "" when that plan fits in `free` bytes; otherwise the error the constructor would give, with
+  // the nearest settings that fit.
+  static std::string fit_advice(const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt, int sm,
+                                size_t free, size_t total, const std::string& gpu);
 
  private:
   struct Nf4Weight {  // one projection in NF4 (quant/nf4.h's Nf4Tensor on the device)
@@ -105,11 +122,13 @@ class LlamaGpu {
   struct LoraSlot {
     int64_t a = -1, b = -1;  // element offsets of A [r, in] and B [out, r] in the flat buffers
   };
+  LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt);
   cuda::DeviceBuffer alloc(size_t bytes);
+  void count(size_t bytes);  // bytes that another object allocates, in the current category
   cuda::DeviceBuffer alloc_dt(int64_t n) { return alloc(static_cast<size_t>(n) * esz_); }
   void allocate();
   size_t plan_bytes(const GpuModelOptions& o);  // what allocate() would take with these options
-  std::string does_not_fit(size_t need, size_t free, size_t total);
+  std::string does_not_fit(size_t need, size_t free, size_t total, const std::string& gpu);
   void fill(const WeightSource* w, uint64_t seed);
   void upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt);
   char* dt(const cuda::DeviceBuffer& b, int64_t elem_offset = 0) const {
@@ -134,18 +153,18 @@ class LlamaGpu {
   size_t x_bytes() const { return static_cast<size_t>(n_ * cfg_.hidden_size) * esz_; }  // one layer input
   void* xbuf(int64_t i) const { return xs_[offload_ ? i % ActivationOffload::kSlots : i].data(); }  // layer i's input
   void forward_layers();
-  // Full fine-tuning (llama_gpu_full.cpp).
+  // Full fine-tuning (gpu/llama_full.cpp).
   void allocate_full();
   void fill_masters(const WeightSource& w);  // the checkpoint's fp32 values into the masters
-  void masters_from_compute();               // random weights: the masters take the compute copy's values
-  void refresh_compute();                    // masters -> compute copy (dt matrices, fp32 norms)
+  std::vector<ComputeSlot> compute_slots() const;  // every trainable tensor's compute copy, in table order
+  FullOptimizerKind full_optimizer_kind() const;
   void prepare_full(const Batch& b);         // the embedding-gradient index of the micro-batch
   void embedding_grad();                     // dy_ (the embedding output's gradient) into the table's rows
   void norm_grad(const float* dn, const void* x, const float* rstd, int64_t off);  // dw += of one RMSNorm
   float* grad_at(int64_t off) const { return full_g_.as<float>() + off; }
   void fill_weights(const WeightSource* w, uint64_t seed);
 
-  cuda::Context& ctx_;
+  cuda::Context* ctx_;  // null in a plan-only object
   LlamaConfig cfg_;
   LoraSpec spec_;
   bool has_lora_;
@@ -153,7 +172,10 @@ class LlamaGpu {
   cuda::Storage dt_;
   size_t esz_;
   int64_t max_n_;
+  int sm_ = 0;
   size_t planned_ = 0;
+  MemoryPlan plan_;                           // planned_ per category, and the host memory
+  MemCategory cat_ = MemCategory::Scratch;    // of the allocations being planned
   bool dry_ = false;  // allocate() only counts
   int64_t n_ = 0, batch_ = 0, seq_ = 0;
   bool has_doc_ = false;
@@ -188,7 +210,8 @@ class LlamaGpu {
 
   // Full fine-tuning.
   ParamTable table_;                                     // every tensor, trainable, flat layout
-  cuda::DeviceBuffer full_p_, full_g_, full_m_, full_v_; // [P] fp32: masters, gradients, AdamW moments
+  cuda::DeviceBuffer full_g_;                            // [P] fp32 gradients
+  std::unique_ptr<FullOptimizer> full_opt_;              // the masters and moments
   cuda::DeviceBuffer emb_uniq_, emb_off_, emb_tok_;      // [N], [N + 1], [N] int32: token rows per id
   int64_t emb_n_uniq_ = 0;
   cuda::DeviceBuffer norm_ws_;                           // RMSNorm weight-gradient partial sums

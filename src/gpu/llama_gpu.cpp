@@ -4,7 +4,7 @@
 //   h -> rmsnorm -> n2 -> gate, up (+LoRA) -> swiglu -> act -> down (+LoRA) + h = y
 // Residual adds ride in the GEMM epilogue (C = the residual, D = the output). The backward keeps
 // the residual-stream gradient dy in fp32; GEMMs read a dt copy of it.
-#include "model/llama_gpu.h"
+#include "gpu/llama_gpu.h"
 
 #include <fmt/format.h>
 
@@ -43,8 +43,13 @@ GpuOptimizer gpu_optimizer(const std::string& name) {
 }
 
 cuda::DeviceBuffer LlamaGpu::alloc(size_t bytes) {
-  planned_ += bytes;
+  count(bytes);
   return dry_ ? cuda::DeviceBuffer() : cuda::DeviceBuffer(bytes);
+}
+
+void LlamaGpu::count(size_t bytes) {
+  planned_ += bytes;
+  plan_[cat_] += bytes;
 }
 
 // fp32 from the host into a device buffer of storage dt_ (as_dt) or fp32.
@@ -58,7 +63,39 @@ void LlamaGpu::upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt) {
 
 LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSource* w, const LoraSpec* spec,
                    const GpuModelOptions& opt, uint64_t seed)
+    : LlamaGpu(&ctx, ctx.sm_version(), cfg, spec, opt) {
+  // Plan first: a model that cannot fit says so before it allocates anything, with the settings
+  // that would fit.
+  const size_t need = plan_bytes(opt_);
+  size_t free = 0, total = 0;
+  cuda::memory_info(free, total);
+  if (need > free) fail("{}", does_not_fit(need, free, total, ctx_->name()));
+  dry_ = false;
+  planned_ = 0, plan_ = {};
+  allocate();
+  fill(w, seed);
+  ctx_->synchronize();
+}
+
+MemoryPlan LlamaGpu::plan(const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt, int sm) {
+  LlamaGpu m(nullptr, sm, cfg, spec, opt);
+  m.dry_ = true;
+  m.allocate();
+  return m.plan_;
+}
+
+std::string LlamaGpu::fit_advice(const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt, int sm,
+                                 size_t free, size_t total, const std::string& gpu) {
+  LlamaGpu m(nullptr, sm, cfg, spec, opt);
+  const size_t need = m.plan_bytes(opt);
+  return need <= free ? std::string() : m.does_not_fit(need, free, total, gpu);
+}
+
+// The layout (parameter table, adapter slots), nothing allocated.
+LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const LoraSpec* spec,
+                   const GpuModelOptions& opt)
     : ctx_(ctx),
+      sm_(sm),
       cfg_(cfg),
       spec_(spec ? *spec : LoraSpec{}),
       has_lora_(spec != nullptr),
@@ -94,34 +131,23 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
           slots_[l][p].a = lora_n_, lora_n_ += spec_.r * in;
           slots_[l][p].b = lora_n_, lora_n_ += out * spec_.r;
         }
-  // Plan first: a model that cannot fit says so before it allocates anything, with the settings
-  // that would fit.
-  const size_t need = plan_bytes(opt_);
-  size_t free = 0, total = 0;
-  cuda::memory_info(free, total);
-  if (need > free) fail("{}", does_not_fit(need, free, total));
-  dry_ = false;
-  planned_ = 0;
-  allocate();
-  fill(w, seed);
-  ctx_.synchronize();
 }
 
 size_t LlamaGpu::plan_bytes(const GpuModelOptions& o) {
   const GpuModelOptions keep = opt_;
   const int64_t keep_n = max_n_;
   opt_ = o, max_n_ = o.max_batch * o.max_seq;
-  dry_ = true, planned_ = 0;
+  dry_ = true, planned_ = 0, plan_ = {};
   allocate();
   const size_t bytes = planned_;
   opt_ = keep, max_n_ = keep_n;
-  dry_ = false, planned_ = 0;
+  dry_ = false, planned_ = 0, plan_ = {};
   return bytes;
 }
 
 // The one-line error of a model that does not fit, naming its need and the nearest settings that
 // would fit (each planned the same way).
-std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
+std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total, const std::string& gpu) {
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   struct Option {
     std::string what;
@@ -131,9 +157,17 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
   GpuModelOptions o = opt_;
   if (!o.checkpointing) o.checkpointing = true, tries.push_back({"train.gradient_checkpointing: true", o});
   if (!o.offload) o.offload = true, tries.push_back({"+ train.offload_activations: true", o});
-  if (o.optimizer != GpuOptimizer::PagedAdamW8bit)
-    o.optimizer = GpuOptimizer::PagedAdamW8bit, tries.push_back({"+ train.optimizer: paged_adamw_8bit", o});
-  if (!o.nf4 && o.storage == cuda::Storage::BF16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
+  if (o.full) {  // the full fine-tuning optimizers: 8-bit moments, then everything on the host
+    if (!o.optimizer_offload && o.optimizer == GpuOptimizer::AdamW)
+      o.optimizer = GpuOptimizer::AdamW8bit, tries.push_back({"+ train.optimizer: adamw_8bit", o});
+    if (!o.optimizer_offload)
+      o.optimizer = GpuOptimizer::AdamW, o.optimizer_offload = true,
+      tries.push_back({"+ train.optimizer: adamw, train.optimizer_offload: true", o});
+  } else {
+    if (o.optimizer != GpuOptimizer::PagedAdamW8bit)
+      o.optimizer = GpuOptimizer::PagedAdamW8bit, tries.push_back({"+ train.optimizer: paged_adamw_8bit", o});
+    if (!o.nf4 && o.storage == cuda::Storage::BF16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
+  }
   for (int64_t b = o.max_batch / 2; b >= 1; b /= 2) {
     GpuModelOptions ob = o;
     ob.max_batch = b;
@@ -148,7 +182,7 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
   return fmt::format(
       "the model needs {:.2f} GiB of device memory for micro-batches of {} x {} tokens, but {} has {:.2f} GiB free of "
       "{:.2f}; planned with: {}",
-      static_cast<double>(need) / kGiB, opt_.max_batch, opt_.max_seq, ctx_.name(), static_cast<double>(free) / kGiB,
+      static_cast<double>(need) / kGiB, opt_.max_batch, opt_.max_seq, gpu, static_cast<double>(free) / kGiB,
       static_cast<double>(total) / kGiB, fits.empty() ? "nothing smaller to try" : fits);
 }
 
@@ -156,6 +190,7 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total) {
 void LlamaGpu::allocate() {
   const int64_t N = max_n_, H = cfg_.hidden_size, I = cfg_.intermediate_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
   const int64_t V = cfg_.vocab_size, L = cfg_.num_hidden_layers, r = spec_.r, d2 = cfg_.head_dim / 2;
+  cat_ = MemCategory::Weights;
   embed_ = alloc_dt(V * H), final_norm_ = alloc(H * 4);
   if (!cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
   layers_.clear();
@@ -177,16 +212,24 @@ void LlamaGpu::allocate() {
   }
   if (opt_.nf4) wbuf_ = alloc_dt(widest_w), code2_ = alloc(256 * 4);
   if (lora_n_ > 0) {
-    lora_p_ = alloc(lora_n_ * 4), lora_g_ = alloc(lora_n_ * 4);
+    cat_ = MemCategory::Trainable;
+    lora_p_ = alloc(lora_n_ * 4);
     if (dt_ != F32) lora_c_ = alloc_dt(lora_n_);
+    cat_ = MemCategory::Gradients;
+    lora_g_ = alloc(lora_n_ * 4);
+    cat_ = MemCategory::Optimizer;
     switch (opt_.optimizer) {
       case GpuOptimizer::AdamW: lora_m_ = alloc(lora_n_ * 4), lora_v_ = alloc(lora_n_ * 4); break;
       // The 8-bit optimizers allocate their own states in fill(); counted here.
-      case GpuOptimizer::AdamW8bit: planned_ += DeviceAdamW8bit::device_bytes_for(lora_n_); break;
-      case GpuOptimizer::PagedAdamW8bit: planned_ += PagedAdamW8bit::device_bytes_for(lora_n_); break;
+      case GpuOptimizer::AdamW8bit: count(DeviceAdamW8bit::device_bytes_for(lora_n_)); break;
+      case GpuOptimizer::PagedAdamW8bit:
+        count(PagedAdamW8bit::device_bytes_for(lora_n_));
+        plan_.host_pinned += Adam8bitLayout{lora_n_, lora_n_ >= kMin8bitSize}.bytes();
+        break;
     }
   }
   // Activations: every layer's, or one reused set when checkpointing.
+  cat_ = MemCategory::Activations;
   acts_.clear();
   acts_.resize(opt_.checkpointing ? 1 : L);
   for (Acts& A : acts_) {
@@ -200,6 +243,8 @@ void LlamaGpu::allocate() {
   xs_.clear();
   xs_.resize(opt_.offload ? std::min<int64_t>(L + 1, ActivationOffload::kSlots) : L + 1);
   for (auto& x : xs_) x = alloc_dt(N * H);
+  if (opt_.offload) plan_.host_pinned += static_cast<size_t>(L + 1) * static_cast<size_t>(N * H) * esz_;
+  cat_ = MemCategory::Scratch;
   ids_ = alloc(N * 4), targets_ = alloc(N * 4), doc_ = alloc(N * 4), pos_ = alloc(N * 4);
   cos_tab_ = alloc(opt_.max_seq * d2 * 4), sin_tab_ = alloc(opt_.max_seq * d2 * 4);
   cos_ = alloc(N * d2 * 4), sin_ = alloc(N * d2 * 4);
@@ -227,21 +272,22 @@ void LlamaGpu::allocate() {
 // fine-tuning the masters too); the adapter and optimizer states zeroed; the RoPE tables.
 void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
   const int64_t L = cfg_.num_hidden_layers, H = cfg_.hidden_size;
+  if (opt_.full) full_opt_ = make_full_optimizer(full_optimizer_kind(), *ctx_, table_.trainable_numel(), compute_slots());
   if (opt_.full && w) {  // the masters from the checkpoint, the compute copy from the masters
     fill_masters(*w);
-    refresh_compute();
+    full_opt_->refresh_compute();
   } else {
     fill_weights(w, seed);
-    if (opt_.full) masters_from_compute();
+    if (opt_.full) full_opt_->masters_from_compute();
   }
   if (opt_.nf4) code2_.upload(dynamic_map(true).data(), 256 * 4);
   if (opt_.offload)
-    offload_ = std::make_unique<ActivationOffload>(ctx_, L + 1, static_cast<size_t>(max_n_ * H) * esz_);
-  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(ctx_, lora_n_);
+    offload_ = std::make_unique<ActivationOffload>(*ctx_, L + 1, static_cast<size_t>(max_n_ * H) * esz_);
+  if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(*ctx_, lora_n_);
   if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::PagedAdamW8bit)
-    paged8_ = std::make_unique<PagedAdamW8bit>(ctx_, lora_n_);
-  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_, &full_g_, &full_m_, &full_v_})
-    if (b->data()) ctx_.zero(b->data(), b->bytes());
+    paged8_ = std::make_unique<PagedAdamW8bit>(*ctx_, lora_n_);
+  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_, &full_g_})
+    if (b->data()) ctx_->zero(b->data(), b->bytes());
   std::vector<int32_t> pos(opt_.max_seq);
   for (int64_t i = 0; i < opt_.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
   std::vector<float> c, s;
@@ -254,7 +300,7 @@ void LlamaGpu::fill_weights(const WeightSource* w, uint64_t seed) {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
   uint64_t salt = seed * 0x9E3779B97F4A7C15ull;
   auto rnd = [&](cuda::DeviceBuffer& b, int64_t n, bool as_dt, float mean, float std) {
-    cuda::fill_normal(ctx_, as_dt ? dt_ : F32, b.data(), n, ++salt, mean, std);
+    cuda::fill_normal(*ctx_, as_dt ? dt_ : F32, b.data(), n, ++salt, mean, std);
   };
   if (w) {
     upload(w->embed(), embed_, true), upload(w->final_norm(), final_norm_, false);
@@ -282,7 +328,7 @@ void LlamaGpu::fill_weights(const WeightSource* w, uint64_t seed) {
       Nf4Weight& q = Ly.q4[p];
       if (!w) {  // codes uniform over the 16 values: N(0, ~0.02)-like weights
         q.offset = 0.04f;
-        cuda::nf4_fill_random(ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), out * in,
+        cuda::nf4_fill_random(*ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), out * in,
                               kNf4Block, ++salt, q.offset);
         continue;
       }
@@ -309,13 +355,13 @@ void LlamaGpu::set_lora(const LoraParams& lora) {
         std::copy(pr.a.data.begin(), pr.a.data.end(), flat.begin() + slots_[l][p].a);
         std::copy(pr.b.data.begin(), pr.b.data.end(), flat.begin() + slots_[l][p].b);
       }
-  ctx_.synchronize();
+  ctx_->synchronize();
   lora_p_.upload(flat.data(), flat.size() * 4);
-  if (dt_ != F32) cuda::convert(ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+  if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
 }
 
 void LlamaGpu::get_lora(LoraParams& lora) const {
-  ctx_.synchronize();
+  ctx_->synchronize();
   const auto flat = lora_p_.to_host<float>(lora_n_);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
     for (int p = 0; p < kNumProj; ++p)
@@ -326,13 +372,52 @@ void LlamaGpu::get_lora(LoraParams& lora) const {
       }
 }
 
+// The adapter's state in its flat device layout (names prefixed gpu., since the CPU backend keeps
+// another layout), or the full fine-tuning optimizer's.
+void LlamaGpu::save_state(StateDict& out) const {
+  if (opt_.full) return full_opt_->save(out);
+  ctx_->synchronize();
+  out.f32["gpu.lora.p"] = lora_p_.to_host<float>(lora_n_);
+  if (adam8_ || paged8_) {
+    save_adam8bit(adam8_ ? adam8_->to_host() : paged8_->to_host(), "gpu.adam8.", out);
+  } else {
+    out.f32["gpu.adam.m"] = lora_m_.to_host<float>(lora_n_), out.f32["gpu.adam.v"] = lora_v_.to_host<float>(lora_n_);
+  }
+  out.ints["gpu.adam.t"] = adam_t_;
+}
+
+void LlamaGpu::load_state(const StateDict& in) {
+  if (opt_.full) return full_opt_->load(in);
+  ctx_->synchronize();
+  lora_p_.upload(in.f32_of("gpu.lora.p", lora_n_).data(), lora_n_ * 4);
+  if (adam8_ || paged8_) {
+    Adam8bitState st(lora_n_);
+    load_adam8bit(st, "gpu.adam8.", in);
+    if (adam8_) adam8_->load(st);
+    if (paged8_) paged8_->load(st);
+  } else {
+    lora_m_.upload(in.f32_of("gpu.adam.m", lora_n_).data(), lora_n_ * 4);
+    lora_v_.upload(in.f32_of("gpu.adam.v", lora_n_).data(), lora_n_ * 4);
+  }
+  adam_t_ = in.int_of("gpu.adam.t");
+  if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+  ctx_->synchronize();
+}
+
+std::string LlamaGpu::optimizer_description() const {
+  if (opt_.full) return full_opt_->describe();
+  return adam8_    ? "8-bit AdamW moments on the device"
+         : paged8_ ? "paged 8-bit AdamW moments in pinned host memory"
+                   : "fp32 AdamW moments on the device";
+}
+
 void LlamaGpu::zero_grads() {
-  if (lora_n_) ctx_.zero(lora_g_.data(), lora_n_ * 4);
-  if (opt_.full) ctx_.zero(full_g_.data(), full_g_.bytes());
+  if (lora_n_) ctx_->zero(lora_g_.data(), lora_n_ * 4);
+  if (opt_.full) ctx_->zero(full_g_.data(), full_g_.bytes());
 }
 
 void LlamaGpu::add_grads_to(LoraParams& grads) const {
-  ctx_.synchronize();
+  ctx_->synchronize();
   const auto flat = lora_g_.to_host<float>(lora_n_);
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
     for (int p = 0; p < kNumProj; ++p)
@@ -346,14 +431,21 @@ void LlamaGpu::add_grads_to(LoraParams& grads) const {
 double LlamaGpu::grad_norm() const {
   const int64_t n = opt_.full ? table_.trainable_numel() : lora_n_;
   if (!n) return 0.0;
-  ctx_.zero(norm_acc_.data(), 8);
-  cuda::sum_squares(ctx_, f(opt_.full ? full_g_ : lora_g_), n, norm_acc_.as<double>());
-  ctx_.synchronize();
+  ctx_->zero(norm_acc_.data(), 8);
+  cuda::sum_squares(*ctx_, f(opt_.full ? full_g_ : lora_g_), n, norm_acc_.as<double>());
+  ctx_->synchronize();
   return std::sqrt(norm_acc_.to_host<double>(1)[0]);
 }
 
-void LlamaGpu::adamw_step(const cuda::AdamWStep& s, float grad_coef) {
+void LlamaGpu::optimizer_step(const cuda::AdamWStep& s, float grad_coef) {
+  if (opt_.full) {
+    cuda::AdamWStep st = s;
+    st.grad_coef = grad_coef;
+    full_opt_->step(st, f(full_g_));
+    return;
+  }
   if (!lora_n_) return;
+  adam_t_ = s.t;
   if (adam8_ || paged8_) {  // bitsandbytes' AdamW8bit: decay applied after the step
     const AdamW8bitStep st{s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.t, grad_coef};
     if (adam8_) adam8_->step(st, f(lora_p_), f(lora_g_));
@@ -361,9 +453,9 @@ void LlamaGpu::adamw_step(const cuda::AdamWStep& s, float grad_coef) {
   } else {
     cuda::AdamWStep st = s;
     st.grad_coef = grad_coef;
-    cuda::adamw_update(ctx_, st, f(lora_p_), f(lora_g_), f(lora_m_), f(lora_v_), lora_n_);
+    cuda::adamw_update(*ctx_, st, f(lora_p_), f(lora_g_), f(lora_m_), f(lora_v_), lora_n_);
   }
-  if (dt_ != F32) cuda::convert(ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+  if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
 }
 
 void LlamaGpu::prepare(const Batch& b) {
@@ -373,18 +465,18 @@ void LlamaGpu::prepare(const Batch& b) {
   n_ = b.n(), batch_ = b.batch, seq_ = b.seq;
   for (int64_t i = 0; i < n_; ++i)
     if (b.pos[i] < 0 || b.pos[i] >= opt_.max_seq) fail("internal error: position {} out of range", b.pos[i]);
-  ctx_.synchronize();  // the uploads below are outside the stream
+  ctx_->synchronize();  // the uploads below are outside the stream
   ids_.upload(b.ids.data(), n_ * 4);
   targets_.upload(b.targets.data(), n_ * 4);
   pos_.upload(b.pos.data(), n_ * 4);
   has_doc_ = !b.doc.empty();
   if (has_doc_) doc_.upload(b.doc.data(), n_ * 4);
   const int64_t d2 = cfg_.head_dim / 2;
-  cuda::gather_rows(ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
-  cuda::gather_rows(ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
+  cuda::gather_rows(*ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
+  cuda::gather_rows(*ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
   if (opt_.full) prepare_full(b);
   if (offload_) offload_->before_write(0);
-  cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
+  cuda::embedding_forward(*ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
   if (offload_) offload_->after_write(0, xbuf(0), x_bytes());
 }
 
@@ -415,10 +507,10 @@ const void* LlamaGpu::weight(int64_t l, int p) {
   const Nf4Weight& q = layers_[l].q4[p];
   auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
   if (q.absmax_f32.data())
-    cuda::nf4_dequantize_bf16(ctx_, q.packed.as<uint8_t>(), q.absmax_f32.as<float>(), out * in, q.blocksize,
+    cuda::nf4_dequantize_bf16(*ctx_, q.packed.as<uint8_t>(), q.absmax_f32.as<float>(), out * in, q.blocksize,
                               wbuf_.data());
   else
-    cuda::nf4_dequantize_bf16(ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
+    cuda::nf4_dequantize_bf16(*ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
                               (q.code2.data() ? q.code2 : code2_).as<float>(), out * in, q.blocksize, wbuf_.data());
   return wbuf_.data();
 }
@@ -435,18 +527,18 @@ void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
   if (y)
-    cuda::gemm(ctx_, n_, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
+    cuda::gemm(*ctx_, n_, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
                residual, y, dt_);
   if (!adapted(i)) return;
   const auto [A, B] = lora_ab(l, i);
   const void* xin = x;
   if (dropout_key_ && spec_.dropout > 0) {
-    cuda::dropout_forward(ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
+    cuda::dropout_forward(*ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
                           xd_.data(), n_ * in);
     xin = xd_.data();
   }
-  cuda::gemm(ctx_, n_, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
-  if (y) cuda::gemm(ctx_, n_, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
+  cuda::gemm(*ctx_, n_, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
+  if (y) cuda::gemm(*ctx_, n_, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
 }
 
 // dx = beta * dx + dy W + (s dy B) A; dB += s dy^T t; dA += (s dy B)^T drop(x). The adapter's
@@ -459,30 +551,30 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const
   if (!adapted(i)) {
     // Full fine-tuning: dW += dy^T x, before dx is written (dx may be x's own buffer).
     if (opt_.full)
-      cuda::gemm(ctx_, out, in, n_, 1.0f, {dy, dt_, true}, {x, dt_, false}, 1.0f, grad_at(layer_off_[l][i]), F32);
-    cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
+      cuda::gemm(*ctx_, out, in, n_, 1.0f, {dy, dt_, true}, {x, dt_, false}, 1.0f, grad_at(layer_off_[l][i]), F32);
+    cuda::gemm(*ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
     return;
   }
   const auto [A, B] = lora_ab(l, i);
   float* dA = f(lora_g_) + slots_[l][i].a;
   float* dB = f(lora_g_) + slots_[l][i].b;
   const float s = spec_.scaling();
-  cuda::gemm(ctx_, out, spec_.r, n_, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
-  cuda::gemm(ctx_, n_, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
+  cuda::gemm(*ctx_, out, spec_.r, n_, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
+  cuda::gemm(*ctx_, n_, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
   const bool drop = dropout_key_ && spec_.dropout > 0;
   const uint64_t key = drop ? dropout_key_for(dropout_key_, l, i) : 0;
   const float prob = static_cast<float>(spec_.dropout);
   if (drop) {
-    cuda::dropout_forward(ctx_, dt_, key, prob, x, xd_.data(), n_ * in);  // the forward's dropped input again
+    cuda::dropout_forward(*ctx_, dt_, key, prob, x, xd_.data(), n_ * in);  // the forward's dropped input again
     x = xd_.data();
   }
-  cuda::gemm(ctx_, spec_.r, in, n_, 1.0f, {dtb_.data(), dt_, true}, {x, dt_, false}, 1.0f, dA, F32);
-  cuda::gemm(ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
+  cuda::gemm(*ctx_, spec_.r, in, n_, 1.0f, {dtb_.data(), dt_, true}, {x, dt_, false}, 1.0f, dA, F32);
+  cuda::gemm(*ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
   if (drop) {
-    cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 0.0f, dxd_.data(), F32);
-    cuda::dropout_backward_add(ctx_, key, prob, f(dxd_), dx_type, dx, n_ * in);
+    cuda::gemm(*ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 0.0f, dxd_.data(), F32);
+    cuda::dropout_backward_add(*ctx_, key, prob, f(dxd_), dx_type, dx, n_ * in);
   } else {
-    cuda::gemm(ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 1.0f, dx, dx_type);
+    cuda::gemm(*ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 1.0f, dx, dx_type);
   }
 }
 
@@ -492,26 +584,28 @@ cuda::AttnShape LlamaGpu::attn_shape() const {
 }
 
 bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
-  return dt_ == cuda::Storage::BF16 && cuda::flash_attention_supported(ctx_, a);
+  if (dt_ != cuda::Storage::BF16) return false;
+  if (ctx_) return cuda::flash_attention_supported(*ctx_, a);
+  return sm_ >= 80 && (a.head_dim == 64 || a.head_dim == 128) && a.heads % a.kv_heads == 0;  // plan only
 }
 
 void LlamaGpu::attention_fwd(Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
-    cuda::flash_attention_forward(ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
+    cuda::flash_attention_forward(*ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
   else
-    cuda::attention_forward(ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
+    cuda::attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
 }
 
 void LlamaGpu::attention_bwd(const Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
-    cuda::flash_attention_backward(ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
+    cuda::flash_attention_backward(*ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
                                    datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_));
   else
-    cuda::attention_backward(ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
+    cuda::attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
                              datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_));
 }
 
@@ -522,18 +616,18 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const void* x = xbuf(l);
   auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
-  cuda::rmsnorm_forward(ctx_, dt_, x, f(Ly.input_norm), A.n1.data(), f(A.rstd1), n_, H, eps);
+  cuda::rmsnorm_forward(*ctx_, dt_, x, f(Ly.input_norm), A.n1.data(), f(A.rstd1), n_, H, eps);
   linear_fwd(l, Proj::Q, A.n1.data(), nullptr, A.q.data(), t(Proj::Q));
   linear_fwd(l, Proj::K, A.n1.data(), nullptr, A.k.data(), t(Proj::K));
   linear_fwd(l, Proj::V, A.n1.data(), nullptr, A.v.data(), t(Proj::V));
-  cuda::rope_forward(ctx_, dt_, A.q.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
-  cuda::rope_forward(ctx_, dt_, A.k.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
+  cuda::rope_forward(*ctx_, dt_, A.q.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
+  cuda::rope_forward(*ctx_, dt_, A.k.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
   attention_fwd(A);
   linear_fwd(l, Proj::O, A.att.data(), x, A.h.data(), t(Proj::O));  // h = o(att) + x
-  cuda::rmsnorm_forward(ctx_, dt_, A.h.data(), f(Ly.post_norm), A.n2.data(), f(A.rstd2), n_, H, eps);
+  cuda::rmsnorm_forward(*ctx_, dt_, A.h.data(), f(Ly.post_norm), A.n2.data(), f(A.rstd2), n_, H, eps);
   linear_fwd(l, Proj::Gate, A.n2.data(), nullptr, A.gate.data(), t(Proj::Gate));
   linear_fwd(l, Proj::Up, A.n2.data(), nullptr, A.up.data(), t(Proj::Up));
-  cuda::swiglu_forward(ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
+  cuda::swiglu_forward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
   // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
   linear_fwd(l, Proj::Down, A.act.data(), A.h.data(), recompute ? nullptr : xbuf(l + 1), t(Proj::Down));
 }
@@ -547,48 +641,48 @@ void LlamaGpu::layer_backward(int64_t l) {
   auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
   auto dy_op = [&]() -> const void* {  // the residual gradient as a GEMM operand
     if (dt_ == F32) return dy_.data();
-    cuda::convert(ctx_, F32, dy_.data(), dt_, dyb_.data(), n_ * H);
+    cuda::convert(*ctx_, F32, dy_.data(), dt_, dyb_.data(), n_ * H);
     return dyb_.data();
   };
   const void* dyo = dy_op();
   // Buffers reused in place: d act overwrites act (linear_bwd reads x before it writes dx), and
   // the gate/up gradients overwrite gate/up (read and written element by element).
   linear_bwd(l, Proj::Down, A.act.data(), t(Proj::Down), dyo, A.act.data(), dt_, 0.0f);
-  cuda::swiglu_backward(ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), n_ * I);
+  cuda::swiglu_backward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), n_ * I);
   linear_bwd(l, Proj::Gate, A.n2.data(), t(Proj::Gate), A.gate.data(), dn_.data(), F32, 0.0f);
   linear_bwd(l, Proj::Up, A.n2.data(), t(Proj::Up), A.up.data(), dn_.data(), F32, 1.0f);
   if (opt_.full) norm_grad(f(dn_), A.h.data(), f(A.rstd2), layer_off_[l][kNumProj + 1]);
-  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H);  // dy = dL/dh
+  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H);  // dy = dL/dh
   dyo = dy_op();
   linear_bwd(l, Proj::O, A.att.data(), t(Proj::O), dyo, datt_.data(), dt_, 0.0f);
   attention_bwd(A);
-  cuda::rope_backward(ctx_, dt_, dq_.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
-  cuda::rope_backward(ctx_, dt_, dk_.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
+  cuda::rope_backward(*ctx_, dt_, dq_.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
+  cuda::rope_backward(*ctx_, dt_, dk_.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
   linear_bwd(l, Proj::Q, A.n1.data(), t(Proj::Q), dq_.data(), dn_.data(), F32, 0.0f);
   linear_bwd(l, Proj::K, A.n1.data(), t(Proj::K), dk_.data(), dn_.data(), F32, 1.0f);
   linear_bwd(l, Proj::V, A.n1.data(), t(Proj::V), dv_.data(), dn_.data(), F32, 1.0f);
   if (opt_.full) norm_grad(f(dn_), xbuf(l), f(A.rstd1), layer_off_[l][kNumProj]);
-  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
+  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
 }
 
 // Final norm, lm_head and the per-row losses; with `backward`, dy_ = dL/d(last layer output).
 void LlamaGpu::head(bool backward) {
   const int64_t H = cfg_.hidden_size, L = cfg_.num_hidden_layers;
-  cuda::rmsnorm_forward(ctx_, dt_, xbuf(L), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
+  cuda::rmsnorm_forward(*ctx_, dt_, xbuf(L), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
                         static_cast<float>(cfg_.rms_norm_eps));
   const void* w = cfg_.tie_word_embeddings ? embed_.data() : head_.data();
-  cuda::lm_head_cross_entropy(ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
+  cuda::lm_head_cross_entropy(*ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
                               backward ? grad_scale_ : 0.0f, f(loss_), backward ? dnormed_.data() : nullptr,
                               logits_.data(), chunk_, backward && opt_.full ? grad_at(head_off_) : nullptr);
   if (!backward) return;
-  ctx_.zero(f(dy_), n_ * H * 4);
-  cuda::convert(ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
+  ctx_->zero(f(dy_), n_ * H * 4);
+  cuda::convert(*ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
   if (opt_.full) norm_grad(f(dn_), xbuf(L), f(final_rstd_), final_off_);
-  cuda::rmsnorm_backward(ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
+  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
 }
 
 double LlamaGpu::read_loss() {
-  ctx_.synchronize();
+  ctx_->synchronize();
   const auto losses = loss_.to_host<float>(n_);
   double sum = 0;
   for (float x : losses) sum += x;

@@ -3,7 +3,7 @@
 //   compute: [wait up0] K0 [wait up1] K1 [wait up2] K2 ...                     [wait downloaded]
 // up(k+2) reuses the slot of chunk k and comes after down(k) on the same stream, so in-stream order
 // is the only guard it needs; the events order the two streams.
-#include "optim/paged_states_gpu.h"
+#include "gpu/adamw8bit_states.h"
 
 #include <algorithm>
 #include <type_traits>

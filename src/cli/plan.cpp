@@ -1,0 +1,48 @@
+// `ftune plan RECIPE.yaml [--set key=value]... [--gpu NAME] [--json]`: the memory plan per category,
+// the tokens per step and an estimated step time of a recipe on the detected GPU (or the one named),
+// before anything heavy loads (only the recipe and the model's config.json are read).
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "plan/run_estimate.h"
+#include "recipe/run_plan.h"
+#include "recipe/train_config.h"
+
+namespace ftune {
+
+void add_plan_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("plan", "Show a recipe's memory plan and estimated step time on a GPU, before training");
+  struct Args {
+    std::string recipe, gpu;
+    std::vector<std::string> sets;
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("recipe", a->recipe, "YAML recipe (see docs/config.md)")->required();
+  cmd->add_option("--set", a->sets, "Override a recipe key, e.g. --set train.micro_batch_size=8 (repeatable)");
+  std::string names;
+  for (const GpuSpec& g : known_gpus()) names += (names.empty() ? "" : ", ") + g.name;
+  cmd->add_option("--gpu", a->gpu, "Plan for this GPU instead of the detected one: " + names);
+  cmd->add_flag("--json", a->json, "Print the plan as one JSON object");
+  cmd->callback([a] {
+    const TrainConfig cfg = load_train_config(a->recipe, a->sets);
+    const RunPlan plan = make_run_plan(cfg, a->recipe);
+    const LlamaConfig mcfg = load_llama_config(cfg.model);
+    GpuSpec gpu;
+    bool detected = false;
+    if (!a->gpu.empty())
+      gpu = find_gpu(a->gpu);
+    else if (!(detected = detect_gpu(gpu)))
+      fail("ftune plan: no GPU is visible here; name the one to plan for with --gpu (e.g. --gpu T4)");
+    const LoraSpec spec = lora_spec(cfg.lora);
+    RunEstimate e = estimate_run(mcfg, plan.method == Method::Full ? nullptr : &spec, plan, cfg.data.max_seq_len, gpu);
+    e.gpu_detected = detected;
+    if (a->json)
+      fmt::print("{}\n", estimate_json(e));
+    else
+      fmt::print("{}", format_estimate(e, mcfg, plan, cfg.model));
+  });
+}
+
+}  // namespace ftune

@@ -1,0 +1,16 @@
+// The GPU model's options from a run plan on a GPU of compute capability `sm`: the storage type
+// (precision auto: bf16 where the GPU has it), NF4 for QLoRA, the optimizer, checkpointing and
+// offload. Fails with the recipe keys when the GPU cannot run the plan (bf16 or QLoRA below sm_80).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "gpu/llama_gpu.h"
+#include "recipe/run_plan.h"
+
+namespace ftune {
+
+GpuModelOptions gpu_model_options(const RunPlan& p, int64_t max_batch, int64_t max_seq, int sm,
+                                  const std::string& gpu_name);
+
+}  // namespace ftune

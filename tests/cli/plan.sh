@@ -1,0 +1,39 @@
+# ftune plan: the memory plan per category, tokens per step and an estimated step time, from the
+# recipe and config.json alone; the categories add up, the methods differ where they must, and bad
+# input is one line.
+source "$(dirname "$0")/lib.bash" "$@"
+make_model "$WORK/model"
+printf '{"text": "a"}\n' >"$WORK/d.jsonl"
+write_recipe "$WORK/r.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/out" "  grad_accum: 4"
+plan_json() { "$FTUNE" plan "$WORK/r.yaml" --gpu H200 --json "$@"; }
+python3 - "$(plan_json)" "$(plan_json --set train.method=full)" "$(plan_json --set train.method=full --set train.optimizer=adamw_8bit)" \
+  "$(plan_json --set train.method=full --set train.optimizer_offload=true --set train.device=cuda)" <<'PY' && echo "ok   plans add up and differ by method" || { echo "FAIL plan numbers"; fails=$((fails + 1)); }
+import json, sys
+lora, full, full8, off = (json.loads(a) for a in sys.argv[1:])
+for p in (lora, full, full8, off):
+    assert sum(p["device"].values()) == p["device_total"], p
+    assert p["tokens_per_step"] == 2 * 32 * 4, p   # micro-batch x max_seq_len x grad_accum
+    assert p["fits"] and p["sm"] == 90 and p["step_seconds"] > 0, p
+# The tiny model: 512 x 64 embedding, 2 layers of hidden 64 / intermediate 128, untied head.
+params = full["device"]["gradients"] // 4
+assert lora["device"]["gradients"] < params, (lora, params)           # only the adapter's
+assert full["device"]["optimizer"] >= 3 * 4 * params, full            # fp32 masters, m and v
+assert full8["device"]["optimizer"] < full["device"]["optimizer"], full8
+assert off["device"]["optimizer"] == 0 and off["host"] == 3 * 4 * params, off
+assert full["flops_per_step"] > lora["flops_per_step"], (full, lora)  # 6N against 4N
+PY
+"$FTUNE" plan "$WORK/r.yaml" --gpu t4 >"$WORK/t4.txt" 2>&1
+grep -q "^GPU          T4 (sm_75" "$WORK/t4.txt" && grep -q "^  activations " "$WORK/t4.txt" && grep -q "^fits         yes" "$WORK/t4.txt" \
+  && echo "ok   text plan for a T4" || { echo "FAIL text plan"; cat "$WORK/t4.txt"; fails=$((fails + 1)); }
+# A 7B full fine-tune on a T4 does not fit: the plan says so, with what would.
+mkdir -p "$WORK/m7"
+printf '{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32, "num_hidden_layers": 32, "vocab_size": 32000, "rms_norm_eps": 1e-05, "max_position_embeddings": 4096}\n' >"$WORK/m7/config.json"
+"$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set model="$WORK/m7" --set train.method=full >"$WORK/t4-7b.txt" 2>&1
+grep -q "^fits         no: the model needs .* GiB of device memory" "$WORK/t4-7b.txt" && echo "ok   7B on a T4 does not fit" || {
+  echo "FAIL 7B on a T4"; cat "$WORK/t4-7b.txt"; fails=$((fails + 1)); }
+expect_fail plan-unknown-gpu "--gpu 'v100': not a GPU ftune knows; one of: T4, " "$FTUNE" plan "$WORK/r.yaml" --gpu v100
+expect_fail plan-bad-key "train\.optimizer_offload is for train\.method full" \
+  "$FTUNE" plan "$WORK/r.yaml" --gpu h100 --set train.optimizer_offload=true
+expect_fail plan-no-model "config\.json" "$FTUNE" plan "$WORK/r.yaml" --gpu h100 --set model="$WORK/none"
+[ ! -e "$WORK/out" ] && echo "ok   plan writes nothing" || { echo "FAIL plan wrote output_dir"; fails=$((fails + 1)); }
+finish

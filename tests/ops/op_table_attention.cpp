@@ -1,0 +1,218 @@
+// Op rows for attention: the reference GPU attention (attention.h) against the CPU twin in fp32,
+// bf16 and fp16 storage, and the tensor-core flash attention (bf16 only) against that reference
+// run in fp32 storage on the same bf16 values (the two kernels are interchangeable by contract,
+// lse included). GQA, packed documents, lengths that are not a multiple of any block, forward and
+// backward; the Llama-2-7B shape once, with its speed printed (never asserted).
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "../test_util.h"
+#include "op_harness.h"
+#include "ops/cpu/attention.h"
+#include "ops/cuda/attention.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/flash_attention.h"
+
+namespace ftune::ops {
+namespace {
+
+struct Case {
+  int64_t batch, seq, heads, kv, d;
+  int max_doc;  // packed documents of 1..max_doc tokens; 0: one document per row; -n: ids drawn from 0..n-1
+};
+
+std::string describe(const Case& c) {
+  return fmt::format("B{} T{} h{}/{} d{} docs<={}", c.batch, c.seq, c.heads, c.kv, c.d, c.max_doc);
+}
+
+// Document ids [B*T]: empty for one document per row; else restarting per row and never decreasing,
+// as the packer writes them, or (max_doc < 0) drawn at random, which the kernels must handle too.
+std::vector<int32_t> doc_ids(const Case& c, Rng& r) {
+  std::vector<int32_t> doc;
+  if (c.max_doc < 0)
+    for (int64_t i = 0; i < c.batch * c.seq; ++i) doc.push_back(static_cast<int32_t>(r.below(-c.max_doc)));
+  if (c.max_doc > 0)
+    for (int64_t b = 0; b < c.batch; ++b)
+      for (int64_t t = 0, id = 0, left = 0; t < c.seq; ++t, --left) {
+        if (left == 0) left = 1 + static_cast<int64_t>(r.below(c.max_doc)), ++id;
+        doc.push_back(static_cast<int32_t>(id));
+      }
+  return doc;
+}
+
+void add_inputs(OpCase& op, const Case& c) {
+  const int64_t N = c.batch * c.seq;
+  op.inputs = {{"q", N * c.heads * c.d}, {"k", N * c.kv * c.d}, {"v", N * c.kv * c.d}, {"dout", N * c.heads * c.d}};
+  op.prepare = [c](Tensors& t, Rng& r) { t.i["doc"] = doc_ids(c, r); };
+}
+
+cuda::AttnShape gpu_shape(const Case& c) {
+  return {c.batch, c.seq, c.heads, c.kv, c.d, 1.0f / std::sqrt(static_cast<float>(c.d))};
+}
+
+// The reference GPU attention in storage dt: out, lse, dq, dk, dv (lse only when with_lse).
+Outputs gpu_attention(const cuda::Context& ctx, Dtype dt, const Case& c, const Tensors& t, bool with_lse) {
+  const auto& doc = t.ints("doc");
+  auto ddoc = cuda::DeviceBuffer::from(doc.empty() ? std::vector<int32_t>{0} : doc);
+  const int32_t* dp = doc.empty() ? nullptr : ddoc.as<int32_t>();
+  const cuda::AttnShape a = gpu_shape(c);
+  const size_t nq = t.at("q").size(), nk = t.at("k").size(), nl = static_cast<size_t>(c.batch * c.heads * c.seq);
+  const size_t es = storage_bytes(storage(dt));
+  auto q = upload(dt, t.at("q")), k = upload(dt, t.at("k")), v = upload(dt, t.at("v")), dout = upload(dt, t.at("dout"));
+  cuda::DeviceBuffer out(nq * es), dq(nq * es), dk(nk * es), dv(nk * es), lse(nl * 4), delta(nl * 4);
+  cuda::attention_forward(ctx, storage(dt), a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>());
+  cuda::attention_backward(ctx, storage(dt), a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(),
+                           dout.data(), dq.data(), dk.data(), dv.data(), delta.as<float>());
+  Outputs o{{"out", download(ctx, dt, out, nq)},
+            {"dq", download(ctx, dt, dq, nq)},
+            {"dk", download(ctx, dt, dk, nk)},
+            {"dv", download(ctx, dt, dv, nk)}};
+  if (with_lse) o["lse"] = download(ctx, Dtype::F32, lse, nl);
+  return o;
+}
+
+// ---- reference attention against the CPU twin ----
+
+OpCase attention_case(Dtype dt, const Case& c) {
+  OpCase op;
+  op.name = "attention " + describe(c) + " " + dtype_name(dt);
+  op.dtype = dt;
+  add_inputs(op, c);
+  op.reference = [c](const Tensors& t) {
+    const auto& doc = t.ints("doc");
+    const cpu::AttnShape s{c.batch, c.seq, c.heads, c.kv, c.d, gpu_shape(c).scale};
+    const auto &q = t.at("q"), &k = t.at("k"), &v = t.at("v");
+    Floats probs(c.batch * c.heads * c.seq * c.seq), out(q.size()), dq(q.size()), dk(k.size()), dv(v.size());
+    cpu::attention_forward(s, q.data(), k.data(), v.data(), doc.empty() ? nullptr : doc.data(), probs.data(), out.data());
+    cpu::attention_backward(s, q.data(), k.data(), v.data(), probs.data(), t.at("dout").data(), dq.data(), dk.data(),
+                            dv.data());
+    return Outputs{{"out", out}, {"dq", dq}, {"dk", dk}, {"dv", dv}};
+  };
+  op.launch = [dt, c](const cuda::Context& ctx, const Tensors& t) { return gpu_attention(ctx, dt, c, t, false); };
+  for (const char* out : {"out", "dq", "dk", "dv"})
+    op.checks.push_back(
+        bound(out, dt, {2e-5, "fp32: order of sums and __expf (~1e-6)"},
+              {1.5e-2, "outputs rounded to bf16 once, and the backward reads the bf16 out for its row term: ~1e-2"},
+              {2e-3, "the same roundings at fp16's 2^-12 rms: 8x below bf16's bound"}));
+  return op;
+}
+
+std::vector<OpCase> attention_rows() {
+  std::vector<OpCase> rows;
+  for (Dtype dt : kAllDtypes)
+    for (const Case& c : {Case{1, 1, 1, 1, 32, 0}, Case{2, 37, 8, 2, 64, 0}, Case{2, 130, 4, 4, 128, 40},
+                          Case{1, 67, 8, 1, 64, 40}, Case{2, 45, 4, 2, 16, 40}, Case{1, 29, 2, 1, 80, 0}})
+      rows.push_back(attention_case(dt, c));
+  return rows;
+}
+
+TEST(GpuOps, Attention) {
+  FTUNE_SKIP_WITHOUT_CUDA();
+  cuda::Context ctx;
+  run_cases(ctx, attention_rows());
+}
+
+// ---- flash attention against the reference kernel ----
+
+// ctx: where the reference kernel runs (the row must not outlive it).
+OpCase flash_case(const cuda::Context& ctx, const Case& c) {
+  OpCase op;
+  op.name = "flash_attention " + describe(c) + " bf16";
+  op.dtype = Dtype::BF16;
+  add_inputs(op, c);
+  // The reference kernel in fp32 storage on the same bf16-rounded values.
+  op.reference = [&ctx, c](const Tensors& t) { return gpu_attention(ctx, Dtype::F32, c, t, true); };
+  op.launch = [c](const cuda::Context& ctx, const Tensors& t) {
+    const auto& doc = t.ints("doc");
+    auto ddoc = cuda::DeviceBuffer::from(doc.empty() ? std::vector<int32_t>{0} : doc);
+    const int32_t* dp = doc.empty() ? nullptr : ddoc.as<int32_t>();
+    const cuda::AttnShape a = gpu_shape(c);
+    const size_t nq = t.at("q").size(), nk = t.at("k").size(), nl = static_cast<size_t>(c.batch * c.heads * c.seq);
+    const Dtype bf = Dtype::BF16;
+    auto q = upload(bf, t.at("q")), k = upload(bf, t.at("k")), v = upload(bf, t.at("v")), dout = upload(bf, t.at("dout"));
+    cuda::DeviceBuffer out(nq * 2), dq(nq * 2), dk(nk * 2), dv(nk * 2), lse(nl * 4), delta(nl * 4),
+        scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a)) * 4);
+    cuda::flash_attention_forward(ctx, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>());
+    cuda::flash_attention_backward(ctx, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), dout.data(),
+                                   dq.data(), dk.data(), dv.data(), delta.as<float>(), scratch.as<float>());
+    return Outputs{{"out", download(ctx, bf, out, nq)},       {"lse", download(ctx, Dtype::F32, lse, nl)},
+                   {"dq", download(ctx, bf, dq, nq)},         {"dk", download(ctx, bf, dk, nk)},
+                   {"dv", download(ctx, bf, dv, nk)}};
+  };
+  op.checks = {
+      {"out", 1e-2, "P rounded to bf16 for the P.V mma (2^-9 per weight), out rounded once: a few 1e-3"},
+      {"lse", 1e-4, "fp32 sums of exact bf16 products on both sides: summation order and ex2.approx (~1e-6)"},
+      {"dq", 2e-2, "P and dS rounded to bf16 for four mmas, delta = dO.O from the bf16 out: ~1e-2 at worst"},
+      {"dk", 2e-2, "P and dS rounded to bf16 for four mmas, delta = dO.O from the bf16 out: ~1e-2 at worst"},
+      {"dv", 2e-2, "P and dS rounded to bf16 for four mmas, delta = dO.O from the bf16 out: ~1e-2 at worst"}};
+  return op;
+}
+
+bool flash_usable(const cuda::Context& ctx, const Case& c) {
+  return cuda::flash_attention_supported(ctx, cuda::AttnShape{c.batch, c.seq, c.heads, c.kv, c.d, 1.0f});
+}
+
+TEST(GpuOps, FlashAttention) {
+  FTUNE_SKIP_WITHOUT_CUDA();
+  cuda::Context ctx;
+  if (!flash_usable(ctx, Case{1, 1, 1, 1, 128, 0})) GTEST_SKIP() << "flash attention not supported on " << ctx.name();
+  std::vector<OpCase> rows;
+  for (const Case& c : {Case{2, 256, 8, 2, 64, 0}, Case{1, 1000, 4, 4, 128, 300}, Case{2, 37, 4, 1, 128, 0},
+                        Case{1, 1, 2, 2, 64, 0}, Case{2, 130, 8, 8, 64, 40}, Case{1, 300, 8, 2, 128, 60},
+                        Case{3, 200, 4, 2, 64, 1}, Case{2, 300, 4, 2, 64, -3}, Case{1, 260, 4, 1, 128, -2}})
+    rows.push_back(flash_case(ctx, c));
+  run_cases(ctx, rows);
+}
+
+struct Event {
+  cudaEvent_t e = nullptr;
+  Event() { FT_CUDA(cudaEventCreate(&e)); }
+  ~Event() { cudaEventDestroy(e); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+};
+
+// The Llama-2-7B training shape: checked once as a row, then timed (printed only).
+TEST(GpuOps, FlashAttentionLlamaShapeAndSpeed) {
+  FTUNE_SKIP_WITHOUT_CUDA();
+  cuda::Context ctx;
+  const Case c{4, 2048, 32, 32, 128, 0};
+  if (!flash_usable(ctx, c)) GTEST_SKIP() << "flash attention not supported on " << ctx.name();
+  run_case(ctx, flash_case(ctx, c));
+
+  const cuda::AttnShape a = gpu_shape(c);
+  const size_t nq = static_cast<size_t>(c.batch * c.seq * c.heads * c.d), nl = static_cast<size_t>(c.batch * c.heads * c.seq);
+  const Floats host = round_to(Dtype::BF16, testing::randn(nq, 7));
+  auto bq = upload(Dtype::BF16, host), bk = upload(Dtype::BF16, host), bv = upload(Dtype::BF16, host),
+       bdo = upload(Dtype::BF16, host);
+  cuda::DeviceBuffer bo(nq * 2), bdq(nq * 2), bdk(nq * 2), bdv(nq * 2), lse(nl * 4), delta(nl * 4),
+      scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a)) * 4);
+  auto fwd = [&] { cuda::flash_attention_forward(ctx, a, bq.data(), bk.data(), bv.data(), nullptr, bo.data(), lse.as<float>()); };
+  auto bwd = [&] {
+    cuda::flash_attention_backward(ctx, a, bq.data(), bk.data(), bv.data(), nullptr, bo.data(), lse.as<float>(),
+                                   bdo.data(), bdq.data(), bdk.data(), bdv.data(), delta.as<float>(), scratch.as<float>());
+  };
+  const double fwd_flops = 4.0 * c.batch * c.heads * c.seq * c.seq * c.d / 2, bwd_flops = 2.5 * fwd_flops;
+  constexpr int kReps = 5;
+  Event e0, e1, e2;
+  fwd(), bwd();  // warm-up
+  FT_CUDA(cudaEventRecord(e0.e, ctx.stream()));
+  for (int i = 0; i < kReps; ++i) fwd();
+  FT_CUDA(cudaEventRecord(e1.e, ctx.stream()));
+  for (int i = 0; i < kReps; ++i) bwd();
+  FT_CUDA(cudaEventRecord(e2.e, ctx.stream()));
+  ctx.synchronize();
+  float ms_f = 0, ms_b = 0;
+  FT_CUDA(cudaEventElapsedTime(&ms_f, e0.e, e1.e));
+  FT_CUDA(cudaEventElapsedTime(&ms_b, e1.e, e2.e));
+  ms_f /= kReps, ms_b /= kReps;
+  std::printf("flash B4 T2048 h32 d128 causal on %s: forward %.3f ms %.1f TFLOP/s, backward %.3f ms %.1f TFLOP/s\n",
+              ctx.name().c_str(), ms_f, fwd_flops / (ms_f * 1e-3) / 1e12, ms_b, bwd_flops / (ms_b * 1e-3) / 1e12);
+}
+
+}  // namespace
+}  // namespace ftune::ops
