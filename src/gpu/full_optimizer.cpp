@@ -197,6 +197,7 @@ class OffloadAdamW final : public FullOptimizer {
       }
       FT_CUDA(cudaMemcpy(h.data(), s.data, h.size() * 2, cudaMemcpyDeviceToHost));
       const bool half = s.storage == cuda::Storage::F16;
+#pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < s.n; ++i) p_[s.offset + i] = half ? f16_to_f32(h[i]) : bf16_to_f32(h[i]);
     }
   }

@@ -76,7 +76,6 @@ class GpuBackend final : public TrainBackend {
     FT_ASSERT(model_.options().full);
     model_.get_weights(out);
   }
-  bool checkpoints() const override { return true; }
   BackendState save_state() const override {
     BackendState s;
     model_.save_state(s);

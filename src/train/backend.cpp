@@ -55,7 +55,6 @@ class CpuBackend final : public TrainBackend {
     return {norm, false};
   }
   void read_adapter(LoraParams& out) const override { out = lora_; }
-  bool checkpoints() const override { return true; }
   BackendState save_state() const override {
     BackendState s;
     lora_.for_each([&](const std::string& key, const Tensor& t) { s.f32["adapter." + key] = t.data; });
@@ -161,7 +160,6 @@ class CpuFullBackend final : public TrainBackend {
     return {norm, false};
   }
   void read_weights(LlamaWeights& out) const override { out = weights_; }
-  bool checkpoints() const override { return true; }
   BackendState save_state() const override {
     BackendState s;
     s.f32["master"] = master_;

@@ -37,10 +37,9 @@ class TrainBackend {
   virtual void read_adapter(LoraParams& out) const { FT_ASSERT(false && "not a LoRA backend"); }
   virtual void read_weights(LlamaWeights& out) const { FT_ASSERT(false && "not a full fine-tuning backend"); }
   // Checkpoints: the state that continues the run exactly (trainable weights, optimizer moments,
-  // step counts). Backends that cannot yet save it say so.
-  virtual bool checkpoints() const { return false; }
-  virtual BackendState save_state() const { fail("checkpoints of this backend are not available yet"); }
-  virtual void load_state(const BackendState&) { fail("checkpoints of this backend are not available yet"); }
+  // step counts, loss scaler).
+  virtual BackendState save_state() const = 0;
+  virtual void load_state(const BackendState&) = 0;
   // Device memory: what the backend planned (every buffer, allocated once up front) and what the
   // process has in use on the device beyond what it held before the model, in bytes (0 on the CPU).
   virtual size_t planned_bytes() const { return 0; }

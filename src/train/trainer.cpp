@@ -231,8 +231,6 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   }
   if (resume) check_steps_left(*resume, ts.max_steps);
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
-  if ((ts.save_every > 0 || resume) && !model->checkpoints())
-    fail("train.save_every / --resume: checkpoints of {} runs are not available yet (CPU runs have them)", model->name());
   int64_t first_step = 0;
   if (resume) {
     model->load_state(resume->state);
@@ -327,8 +325,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
         if (ts.early_stopping_patience > 0) {
           if (vl < best_val) {
             best_val = vl, best_step = sm.step, evals_since_best = 0;
-            if (model->checkpoints())
-              write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
+            write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
                                model->save_state(), train_config_to_yaml(cfg), read_text(out.staged("metrics.jsonl")), 1);
           } else if (++evals_since_best >= ts.early_stopping_patience) {
             report.stopped_early = true;
@@ -339,9 +336,6 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       done = sm.step;
       if (on_step) on_step(sm);
       if (stop.requested()) {
-        if (!model->checkpoints())
-          fail("stopped by signal {} after step {}; {} runs cannot write checkpoints yet, so this run cannot be resumed",
-               stop.signal(), sm.step, model->name());
         const std::string dir = save_checkpoint(sm.step);
         throw Preempted(fmt::format("stopped by signal {} after step {} of {}: checkpoint {} written; run again with "
                                     "--resume (or train.resume: auto) to continue",

@@ -31,11 +31,30 @@ write_recipe "$WORK/r2.yaml" "$WORK/out" "$WORK/d.jsonl" "$WORK/out2" "  method:
 "$FTUNE" train "$WORK/r2.yaml" 2>/dev/null && [ -s "$WORK/out2/model.safetensors" ] && echo "ok   saved model trains again" || {
   echo "FAIL saved model as a base"; fails=$((fails + 1)); }
 
+# 8-bit moments (one bitsandbytes-style state per tensor) train too.
+"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/out8" --set train.optimizer=adamw_8bit 2>/dev/null
+python3 - "$WORK/out8/metrics.jsonl" <<'PY' && echo "ok   adamw_8bit full fine-tuning: loss fell" || { echo "FAIL adamw_8bit full"; fails=$((fails + 1)); }
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert len(rows) == 12 and rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
+PY
+
 # Bad combinations: one line naming the keys, nothing written.
 expect_fail full-with-lora-key "lora\.r is a LoRA setting, but train\.method is full" \
   "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad1" --set lora.r=16
 expect_fail full-paged "train\.optimizer=paged_adamw_8bit with train\.method=full is not available" \
   "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad2" --set train.optimizer=paged_adamw_8bit
-for d in bad1 bad2; do [ -e "$WORK/$d" ] && { echo "FAIL $d written"; fails=$((fails + 1)); }; done
+expect_fail qlora-offload "train\.optimizer_offload is for train\.method full" \
+  "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad3" --set train.method=qlora --set train.optimizer_offload=true
+expect_fail offload-8bit "train\.optimizer_offload keeps fp32 AdamW moments in host memory: set train\.optimizer to adamw" \
+  "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad4" --set train.device=cuda --set train.optimizer_offload=true \
+  --set train.optimizer=adamw_8bit
+expect_fail offload-cpu "train\.optimizer_offload moves the optimizer off the GPU, but train\.device is cpu" \
+  "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/bad5" --set train.optimizer_offload=true
+expect_fail full-into-base "output_dir is the model directory" \
+  "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/model" --overwrite
+for d in bad1 bad2 bad3 bad4 bad5; do [ -e "$WORK/$d" ] && { echo "FAIL $d written"; fails=$((fails + 1)); }; done
+[ -s "$WORK/model/model.safetensors" ] && cmp -s "$WORK/model/config.json" "$WORK/out/config.json" && echo "ok   the base is intact" || {
+  echo "FAIL base changed"; fails=$((fails + 1)); }
 echo "ok   nothing written by the refused runs"
 finish
