@@ -2,6 +2,9 @@
 // checkpoint gives bitwise the losses, gradient norms and final weights of the uninterrupted run
 // (LoRA with dropout and packing, 8-bit AdamW, full fine-tuning with fp32 or 8-bit moments); damaged checkpoints are refused
 // and the one before used; a changed recipe is refused naming the key.
+#include <signal.h>
+#include <sys/resource.h>
+
 #include "resume_util.h"
 
 namespace ftune {
@@ -59,6 +62,41 @@ TEST(Resume, DamagedCheckpointIsRefusedAndThePreviousOneUsed) {
   }
   const TrainReport r = s.run("b", 0, "latest");
   EXPECT_EQ(r.first_step, 3);  // the intact one
+}
+
+// A full disk while a checkpoint is written: the write fails, its partial files are removed, the
+// previous checkpoint stays complete and readable, and the error says so. The file-size limit
+// (RLIMIT_FSIZE, with SIGXFSZ ignored so that writes past it fail with EFBIG) stands for the full
+// disk: the same failed write(2) path as ENOSPC.
+TEST(Resume, DiskFullWhileSavingKeepsThePreviousCheckpoint) {
+  testing::TempDir dir("diskfull");
+  const std::string root = (fs::path(dir / "checkpoints")).string();
+  BackendState small, big;
+  small.f32["w"] = testing::randn(1000, 1);
+  big.f32["w"] = testing::randn(1 << 20, 2);  // 4 MiB: past the limit below
+  const std::string first = write_checkpoint(root, {3, {}, 0}, small, "model: m\n", "{}\n", 2);
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit lim = old;
+  lim.rlim_cur = 1 << 20;
+  auto* prev = signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  std::string what;
+  try {
+    write_checkpoint(root, {6, {}, 0}, big, "model: m\n", "{}\n", 2);
+  } catch (const Error& e) {
+    what = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, prev);
+  EXPECT_NE(what.find("checkpoint of step 6 not written"), std::string::npos) << what;
+  EXPECT_NE(what.find("state.safetensors: cannot write: File too large"), std::string::npos) << what;
+  EXPECT_NE(what.find("the previous checkpoint " + first + " is intact"), std::string::npos) << what;
+  EXPECT_EQ(list_checkpoints(root), std::vector<std::string>{first});
+  EXPECT_EQ(read_checkpoint(first).state.f32.at("w"), small.f32.at("w"));
+  int leftovers = 0;
+  for (const auto& e : fs::directory_iterator(root)) leftovers += e.path().filename().string().starts_with(".tmp-");
+  EXPECT_EQ(leftovers, 0) << "the partial checkpoint was left behind";
 }
 
 TEST(Resume, ChangedRecipeIsRefusedNamingTheKey) {

@@ -29,7 +29,7 @@ const std::vector<std::string> kAllKeys = {
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
     "train.threads", "train.save_every", "train.keep_last", "train.resume", "train.save_merged", "train.epochs",
-    "train.early_stopping_patience", "train.tensorboard"};
+    "train.early_stopping_patience", "train.report_to", "train.grace_s"};
 
 const std::vector<std::string> kAllModules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"};

@@ -50,8 +50,9 @@ struct TrainSettings {
   int64_t save_every = 0;           // checkpoint every this many steps (and at the end); 0 = none
   int64_t keep_last = 2;            // complete checkpoints kept; 0 = all
   std::string resume = "never";     // never, or auto: continue from the latest checkpoint when there is one
+  double grace_s = 25.0;            // after SIGTERM/SIGINT: the checkpoint must be written within this
   bool save_merged = false;         // LoRA/QLoRA: also write base + adapter as a model in output_dir/merged
-  bool tensorboard = false;         // also write TensorBoard event files into output_dir/tensorboard
+  std::vector<std::string> report_to = {"jsonl"};  // jsonl (metrics.jsonl, always written), tensorboard
 };
 
 struct TrainConfig {

@@ -27,7 +27,7 @@ std::string shown_number(double v) {
   return fmt::format("{:.6g}", v);
 }
 
-StepOutcome Engine::step(MicroBatcher& batches, int64_t step, double lr) {
+StepOutcome Engine::step(MicroBatcher& batches, int64_t step, double lr, const AbortCheck& abort) {
   StepOutcome out;
   micro_.resize(static_cast<size_t>(plan_.grad_accum));
   for (Batch& b : micro_) {
@@ -37,8 +37,14 @@ StepOutcome Engine::step(MicroBatcher& batches, int64_t step, double lr) {
   }
   const float scale = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.0f;
   double loss_sum = 0.0;
-  for (size_t m = 0; m < micro_.size(); ++m)
-    loss_sum += backend_.forward_backward(micro_[m], scale, dropout_key(seed_, step, static_cast<int64_t>(m))).loss_sum;
+  const int64_t total = static_cast<int64_t>(micro_.size());
+  for (int64_t m = 0; m < total; ++m) {
+    if (m > 0 && abort && abort(m, total)) {
+      out.aborted = true;
+      return out;
+    }
+    loss_sum += backend_.forward_backward(micro_[m], scale, dropout_key(seed_, step, m)).loss_sum;
+  }
   out.loss = out.targets > 0 ? loss_sum / static_cast<double>(out.targets) : 0.0;
   const StepResult r = backend_.step(lr, plan_.max_grad_norm);
   out.grad_norm = r.grad_norm;

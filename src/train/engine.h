@@ -6,6 +6,7 @@
 // and that loss scaling did not skip, is an error naming the step: the run has diverged.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "data/batcher.h"
@@ -21,13 +22,20 @@ struct StepOutcome {
   int64_t targets = 0;     // trained tokens of the step
   int64_t tokens = 0;      // input tokens (padding excluded)
   bool skipped = false;    // fp16 overflow: no update
+  bool aborted = false;    // stopped between micro-batches (see Engine::step): no update, nothing else valid
 };
+
+// Asked between the micro-batches of a step with how many are done and how many the step has: true
+// abandons the step (the stop signal's grace period would end before the step does).
+using AbortCheck = std::function<bool(int64_t done, int64_t total)>;
 
 class Engine {
  public:
   Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed) : backend_(backend), plan_(plan), seed_(seed) {}
   // Step `step` (0-based) at learning rate lr, with grad_accum micro-batches from `batches`.
-  StepOutcome step(MicroBatcher& batches, int64_t step, double lr);
+  // `abort`, when given, may abandon the step between micro-batches: the backend's weights and
+  // optimizer then stay as the previous step left them (only its gradient buffers hold partial sums).
+  StepOutcome step(MicroBatcher& batches, int64_t step, double lr, const AbortCheck& abort = {});
   // Mean loss over every trained token of `val` (no dropout), in micro-batches of the plan's size.
   double validation_loss(const std::vector<Example>& val, int32_t pad, int64_t pad_multiple);
 

@@ -134,11 +134,21 @@ std::string write_checkpoint(const std::string& root, const TrainProgress& p, co
                                                                   {"config.yaml", config_yaml},
                                                                   {"metrics.jsonl", metrics}};
   json manifest = {{"step", p.step}, {"files", json::object()}};
-  for (const auto& [name, bytes] : files) {
-    write_synced(tmp / name, bytes);
-    manifest["files"][name] = {{"bytes", bytes.size()}, {"crc32", fmt::format("{:08x}", crc_of(bytes))}};
+  try {
+    for (const auto& [name, bytes] : files) {
+      write_synced(tmp / name, bytes);
+      manifest["files"][name] = {{"bytes", bytes.size()}, {"crc32", fmt::format("{:08x}", crc_of(bytes))}};
+    }
+    write_synced(tmp / "manifest.json", manifest.dump(2) + "\n");
+  } catch (const Error& e) {
+    // A full disk (or any failed write): the partial files go, so they take no space and are never
+    // read; the checkpoints already complete are untouched.
+    fs::remove_all(tmp, ec);
+    const auto kept = list_checkpoints(root);
+    fail("checkpoint of step {} not written ({}); {}", p.step, e.what(),
+         kept.empty() ? std::string("there is no earlier checkpoint")
+                      : fmt::format("the previous checkpoint {} is intact", kept.front()));
   }
-  write_synced(tmp / "manifest.json", manifest.dump(2) + "\n");
   sync_dir(tmp);
   fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier attempt
   fs::rename(tmp, final_dir, ec);

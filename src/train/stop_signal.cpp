@@ -4,18 +4,31 @@
 
 #include <signal.h>
 
+#include <time.h>
+
 #include <atomic>
+#include <cstdint>
 
 namespace ftune {
 
 namespace {
 
 std::atomic<int> g_stop_signal{0};  // the first stop signal received, 0 = none
+std::atomic<int64_t> g_stop_ns{0};   // when it arrived, CLOCK_MONOTONIC nanoseconds
+
+int64_t monotonic_ns() {  // async-signal-safe (clock_gettime is)
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<int64_t>(t.tv_sec) * 1000000000 + t.tv_nsec;
+}
 struct sigaction g_old_term, g_old_int;
 
 void on_signal(int sig) {
   int none = 0;
-  if (!g_stop_signal.compare_exchange_strong(none, sig)) {
+  const int64_t now = monotonic_ns();
+  if (g_stop_signal.compare_exchange_strong(none, sig)) {
+    g_stop_ns = now;
+  } else {
     // A second signal: end now, as the default action would.
     ::signal(sig, SIG_DFL);
     ::raise(sig);
@@ -41,5 +54,8 @@ StopSignals::~StopSignals() {
 
 bool StopSignals::requested() const { return g_stop_signal.load() != 0; }
 int StopSignals::signal() const { return g_stop_signal.load(); }
+double StopSignals::seconds_since() const {
+  return requested() ? static_cast<double>(monotonic_ns() - g_stop_ns.load()) * 1e-9 : 0.0;
+}
 
 }  // namespace ftune

@@ -26,6 +26,7 @@ class StopSignals {
   StopSignals& operator=(const StopSignals&) = delete;
   bool requested() const;  // a first signal arrived
   int signal() const;      // which one (0 if none)
+  double seconds_since() const;  // since the first signal arrived (0 if none)
 };
 
 }  // namespace ftune

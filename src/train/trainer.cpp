@@ -124,7 +124,8 @@ std::optional<Checkpoint> find_resume(const TrainConfig& cfg, const std::string&
 void check_resumable(const Checkpoint& ck, const TrainConfig& now) {
   static const std::set<std::string> kMayChange = {"output_dir",        "overwrite",      "train.max_steps",
                                                    "train.log_every",   "train.eval_every", "train.save_every",
-                                                   "train.keep_last",   "train.resume",   "train.threads"};
+                                                   "train.keep_last",   "train.resume",   "train.threads",
+                                                   "train.grace_s",     "train.report_to"};
   const TrainConfig before = read_resolved_config(ck.config_yaml, ck.dir + "/config.yaml");
   for (const std::string& d : train_config_differences(before, now))
     if (!kMayChange.count(d.substr(0, d.find(':'))))
@@ -251,7 +252,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   write_text(out.staged("config.yaml"), train_config_to_yaml(cfg));
   MetricsLog metrics(out.staged("metrics.jsonl"));
   std::unique_ptr<EventWriter> events;  // live, beside the staged files: TensorBoard follows it during the run
-  if (ts.tensorboard) {
+  if (std::find(ts.report_to.begin(), ts.report_to.end(), "tensorboard") != ts.report_to.end()) {
     const std::string tb = (fs::path(cfg.output_dir) / "tensorboard").string();
     if (!resume) {
       std::error_code ec;
@@ -272,11 +273,16 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   report.skipped_steps = resume ? resume->progress.skipped_steps : 0;
   report.first_step = first_step;
   const StopSignals stop;
-  auto save_checkpoint = [&](int64_t done) {
-    const TrainProgress p{done, batcher.state(), report.skipped_steps};
-    return write_checkpoint(ckpt_root, p, model->save_state(), train_config_to_yaml(cfg),
-                            read_text(out.staged("metrics.jsonl")), ts.keep_last);
+  double checkpoint_s = 0;  // how long the last checkpoint took to write
+  auto save_checkpoint_at = [&](int64_t done, const BatcherState& data) {
+    const auto c0 = std::chrono::steady_clock::now();
+    const TrainProgress p{done, data, report.skipped_steps};
+    std::string dir = write_checkpoint(ckpt_root, p, model->save_state(), train_config_to_yaml(cfg),
+                                       read_text(out.staged("metrics.jsonl")), ts.keep_last);
+    checkpoint_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+    return dir;
   };
+  auto save_checkpoint = [&](int64_t done) { return save_checkpoint_at(done, batcher.state()); };
   const auto t0 = std::chrono::steady_clock::now();
   Engine engine(*model, plan, ts.seed);
   int64_t done = first_step;  // steps completed
@@ -288,7 +294,24 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       StepMetrics sm;
       sm.step = step + 1;
       sm.lr = sched.at(step);
-      const StepOutcome r = engine.step(batcher, step, sm.lr);
+      const BatcherState before = batcher.state();
+      // After a stop signal, the step is abandoned between micro-batches when finishing it and then
+      // writing the checkpoint would outlast train.grace_s (the time per micro-batch so far, and the
+      // last checkpoint's writing time, as the estimates).
+      const AbortCheck abort = [&](int64_t micro_done, int64_t micro_total) {
+        if (!stop.requested()) return false;
+        const double per = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts0).count() /
+                           static_cast<double>(micro_done);
+        return stop.seconds_since() + per * static_cast<double>(micro_total - micro_done) + checkpoint_s > ts.grace_s;
+      };
+      const StepOutcome r = engine.step(batcher, step, sm.lr, abort);
+      if (r.aborted) {
+        const std::string dir = save_checkpoint_at(done, before);
+        throw Preempted(fmt::format("stopped by signal {} during step {} of {}, abandoned to stay within "
+                                    "train.grace_s={:g}: checkpoint {} of step {} written; run again with --resume (or "
+                                    "train.resume: auto) to continue",
+                                    stop.signal(), sm.step, ts.max_steps, ts.grace_s, dir, done));
+      }
       sm.loss = r.loss;
       sm.grad_norm = r.grad_norm;
       sm.skipped = r.skipped;

@@ -1,9 +1,9 @@
-# train.tensorboard: event files whose records decode (TFRecord framing with CRC-32C, protobuf
+# train.report_to: [tensorboard]: event files whose records decode (TFRecord framing with CRC-32C, protobuf
 # tensorflow.Event) into the same losses as metrics.jsonl, read by an independent decoder.
 source "$(dirname "$0")/lib.bash" "$@"
 make_model "$WORK/model"
 head -80 "$ROOT/examples/quickstart/train.jsonl" >"$WORK/d.jsonl"
-write_recipe "$WORK/r.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/out" "  eval_every: 3" "  tensorboard: true"
+write_recipe "$WORK/r.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/out" "  eval_every: 3" "  report_to: [jsonl, tensorboard]"
 sed -i 's/^  max_steps: 2$/  max_steps: 6/; s/^  max_seq_len: 32$/  max_seq_len: 32\n  val_fraction: 0.2/' "$WORK/r.yaml"
 "$FTUNE" train "$WORK/r.yaml" 2>/dev/null
 python3 - "$WORK/out" <<'PY' && echo "ok   event file decodes to metrics.jsonl's values" || { echo "FAIL tensorboard events"; fails=$((fails + 1)); }
