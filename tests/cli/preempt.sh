@@ -6,15 +6,21 @@ make_model "$WORK/model"
 head -64 "$ROOT/examples/quickstart/train.jsonl" >"$WORK/d.jsonl"
 write_recipe "$WORK/r.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/out" "  lr: 1e-3" "lora:" "  dropout: 0.1"
 sed -i 's/^  max_steps: 2$/  max_steps: 300/' "$WORK/r.yaml"
+# term_run RECIPE OUT LOG [DELAY]: train RECIPE, send SIGTERM once its first step is logged (after
+# DELAY more seconds), and set rc to its exit status.
+term_run() {
+  "$FTUNE" train "$1" >"$3" 2>&1 &
+  local pid=$! i
+  for i in $(seq 1 400); do
+    [ -s "$2/.ftune-partial/metrics.jsonl" ] && break
+    sleep 0.01
+  done
+  sleep "${4:-0}"
+  kill -TERM "$pid"
+  rc=0; wait "$pid" || rc=$?
+}
 "$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ref" 2>/dev/null
-"$FTUNE" train "$WORK/r.yaml" >"$WORK/log" 2>&1 &
-pid=$!
-for _ in $(seq 1 400); do
-  [ -s "$WORK/out/.ftune-partial/metrics.jsonl" ] && break
-  sleep 0.01
-done
-kill -TERM "$pid"
-rc=0; wait "$pid" || rc=$?
+term_run "$WORK/r.yaml" "$WORK/out" "$WORK/log"
 if [ "$rc" -eq 0 ]; then
   echo "skip preemption: the run ended before the signal arrived"
 else
@@ -39,15 +45,7 @@ fi
 write_recipe "$WORK/g.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/gout" "  lr: 1e-3" "  grad_accum: 16" "  grace_s: 0"
 sed -i 's/^  max_steps: 2$/  max_steps: 40/' "$WORK/g.yaml"
 "$FTUNE" train "$WORK/g.yaml" --set output_dir="$WORK/gref" 2>/dev/null
-"$FTUNE" train "$WORK/g.yaml" >"$WORK/glog" 2>&1 &
-pid=$!
-for _ in $(seq 1 400); do
-  [ -s "$WORK/gout/.ftune-partial/metrics.jsonl" ] && break
-  sleep 0.01
-done
-sleep 0.05
-kill -TERM "$pid"
-rc=0; wait "$pid" || rc=$?
+term_run "$WORK/g.yaml" "$WORK/gout" "$WORK/glog" 0.05
 if [ "$rc" -eq 0 ]; then
   echo "skip grace: the run ended before the signal arrived"
 else
