@@ -1,6 +1,8 @@
 // JSONL datasets (text and input_ids rows, overflow handling, every rejected row) and the
 // SentencePiece tokenizer they are tokenized with.
 #include <gtest/gtest.h>
+
+#include "error_util.h"
 #include <sentencepiece_trainer.h>
 
 #include <filesystem>
@@ -16,17 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-template <typename F>
-void expect_error(F&& f, const std::string& substr) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing: " << substr;
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(substr), std::string::npos) << "message: " << msg << "\nexpected: " << substr;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message spans lines: " << msg;
-  }
-}
+using testing::expect_error;
 
 class TempDir {
  public:

@@ -1,6 +1,8 @@
 // config.json reading and writing: both transformers forms, rope scaling, GQA, and every refusal.
 #include <gtest/gtest.h>
 
+#include "error_util.h"
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,17 +17,7 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-template <typename F>
-void expect_error(F&& f, const std::string& substr) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing: " << substr;
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(substr), std::string::npos) << "message: " << msg << "\nexpected: " << substr;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message spans lines: " << msg;
-  }
-}
+using testing::expect_error;
 
 class TempDir {
  public:

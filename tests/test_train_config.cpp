@@ -2,6 +2,8 @@
 // in docs/config.md. FTUNE_UPDATE_DOCS=1 rewrites the generated part of docs/config.md.
 #include <gtest/gtest.h>
 
+#include "error_util.h"
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -29,24 +31,14 @@ const std::vector<std::string> kAllKeys = {
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
     "train.threads", "train.save_every", "train.keep_last", "train.resume", "train.save_merged", "train.epochs",
-    "train.early_stopping_patience", "train.report_to", "train.grace_s"};
+    "train.early_stopping_patience", "train.report_to", "train.grace_s", "dist.zero", "dist.timeout_s"};
 
 const std::vector<std::string> kAllModules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"};
 
 constexpr const char* kMinimal = "model: /m\noutput_dir: /o\ndata:\n  train: /d/train.jsonl\n";
 
-template <typename F>
-void expect_error(F&& f, const std::string& substr) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing: " << substr;
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(substr), std::string::npos) << "message: " << msg << "\nexpected: " << substr;
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << "message spans lines: " << msg;
-  }
-}
+using testing::expect_error;
 
 TrainConfig parse(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   return parse_train_config(yaml, "recipe.yaml", overrides, "/recipes");

@@ -6,9 +6,12 @@
 #include <cstdio>
 #include <unistd.h>
 #include <exception>
+#include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
+#include "dist/launcher.h"
 #include "core/error.h"
 #include "train/stop_signal.h"
 
@@ -18,6 +21,35 @@ const char* sep() { return isatty(2) ? "\n" : ""; }
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `ftune train ... --nproc-per-node N` outside any launcher: this process becomes the launcher of
+  // N ranks, each a copy of the command without the option.
+  if (argc >= 2 && std::string(argv[1]) == "train" && !std::getenv("RANK")) {
+    std::vector<std::string> args{argv[0]};
+    int nproc = 0;
+    try {
+      for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--nproc-per-node" && i + 1 < argc) {
+          nproc = std::stoi(argv[++i]);
+        } else if (a.starts_with("--nproc-per-node=")) {
+          nproc = std::stoi(a.substr(17));
+        } else {
+          args.push_back(a);
+        }
+      }
+    } catch (const std::exception&) {
+      fmt::print(stderr, "ftune: error: --nproc-per-node: expected a number of ranks\n");
+      return 2;
+    }
+    if (nproc > 1) {
+      try {
+        return ftune::dist::launch_local_ranks(nproc, args, 30.0);
+      } catch (const ftune::Error& e) {
+        fmt::print(stderr, "ftune: error: {}\n", e.what());
+        return 1;
+      }
+    }
+  }
   CLI::App app{"ftune: fine-tune Llama-family models (LoRA) from Hugging Face checkpoints"};
   app.require_subcommand(1);
   ftune::add_train_command(app);

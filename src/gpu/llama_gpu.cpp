@@ -411,6 +411,21 @@ std::string LlamaGpu::optimizer_description() const {
                    : "fp32 AdamW moments on the device";
 }
 
+void LlamaGpu::reduce_gradients(const std::function<void(float*, size_t)>& reduce) {
+  cuda::DeviceBuffer& g = opt_.full ? full_g_ : lora_g_;
+  const size_t n = static_cast<size_t>(opt_.full ? table_.trainable_numel() : lora_n_);
+  if (!n) return;
+  ctx_->synchronize();
+  std::vector<float> host = g.to_host<float>(n);
+  reduce(host.data(), n);
+  g.upload(host.data(), n * 4);
+}
+
+std::pair<float*, size_t> LlamaGpu::gradient_buffer() const {
+  if (opt_.full) return {full_g_.as<float>(), static_cast<size_t>(table_.trainable_numel())};
+  return {lora_g_.as<float>(), static_cast<size_t>(lora_n_)};
+}
+
 void LlamaGpu::zero_grads() {
   if (lora_n_) ctx_->zero(lora_g_.data(), lora_n_ * 4);
   if (opt_.full) ctx_->zero(full_g_.data(), full_g_.bytes());

@@ -5,6 +5,7 @@
 // Every buffer is allocated once, at construction, for the largest micro-batch.
 #pragma once
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <cstdint>
@@ -69,6 +70,11 @@ class LlamaGpu {
   // Loss only.
   std::pair<double, int64_t> loss(const Batch& b);
   void zero_grads();
+  // The accumulated gradients (adapter or full) through `reduce` on the host, then back: the
+  // host-staged gradient all-reduce of data parallelism.
+  void reduce_gradients(const std::function<void(float*, size_t)>& reduce);
+  // The same buffer on the device (NCCL sums it in place on the compute stream).
+  std::pair<float*, size_t> gradient_buffer() const;
   void add_grads_to(LoraParams& grads) const;  // host copy of the accumulated gradients, added in
   double grad_norm() const;                    // global L2 norm of the accumulated gradients
   // One optimizer update of what trains (the adapter, or every weight with weight decay on the

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "gpu/llama_gpu.h"
+#include "gpu/nccl_communicator.h"
 #include "gpu/run_options.h"
 #include "ops/cuda/context.h"
 #include "optim/loss_scaler.h"
@@ -23,11 +24,18 @@ class GpuBackend final : public TrainBackend {
  public:
   // lora null: full fine-tuning.
   GpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams* lora, const BackendOptions& opt)
-      : baseline_(cuda::memory_in_use()),
+      : ctx_(device_of(opt.topology)),
+        baseline_(cuda::memory_in_use()),
         adamw_(opt.plan.adamw),
         shape_(lora ? lora->zeros_like() : LoraParams{}),
         model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), lora ? &lora->spec : nullptr, options(ctx_, opt, !lora)) {
     if (lora) model_.set_lora(*lora);
+    const dist::Topology& t = opt.topology;
+    if (t.world > 1 && t.local_world <= cuda::device_count()) {  // a GPU per rank: NCCL
+      FT_ASSERT(opt.store);
+      nccl_ = std::make_unique<NcclCommunicator>(*opt.store, t.rank, t.world, ctx_,
+                                                 std::chrono::milliseconds(static_cast<int64_t>(opt.timeout_s * 1000)));
+    }
   }
   std::string name() const override {
     const GpuModelOptions& o = model_.options();
@@ -67,6 +75,15 @@ class GpuBackend final : public TrainBackend {
     model_.zero_grads();
     return {norm, false};
   }
+  void all_reduce_gradients(dist::Communicator& comm) override {
+    if (nccl_) {
+      const auto [g, n] = model_.gradient_buffer();
+      nccl_->all_reduce_sum(g, n);
+      return;
+    }
+    // Host-staged: the ranks share a GPU, so the sum goes through host memory and Gloo.
+    model_.reduce_gradients([&](float* g, size_t n) { comm.all_reduce_sum(g, n); });
+  }
   void read_adapter(LoraParams& out) const override {
     FT_ASSERT(!model_.options().full);
     out = shape_;
@@ -101,6 +118,11 @@ class GpuBackend final : public TrainBackend {
     FT_ASSERT(opt.plan.checkpointing == opt.model.gradient_checkpointing);
     return gpu_model_options(opt.plan, opt.model.max_batch, opt.model.max_seq, ctx.sm_version(), ctx.name());
   }
+  // This rank's GPU: its local rank's when the node has a GPU per rank, else all share GPU 0.
+  static int device_of(const dist::Topology& t) {
+    const int n = cuda::device_count();
+    return t.local_world <= n ? t.local_rank % n : 0;
+  }
   cuda::Context ctx_;
   size_t baseline_;  // device bytes in use before the model (CUDA context, cuBLAS workspace)
   AdamWSettings adamw_;
@@ -108,6 +130,7 @@ class GpuBackend final : public TrainBackend {
   LlamaGpu model_;
   int64_t t_ = 0;
   LossScaler scaler_;  // fp16 only
+  std::unique_ptr<NcclCommunicator> nccl_;  // data parallel with a GPU per rank
 };
 
 }  // namespace

@@ -46,6 +46,11 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   p.max_grad_norm = t.max_grad_norm;
   p.micro_batch = t.micro_batch_size;
   p.grad_accum = t.grad_accum;
+  p.zero = static_cast<int>(cfg.dist.zero);
+  if (p.zero > 0)
+    fail("{}: dist.zero={} is not available yet: several ranks train data parallel (dist.zero 0), each holding the "
+         "whole model",
+         label, p.zero);
   if (p.method == Method::Full) {
     for (const std::string& k : cfg.given)
       if (k.starts_with("lora."))

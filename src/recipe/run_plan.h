@@ -28,6 +28,7 @@ struct RunPlan {
   AdamWSettings adamw;               // betas, eps, weight decay
   double max_grad_norm = 1.0;        // <= 0: no clipping
   int64_t micro_batch = 1, grad_accum = 1;
+  int zero = 0;  // dist.zero: 0 data parallel, 1-3 ZeRO stages (with several ranks)
 };
 
 // The plan of a recipe. Fails with one line naming `label` and the keys when keys contradict

@@ -55,6 +55,11 @@ struct TrainSettings {
   std::vector<std::string> report_to = {"jsonl"};  // jsonl (metrics.jsonl, always written), tensorboard
 };
 
+struct DistSettings {
+  int64_t zero = 0;          // 0: data parallel (gradients all-reduced); 1, 2, 3: ZeRO stages
+  double timeout_s = 300.0;  // rendezvous and every collective fail after this long
+};
+
 struct TrainConfig {
   std::string model;       // HF model directory
   std::string output_dir;
@@ -64,6 +69,7 @@ struct TrainConfig {
   LoraSettings lora;
   DataSettings data;
   TrainSettings train;
+  DistSettings dist;
 };
 
 // Reads a YAML recipe, applies `key=value` overrides (dotted keys, e.g. lora.r=16), validates.

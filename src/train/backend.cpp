@@ -55,6 +55,16 @@ class CpuBackend final : public TrainBackend {
     return {norm, false};
   }
   void read_adapter(LoraParams& out) const override { out = lora_; }
+  void all_reduce_gradients(dist::Communicator& comm) override {
+    std::vector<float> flat;
+    grads_.for_each([&](const std::string&, const Tensor& t) { flat.insert(flat.end(), t.data.begin(), t.data.end()); });
+    comm.all_reduce_sum(flat.data(), flat.size());
+    size_t at = 0;
+    grads_.for_each([&](const std::string&, Tensor& t) {
+      std::copy_n(flat.begin() + static_cast<int64_t>(at), t.data.size(), t.data.begin());
+      at += t.data.size();
+    });
+  }
   BackendState save_state() const override {
     BackendState s;
     lora_.for_each([&](const std::string& key, const Tensor& t) { s.f32["adapter." + key] = t.data; });
@@ -158,6 +168,11 @@ class CpuFullBackend final : public TrainBackend {
     scatter_trainable(table_, master_.data(), weights_);  // refresh the compute copy
     for (const ParamSpec& s : table_.specs()) param_tensor(grads_, s).zero();
     return {norm, false};
+  }
+  void all_reduce_gradients(dist::Communicator& comm) override {
+    gather_trainable(table_, grads_, flat_grad_.data());
+    comm.all_reduce_sum(flat_grad_.data(), flat_grad_.size());
+    scatter_trainable(table_, flat_grad_.data(), grads_);
   }
   void read_weights(LlamaWeights& out) const override { out = weights_; }
   BackendState save_state() const override {

@@ -9,6 +9,8 @@
 #include "model/llama.h"
 #include "model/lora.h"
 #include "core/error.h"
+#include "dist/communicator.h"
+#include "dist/topology.h"
 #include "io/checkpoint.h"
 #include "ops/cpu/cross_entropy.h"
 #include "optim/adamw.h"
@@ -33,6 +35,8 @@ class TrainBackend {
   // AdamW update at lr and zeroes the gradients. Returns the norm before clipping, and whether
   // fp16 loss scaling skipped the update (the gradients overflowed).
   virtual StepResult step(double lr, double max_norm) = 0;
+  // Data parallelism: the accumulated gradients summed over the ranks, in place (before step()).
+  virtual void all_reduce_gradients(dist::Communicator& comm) = 0;
   // What trains, as it is now: the adapter (LoRA, QLoRA) or every weight (full fine-tuning).
   virtual void read_adapter(LoraParams& out) const { FT_ASSERT(false && "not a LoRA backend"); }
   virtual void read_weights(LlamaWeights& out) const { FT_ASSERT(false && "not a full fine-tuning backend"); }
@@ -49,6 +53,11 @@ class TrainBackend {
 struct BackendOptions {
   ModelOptions model;  // micro-batch shape (model.gradient_checkpointing follows plan.checkpointing)
   RunPlan plan;        // method, precision, optimizer, device, offload, AdamW settings
+  // Several ranks: where this one sits and the run's store (the GPU backend picks its GPU and, when
+  // every rank has one of its own, sums gradients with NCCL; ranks sharing a GPU go through host memory).
+  dist::Topology topology;
+  dist::Store* store = nullptr;
+  double timeout_s = 300.0;
 };
 
 // plan.device: cpu, cuda, or auto (cuda when this build has it and a GPU is present). The base

@@ -27,23 +27,44 @@ std::string shown_number(double v) {
   return fmt::format("{:.6g}", v);
 }
 
+Engine::Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed, dist::Communicator* comm)
+    : backend_(backend), plan_(plan), seed_(seed) {
+  if (!comm) single_ = dist::make_single_communicator();
+  comm_ = comm ? comm : single_.get();
+}
+
+bool Engine::any_rank(bool mine) {
+  if (comm_->world() == 1) return mine;
+  double v = mine ? 1.0 : 0.0;
+  comm_->all_reduce_sum(&v, 1);
+  return v > 0;
+}
+
 StepOutcome Engine::step(MicroBatcher& batches, int64_t step, double lr, const AbortCheck& abort) {
   StepOutcome out;
+  const int64_t W = comm_->world(), me = comm_->rank();
+  // Every rank draws the step's W x grad_accum micro-batches and keeps its own.
   micro_.resize(static_cast<size_t>(plan_.grad_accum));
-  for (Batch& b : micro_) {
-    b = batches.next();
+  std::vector<int64_t> index(micro_.size());
+  for (int64_t i = 0; i < plan_.grad_accum * W; ++i) {
+    Batch b = batches.next();
     out.targets += b.count_targets();
     out.tokens += b.tokens;
+    if (i % W == me) index[static_cast<size_t>(i / W)] = i, micro_[static_cast<size_t>(i / W)] = std::move(b);
   }
   const float scale = out.targets > 0 ? 1.0f / static_cast<float>(out.targets) : 0.0f;
   double loss_sum = 0.0;
   const int64_t total = static_cast<int64_t>(micro_.size());
   for (int64_t m = 0; m < total; ++m) {
-    if (m > 0 && abort && abort(m, total)) {
+    if (m > 0 && abort && any_rank(abort(m, total))) {
       out.aborted = true;
       return out;
     }
-    loss_sum += backend_.forward_backward(micro_[m], scale, dropout_key(seed_, step, m)).loss_sum;
+    loss_sum += backend_.forward_backward(micro_[m], scale, dropout_key(seed_, step, index[m])).loss_sum;
+  }
+  if (W > 1) {
+    backend_.all_reduce_gradients(*comm_);
+    comm_->all_reduce_sum(&loss_sum, 1);
   }
   out.loss = out.targets > 0 ? loss_sum / static_cast<double>(out.targets) : 0.0;
   const StepResult r = backend_.step(lr, plan_.max_grad_norm);
@@ -59,12 +80,18 @@ double Engine::validation_loss(const std::vector<Example>& val, int32_t pad, int
   const size_t micro = static_cast<size_t>(plan_.micro_batch);
   double sum = 0;
   int64_t count = 0;
-  for (size_t i = 0; i < val.size(); i += micro) {
+  const size_t W = static_cast<size_t>(comm_->world()), r = static_cast<size_t>(comm_->rank());
+  for (size_t i = micro * r; i < val.size(); i += micro * W) {
     std::vector<const std::vector<int32_t>*> ids, labels;
     for (size_t j = i; j < std::min(val.size(), i + micro); ++j) ids.push_back(&val[j].ids), labels.push_back(&val[j].labels);
-    const auto r = backend_.loss(make_batch(ids, labels, pad, pad_multiple));
-    sum += r.loss_sum;
-    count += r.count;
+    const auto res = backend_.loss(make_batch(ids, labels, pad, pad_multiple));
+    sum += res.loss_sum;
+    count += res.count;
+  }
+  if (W > 1) {
+    double v[2] = {sum, static_cast<double>(count)};
+    comm_->all_reduce_sum(v, 2);
+    sum = v[0], count = static_cast<int64_t>(v[1]);
   }
   return count ? sum / static_cast<double>(count) : 0.0;
 }

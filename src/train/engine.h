@@ -4,6 +4,11 @@
 // micro-batch with its own dropout key; then the backend's update (clipping, fp16 loss scaling,
 // the optimizer, the refresh of compute copies). A step whose loss or gradient norm is not finite,
 // and that loss scaling did not skip, is an error naming the step: the run has diverged.
+// Data parallel over W ranks: a step is grad_accum x W micro-batches, drawn by every rank in the
+// same order; rank r computes those whose index i has i % W == r (their dropout keys are those of
+// index i), the gradients are summed over the ranks before the update, and the loss is normalised
+// by the trained tokens of all W x grad_accum micro-batches. So W ranks with grad_accum g compute
+// what one rank computes with grad_accum W x g: the same rows, masks and normalisation.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -11,6 +16,7 @@
 
 #include "data/batcher.h"
 #include "data/dataset.h"
+#include "dist/communicator.h"
 #include "recipe/run_plan.h"
 #include "train/backend.h"
 
@@ -31,18 +37,29 @@ using AbortCheck = std::function<bool(int64_t done, int64_t total)>;
 
 class Engine {
  public:
-  Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed) : backend_(backend), plan_(plan), seed_(seed) {}
+  // comm: the ranks of a data-parallel run (a single rank when null).
+  Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed, dist::Communicator* comm = nullptr);
   // Step `step` (0-based) at learning rate lr, with grad_accum micro-batches from `batches`.
   // `abort`, when given, may abandon the step between micro-batches: the backend's weights and
   // optimizer then stay as the previous step left them (only its gradient buffers hold partial sums).
   StepOutcome step(MicroBatcher& batches, int64_t step, double lr, const AbortCheck& abort = {});
-  // Mean loss over every trained token of `val` (no dropout), in micro-batches of the plan's size.
+  // Whether a stop was asked on any rank (every rank must call it at the same point).
+  bool stop_requested(bool here) { return any_rank(here); }
+  int rank() const { return comm_->rank(); }
+  int world() const { return comm_->world(); }
+  // Mean loss over every trained token of `val` (no dropout), in micro-batches of the plan's size
+  // (split over the ranks, the sums added).
   double validation_loss(const std::vector<Example>& val, int32_t pad, int64_t pad_multiple);
 
  private:
+  // Whether any rank asks to stop (collective when there are several ranks).
+  bool any_rank(bool mine);
+
   TrainBackend& backend_;
   RunPlan plan_;
   uint64_t seed_;
+  std::unique_ptr<dist::Communicator> single_;  // when no communicator was given
+  dist::Communicator* comm_;
   std::vector<Batch> micro_;  // [grad_accum], reused
 };
 

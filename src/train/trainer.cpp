@@ -3,6 +3,8 @@
 // or the whole model as a Hugging Face directory (full fine-tuning), all staged until complete.
 #include "train/trainer.h"
 
+#include <zlib.h>
+
 #include <fmt/format.h>
 #include <omp.h>
 #include <cblas.h>
@@ -32,6 +34,9 @@
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "params/param_table.h"
+#include "dist/communicator.h"
+#include "dist/rendezvous.h"
+#include "dist/topology.h"
 #include "train/backend.h"
 #include "train/engine.h"
 #include "train/loss_plot.h"
@@ -90,9 +95,9 @@ void adopt_init_adapter(TrainConfig& cfg, const LoraSpec& from) {
 
 // More threads than hardware threads only adds contention (and far more exhausts the OpenMP
 // runtime); 0 means all of them.
-int thread_count(int64_t asked) {
+int thread_count(int64_t asked, int local_ranks) {
   const int hw = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  if (asked <= 0) return hw;
+  if (asked <= 0) return std::max(1, hw / std::max(1, local_ranks));  // ranks of one node share its cores
   if (asked > hw) fmt::print(stderr, "ftune: train.threads = {} is more than the {} hardware threads; using {}\n", asked, hw, hw);
   return static_cast<int>(std::min<int64_t>(asked, hw));
 }
@@ -152,18 +157,38 @@ std::string read_text(const std::string& path) {
 TrainReport run_training(const TrainConfig& recipe, const std::function<void(const StepMetrics&)>& on_step) {
   TrainConfig cfg = recipe;  // as resolved for this run (an init adapter's settings included)
   const TrainSettings& ts = cfg.train;
-  const int threads = thread_count(ts.threads);
+  const dist::Topology topo = dist::topology_from_env();
+  const bool writer = topo.rank == 0;  // rank 0 writes output_dir, checkpoints and the log
+  const int threads = thread_count(ts.threads, topo.local_world);
   omp_set_num_threads(threads);
   openblas_set_num_threads(threads);
   // Everything the user can get wrong is checked before any long work starts, and nothing is
   // written until the run really starts (a failed start leaves output_dir as it was).
   const std::string ckpt_root = (fs::path(cfg.output_dir) / kCheckpointsDir).string();
   const std::optional<Checkpoint> resume = find_resume(cfg, ckpt_root);
-  RunOutput out(cfg.output_dir, cfg.overwrite || resume.has_value(), {cfg.model});
+  std::optional<RunOutput> out;
+  if (writer) out.emplace(cfg.output_dir, cfg.overwrite || resume.has_value(), std::vector<std::string>{cfg.model});
   const LlamaConfig mcfg = load_llama_config(cfg.model);
   const CheckpointReader ckpt(cfg.model);
   check_llama_checkpoint(mcfg, ckpt);
   const RunPlan plan = make_run_plan(cfg, "recipe");
+  // Several ranks: they meet through the store, check that they run the same recipe, and connect.
+  std::unique_ptr<dist::Store> store;
+  std::unique_ptr<dist::Communicator> comm;
+  if (topo.world > 1) {
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg.dist.timeout_s * 1000));
+    store = dist::connect_store(topo, timeout);
+    const std::string yaml = train_config_to_yaml(cfg);
+    dist::check_same_plan(*store, topo.rank, topo.world,
+                          fmt::format("{:08x}", crc32(0, reinterpret_cast<const Bytef*>(yaml.data()), yaml.size())));
+    comm = dist::make_gloo_communicator(*store, topo.rank, topo.world, timeout);
+  }
+  // The log of rank 0; the others run quietly (their errors still reach stderr).
+  std::unique_ptr<FILE, int (*)(FILE*)> devnull(writer ? nullptr : std::fopen("/dev/null", "w"), &std::fclose);
+  FILE* log = writer ? stderr : devnull.get();
+  if (topo.world > 1)
+    fmt::print(log, "ftune: {} ranks ({} per node, launched by {}), data parallel\n", topo.world, topo.local_world,
+               topo.launcher);
   const bool full = plan.method == Method::Full;
   LoraParams lora;
   if (full) {
@@ -187,16 +212,16 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const DatasetStats& stats = data.train_stats;
 
   if (full)
-    fmt::print(stderr, "ftune: {} layers, hidden {}; full fine-tuning of all {:.1f}M parameters\n", mcfg.num_hidden_layers,
+    fmt::print(log, "ftune: {} layers, hidden {}; full fine-tuning of all {:.1f}M parameters\n", mcfg.num_hidden_layers,
                mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6);
   else
-    fmt::print(stderr, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
+    fmt::print(log, "ftune: {} layers, hidden {}, {:.1f}M base parameters; LoRA r={} alpha={} on {} ({:.2f}M trainable)\n",
                mcfg.num_hidden_layers, mcfg.hidden_size, static_cast<double>(mcfg.num_parameters()) / 1e6, spec.r,
                spec.alpha, fmt::join(spec.target_names(), ","), static_cast<double>(lora.num_parameters()) / 1e6);
-  fmt::print(stderr, "ftune: train: {} (template {}, max_seq_len {})\n", stats.summary(), data.template_name,
+  fmt::print(log, "ftune: train: {} (template {}, max_seq_len {})\n", stats.summary(), data.template_name,
              cfg.data.max_seq_len);
-  for (const auto& p : stats.problems) fmt::print(stderr, "ftune:   skipped {}\n", p);
-  if (!data.val.empty()) fmt::print(stderr, "ftune: validation: {}\n", data.val_stats.summary());
+  for (const auto& p : stats.problems) fmt::print(log, "ftune:   skipped {}\n", p);
+  if (!data.val.empty()) fmt::print(log, "ftune: validation: {}\n", data.val_stats.summary());
 
   int64_t longest = 0;
   for (const auto* set : {&data.train, &data.val})
@@ -206,11 +231,11 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = plan.checkpointing;
-  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan});
-  fmt::print(stderr, "ftune: running on {}\n", model->name());
+  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan, topo, store.get(), cfg.dist.timeout_s});
+  fmt::print(log, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   if (model->planned_bytes())
-    fmt::print(stderr, "ftune: device memory planned {:.2f} GiB (weights, activations, adapter and optimizer state)\n",
+    fmt::print(log, "ftune: device memory planned {:.2f} GiB (weights, activations, adapter and optimizer state)\n",
                static_cast<double>(model->planned_bytes()) / kGiB);
   // Padding never reaches the loss or, through the causal mask, a real token; any valid id will do.
   const int32_t pad = static_cast<int32_t>(mcfg.pad_token_id >= 0        ? mcfg.pad_token_id
@@ -228,7 +253,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     } while (count.state().cursor < examples.size());
     cfg.train.max_steps = std::max<int64_t>(
         1, static_cast<int64_t>(std::ceil(ts.epochs * static_cast<double>(per_epoch) / static_cast<double>(ts.grad_accum))));
-    fmt::print(stderr, "ftune: {} epochs of {} micro-batches: {} steps\n", ts.epochs, per_epoch, ts.max_steps);
+    fmt::print(log, "ftune: {} epochs of {} micro-batches: {} steps\n", ts.epochs, per_epoch, ts.max_steps);
   }
   if (resume) check_steps_left(*resume, ts.max_steps);
   LrSchedule sched{ts.schedule, ts.lr, ts.warmup_steps, ts.max_steps, ts.min_lr_ratio};
@@ -237,22 +262,23 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     model->load_state(resume->state);
     batcher.restore(resume->progress.batcher);
     first_step = resume->progress.step;
-    fmt::print(stderr, "ftune: resuming from {} (step {} of {})\n", resume->dir, first_step, ts.max_steps);
+    fmt::print(log, "ftune: resuming from {} (step {} of {})\n", resume->dir, first_step, ts.max_steps);
   }
 
   // The run starts: its files go to the staging directory until the adapter is complete.
-  out.begin();
+  if (writer) out->begin();
   auto failed = [&](const std::string& why) {
-    fail("{} (the partial run is in {}; output_dir is unchanged)", why, out.staging_dir());
+    if (!writer) fail("{}", why);
+    fail("{} (the partial run is in {}; output_dir is unchanged)", why, out->staging_dir());
   };
-  if (!resume) {  // a fresh run: an earlier run's checkpoints would be mistaken for this one's
+  if (!resume && writer) {  // a fresh run: an earlier run's checkpoints would be mistaken for this one's
     std::error_code ec;
     fs::remove_all(ckpt_root, ec);
   }
-  write_text(out.staged("config.yaml"), train_config_to_yaml(cfg));
-  MetricsLog metrics(out.staged("metrics.jsonl"));
+  if (writer) write_text(out->staged("config.yaml"), train_config_to_yaml(cfg));
+  MetricsLog metrics(writer ? out->staged("metrics.jsonl") : "/dev/null");
   std::unique_ptr<EventWriter> events;  // live, beside the staged files: TensorBoard follows it during the run
-  if (std::find(ts.report_to.begin(), ts.report_to.end(), "tensorboard") != ts.report_to.end()) {
+  if (writer && std::find(ts.report_to.begin(), ts.report_to.end(), "tensorboard") != ts.report_to.end()) {
     const std::string tb = (fs::path(cfg.output_dir) / "tensorboard").string();
     if (!resume) {
       std::error_code ec;
@@ -265,7 +291,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     for (std::string line; std::getline(lines, line);)
       if (!line.empty()) metrics.write(line);
   }
-  ProgressLine progress(ts.max_steps, stderr);
+  ProgressLine progress(ts.max_steps, log);
   TrainReport report;
   report.examples = stats.kept;
   report.truncated = stats.truncated;
@@ -274,17 +300,18 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   report.first_step = first_step;
   const StopSignals stop;
   double checkpoint_s = 0;  // how long the last checkpoint took to write
-  auto save_checkpoint_at = [&](int64_t done, const BatcherState& data) {
+  auto save_checkpoint_at = [&](int64_t done, const BatcherState& data) -> std::string {
+    if (!writer) return "of rank 0";  // every rank holds the same state: rank 0 writes it
     const auto c0 = std::chrono::steady_clock::now();
     const TrainProgress p{done, data, report.skipped_steps};
     std::string dir = write_checkpoint(ckpt_root, p, model->save_state(), train_config_to_yaml(cfg),
-                                       read_text(out.staged("metrics.jsonl")), ts.keep_last);
+                                       read_text(out->staged("metrics.jsonl")), ts.keep_last);
     checkpoint_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
     return dir;
   };
   auto save_checkpoint = [&](int64_t done) { return save_checkpoint_at(done, batcher.state()); };
   const auto t0 = std::chrono::steady_clock::now();
-  Engine engine(*model, plan, ts.seed);
+  Engine engine(*model, plan, ts.seed, comm.get());
   int64_t done = first_step;  // steps completed
   double best_val = std::numeric_limits<double>::infinity();
   int64_t best_step = 0, evals_since_best = 0;
@@ -299,7 +326,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       // writing the checkpoint would outlast train.grace_s (the time per micro-batch so far, and the
       // last checkpoint's writing time, as the estimates).
       const AbortCheck abort = [&](int64_t micro_done, int64_t micro_total) {
-        if (!stop.requested()) return false;
+        if (!stop.requested()) return false;  // (the engine asks every rank, so any signalled one decides)
         const double per = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts0).count() /
                            static_cast<double>(micro_done);
         return stop.seconds_since() + per * static_cast<double>(micro_total - micro_done) + checkpoint_s > ts.grace_s;
@@ -343,13 +370,14 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
         if (events) events->scalar("eval/loss", sm.step, vl), events->scalar("eval/perplexity", sm.step, std::exp(vl));
         metrics.write(fmt::format("{{\"step\": {}, \"val_loss\": {}, \"val_ppl\": {}}}", sm.step, json_number(vl, 6),
                                   json_number(std::exp(vl), 4)));
-        fmt::print(stderr, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "",
+        fmt::print(log, "{}ftune: step {} validation loss {:.4f} (perplexity {:.2f})\n", isatty(2) ? "\n" : "",
                    sm.step, vl, std::exp(vl));
         if (ts.early_stopping_patience > 0) {
           if (vl < best_val) {
             best_val = vl, best_step = sm.step, evals_since_best = 0;
-            write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
-                               model->save_state(), train_config_to_yaml(cfg), read_text(out.staged("metrics.jsonl")), 1);
+            if (writer)
+              write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
+                               model->save_state(), train_config_to_yaml(cfg), read_text(out->staged("metrics.jsonl")), 1);
           } else if (++evals_since_best >= ts.early_stopping_patience) {
             report.stopped_early = true;
           }
@@ -358,14 +386,14 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       report.steps.push_back(sm);
       done = sm.step;
       if (on_step) on_step(sm);
-      if (stop.requested()) {
+      if (engine.stop_requested(stop.requested())) {
         const std::string dir = save_checkpoint(sm.step);
         throw Preempted(fmt::format("stopped by signal {} after step {} of {}: checkpoint {} written; run again with "
                                     "--resume (or train.resume: auto) to continue",
                                     stop.signal(), sm.step, ts.max_steps, dir));
       }
       if (report.stopped_early) {
-        fmt::print(stderr, "{}ftune: early stop after step {}: the validation loss has not improved for {} evaluations "
+        fmt::print(log, "{}ftune: early stop after step {}: the validation loss has not improved for {} evaluations "
                    "(best {:.4f} at step {})\n",
                    isatty(2) ? "\n" : "", sm.step, ts.early_stopping_patience, best_val, best_step);
         break;
@@ -376,42 +404,46 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     if (report.skipped_steps == done)
       failed(fmt::format("every one of the {} steps overflowed in fp16 and was skipped; nothing was trained", done));
     if (model->planned_bytes())
-      fmt::print(stderr, "{}ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
+      fmt::print(log, "{}ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
                  isatty(2) ? "\n" : "", static_cast<double>(model->measured_bytes()) / kGiB,
                  static_cast<double>(model->planned_bytes()) / kGiB);
     if (report.skipped_steps)
-      fmt::print(stderr, "ftune: {} of {} steps were skipped (fp16 overflow; the loss scale was lowered)\n",
+      fmt::print(log, "ftune: {} of {} steps were skipped (fp16 overflow; the loss scale was lowered)\n",
                  report.skipped_steps, ts.max_steps);
+    if (!writer) {  // rank 0 writes the result
+      report.wrote_outputs = false;
+      return report;
+    }
     if (full) {
       LlamaWeights trained;
       model->read_weights(trained);
-      save_hf_model(out.staging_dir(), cfg.model, ParamTable::full(mcfg), trained,
+      save_hf_model(out->staging_dir(), cfg.model, ParamTable::full(mcfg), trained,
                     ckpt.info("model.embed_tokens.weight").dtype);
     } else {
       model->read_adapter(lora);
-      save_peft_adapter(out.staging_dir(), lora, cfg.model);
+      save_peft_adapter(out->staging_dir(), lora, cfg.model);
       if (ts.save_merged) {
-        const std::string merged = out.staged("merged");
+        const std::string merged = out->staged("merged");
         fs::create_directories(merged);
         save_merged_model(merged, cfg.model, lora);
       }
     }
     // The loss curves beside the metrics (a plot that cannot be drawn is not worth the run).
     try {
-      write_loss_plot(read_loss_curves(out.staged("metrics.jsonl")), out.staged("loss.png"),
+      write_loss_plot(read_loss_curves(out->staged("metrics.jsonl")), out->staged("loss.png"),
                       fs::absolute(cfg.output_dir).filename().string());
     } catch (const Error& e) {
-      fmt::print(stderr, "ftune: no loss plot: {}\n", e.what());
+      fmt::print(log, "ftune: no loss plot: {}\n", e.what());
     }
   } catch (const Preempted&) {
     throw;  // its checkpoint is the result; output_dir keeps the previous run's files
   } catch (const Error& e) {
     const std::string what = e.what();
-    if (what.find(out.staging_dir()) != std::string::npos) throw;
+    if (!writer || what.find(out->staging_dir()) != std::string::npos) throw;
     failed(what);
   }
   // A model saved in fewer shards than an earlier run's leaves none of that run's shards behind.
-  out.commit([&](const std::string& name) {
+  out->commit([&](const std::string& name) {
     return full && name.starts_with("model") && (name.ends_with(".safetensors") || name == "model.safetensors.index.json");
   });
   return report;

@@ -30,6 +30,7 @@ struct TrainReport {
   int64_t skipped_steps = 0;  // fp16 steps whose update was skipped (a resumed run's earlier ones included)
   int64_t first_step = 0;     // steps done before this run (a resumed run's checkpoint step)
   bool stopped_early = false; // train.early_stopping_patience ended the run
+  bool wrote_outputs = true;  // false on the ranks other than 0 of a distributed run
 };
 
 // Runs the whole recipe: validates inputs first (output dir, model, data), trains, and writes the

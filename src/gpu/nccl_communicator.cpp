@@ -1,0 +1,70 @@
+// NcclCommunicator: the id through the store, blocking init, collectives waited on with a timeout.
+#include "gpu/nccl_communicator.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstring>
+#include <thread>
+
+#include "core/error.h"
+
+namespace ftune {
+
+namespace {
+void check(ncclResult_t r, const char* what) {
+  if (r != ncclSuccess && r != ncclInProgress) fail("NCCL {}: {}", what, ncclGetErrorString(r));
+}
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(dist::Store& store, int rank, int world, const cuda::Context& ctx,
+                                   std::chrono::milliseconds timeout)
+    : ctx_(ctx), rank_(rank), world_(world), timeout_(timeout) {
+  ncclUniqueId id{};
+  const std::string key = "ftune/nccl_id";
+  if (rank == 0) {
+    check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    store.set(key, dist::Bytes(reinterpret_cast<const uint8_t*>(&id), reinterpret_cast<const uint8_t*>(&id) + sizeof(id)));
+  } else {
+    const dist::Bytes b = store.get(key);
+    if (b.size() != sizeof(id)) fail("NCCL: the unique id in the store has {} bytes, expected {}", b.size(), sizeof(id));
+    std::memcpy(&id, b.data(), sizeof(id));
+  }
+  FT_ASSERT(cudaSetDevice(ctx.device()) == cudaSuccess);
+  check(ncclCommInitRank(&comm_, world, id, rank), "ncclCommInitRank");
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (comm_) ncclCommDestroy(comm_);
+}
+
+void NcclCommunicator::wait(const char* what) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(ctx_.stream());
+    if (q == cudaSuccess) return;
+    if (q != cudaErrorNotReady) fail("{} (NCCL): {}", what, cudaGetErrorString(q));
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(comm_, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+      fail("{} (NCCL): {}", what, ncclGetErrorString(async));
+    }
+    if (std::chrono::steady_clock::now() - t0 > timeout_) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+      fail("{} (NCCL): not every one of the {} ranks arrived within {} s (dist.timeout_s)", what, world_,
+           timeout_.count() / 1000);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+void NcclCommunicator::all_reduce_sum(float* data, size_t n) {
+  if (!comm_) fail("all_reduce (NCCL): the communicator was aborted by an earlier error");
+  check(ncclAllReduce(data, data, n, ncclFloat32, ncclSum, comm_, ctx_.stream()), "ncclAllReduce");
+  wait("all_reduce");
+}
+
+}  // namespace ftune

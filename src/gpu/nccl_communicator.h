@@ -1,0 +1,36 @@
+// Collectives on GPU memory over NCCL, for data parallelism when every rank has a GPU of its own.
+// The ranks exchange NCCL's unique id through the run's store (rank 0 makes it). Every collective
+// is enqueued on the model's compute stream and then waited for with the run's timeout: NCCL's
+// asynchronous errors and ranks that never arrive abort the communicator and end the run with an
+// error naming the operation, instead of a hang.
+#pragma once
+#include <chrono>
+#include <cstddef>
+
+#include "dist/store.h"
+#include "ops/cuda/context.h"
+
+typedef struct ncclComm* ncclComm_t;
+
+namespace ftune {
+
+class NcclCommunicator {
+ public:
+  NcclCommunicator(dist::Store& store, int rank, int world, const cuda::Context& ctx, std::chrono::milliseconds timeout);
+  ~NcclCommunicator();
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
+  // data[n] (device) summed over the ranks, in place; returns when it is complete.
+  void all_reduce_sum(float* data, size_t n);
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+
+ private:
+  void wait(const char* what);
+  const cuda::Context& ctx_;
+  int rank_, world_;
+  std::chrono::milliseconds timeout_;
+  ncclComm_t comm_ = nullptr;
+};
+
+}  // namespace ftune
