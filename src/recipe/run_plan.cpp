@@ -47,10 +47,20 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   p.micro_batch = t.micro_batch_size;
   p.grad_accum = t.grad_accum;
   p.zero = static_cast<int>(cfg.dist.zero);
-  if (p.zero > 0)
-    fail("{}: dist.zero={} is not available yet: several ranks train data parallel (dist.zero 0), each holding the "
-         "whole model",
+  if (p.zero == 3)
+    fail("{}: dist.zero=3 (sharded parameters) is not available yet: use dist.zero 1 or 2 (sharded optimizer state "
+         "and gradients) or 0",
+         label);
+  if (p.zero > 0 && p.method != Method::Full)
+    fail("{}: dist.zero={} shards full fine-tuning's optimizer state; train.method {} trains an adapter, which runs "
+         "data parallel (dist.zero 0)",
+         label, p.zero, t.method);
+  if (p.zero > 0 && p.device != Device::Cpu)
+    fail("{}: dist.zero={} is available on the CPU (train.device cpu) in this version; on the GPU use dist.zero 0",
          label, p.zero);
+  if (p.zero > 0 && p.optimizer != OptimizerKind::AdamW)
+    fail("{}: dist.zero={} shards fp32 AdamW moments: set train.optimizer to adamw (not {})", label, p.zero,
+         t.optimizer);
   if (p.method == Method::Full) {
     for (const std::string& k : cfg.given)
       if (k.starts_with("lora."))

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "optim/adamw8bit.h"
+#include "dist/zero.h"
 #include "optim/flat_adamw.h"
 #include "train/lora_adamw.h"
 #include "params/param_table.h"
@@ -126,6 +127,10 @@ class CpuBackend final : public TrainBackend {
 // fp32, so the refresh is an exact copy. adamw_8bit keeps one 8-bit state per tensor, as
 // bitsandbytes' AdamW8bit keeps one per parameter (fp32 moments under 4096 elements), with weight
 // decay on the decayed tensors: the twin of the GPU's 8-bit full fine-tuning, bit for bit.
+// With several ranks and dist.zero 1 or 2, each rank keeps the AdamW moments of its shard of the
+// flat layout only (dist/zero.h) and updates that part of the masters, which the ranks then
+// all-gather; under stage 2 it receives only its part of the summed gradients (reduce-scatter). The
+// arithmetic is the unsharded run's, element for element, so the run is bitwise the data-parallel one.
 class CpuFullBackend final : public TrainBackend {
  public:
   CpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
@@ -134,7 +139,11 @@ class CpuFullBackend final : public TrainBackend {
         table_(ParamTable::full(cfg)),
         master_(static_cast<size_t>(table_.trainable_numel())),
         flat_grad_(master_.size()),
-        opt_(table_.trainable_numel(), opt.plan.adamw, table_.decay_ranges()),
+        zero_(opt.comm && opt.comm->world() > 1 ? opt.plan.zero : 0),
+        comm_(opt.comm),
+        shard_(zero_ ? dist::make_shard(table_.trainable_numel(), opt.comm->rank(), opt.comm->world())
+                     : dist::make_shard(table_.trainable_numel(), 0, 1)),
+        opt_(shard_.size(), opt.plan.adamw, dist::ranges_within(table_.decay_ranges(), shard_)),
         settings_(opt.plan.adamw),
         model_(cfg, weights_, nullptr, opt.model) {
     FT_ASSERT(opt.plan.optimizer != OptimizerKind::PagedAdamW8bit);  // the run plan refuses it
@@ -150,10 +159,17 @@ class CpuFullBackend final : public TrainBackend {
   }
   cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
   StepResult step(double lr, double max_norm) override {
-    gather_trainable(table_, grads_, flat_grad_.data());
-    const double norm = flat_grad_norm(flat_grad_.data(), table_.trainable_numel());
+    const int64_t P = table_.trainable_numel();
+    if (!grads_in_flat_) gather_trainable(table_, grads_, flat_grad_.data());
+    grads_in_flat_ = false;
+    const double norm = zero_ == 2 ? dist::sharded_grad_norm(flat_grad_.data() + shard_.begin, shard_, P, *comm_)
+                                   : flat_grad_norm(flat_grad_.data(), P);
     const float coef = static_cast<float>(clip_coefficient(norm, max_norm));
-    if (adam8_.empty()) {
+    if (zero_) {  // this rank's part of the masters, then every rank's
+      opt_.step(master_.data() + shard_.begin, flat_grad_.data() + shard_.begin, lr, coef);
+      const std::vector<float> mine(master_.begin() + shard_.begin, master_.begin() + shard_.end);
+      comm_->all_gather(mine.data(), master_.data(), shard_.counts);
+    } else if (adam8_.empty()) {
       opt_.step(master_.data(), flat_grad_.data(), lr, coef);
     } else {
       ++t8_;
@@ -169,10 +185,17 @@ class CpuFullBackend final : public TrainBackend {
     for (const ParamSpec& s : table_.specs()) param_tensor(grads_, s).zero();
     return {norm, false};
   }
+  bool collective_state() const override { return zero_ > 0; }
   void all_reduce_gradients(dist::Communicator& comm) override {
     gather_trainable(table_, grads_, flat_grad_.data());
-    comm.all_reduce_sum(flat_grad_.data(), flat_grad_.size());
-    scatter_trainable(table_, flat_grad_.data(), grads_);
+    if (zero_ == 2) {  // only this rank's part of the sum
+      std::vector<float> part(static_cast<size_t>(shard_.size()));
+      comm.reduce_scatter_sum(flat_grad_.data(), part.data(), shard_.counts);
+      std::copy(part.begin(), part.end(), flat_grad_.begin() + shard_.begin);
+    } else {
+      comm.all_reduce_sum(flat_grad_.data(), flat_grad_.size());
+    }
+    grads_in_flat_ = true;
   }
   void read_weights(LlamaWeights& out) const override { out = weights_; }
   BackendState save_state() const override {
@@ -183,7 +206,7 @@ class CpuFullBackend final : public TrainBackend {
       s.ints["adam8.t"] = t8_;
       return s;
     }
-    s.f32["adam.m"] = opt_.first_moment(), s.f32["adam.v"] = opt_.second_moment();
+    s.f32["adam.m"] = gathered(opt_.first_moment()), s.f32["adam.v"] = gathered(opt_.second_moment());
     s.ints["adam.t"] = opt_.steps();
     return s;
   }
@@ -194,7 +217,7 @@ class CpuFullBackend final : public TrainBackend {
       for (size_t i = 0; i < adam8_.size(); ++i) load_adam8bit(adam8_[i], fmt::format("adam8.{}.", i), s);
       t8_ = s.int_of("adam8.t");
     } else {
-      opt_.restore(s.f32_of("adam.m", n), s.f32_of("adam.v", n), s.int_of("adam.t"));
+      opt_.restore(part_of(s.f32_of("adam.m", n)), part_of(s.f32_of("adam.v", n)), s.int_of("adam.t"));
     }
     scatter_trainable(table_, master_.data(), weights_);
   }
@@ -205,7 +228,22 @@ class CpuFullBackend final : public TrainBackend {
   ParamTable table_;
   std::vector<float> master_;    // [trainable] fp32 master weights
   std::vector<float> flat_grad_; // [trainable]
-  FlatAdamW opt_;
+  // ZeRO: checkpoints hold the whole moments (gathered from every rank; each rank takes its part back
+  // on resume), so a checkpoint reads the same whatever the stage.
+  std::vector<float> gathered(const std::vector<float>& part) const {
+    if (!zero_) return part;
+    std::vector<float> all(master_.size());
+    comm_->all_gather(part.data(), all.data(), shard_.counts);
+    return all;
+  }
+  std::vector<float> part_of(const std::vector<float>& all) const {
+    return std::vector<float>(all.begin() + shard_.begin, all.begin() + shard_.end);
+  }
+  int zero_ = 0;                 // dist.zero: 0 (each rank steps everything), 1 or 2
+  dist::Communicator* comm_ = nullptr;
+  dist::Shard shard_;            // this rank's part of the flat layout (all of it without ZeRO)
+  bool grads_in_flat_ = false;   // all_reduce_gradients left the summed gradients in flat_grad_
+  FlatAdamW opt_;                // over shard_
   AdamWSettings settings_;
   std::vector<Adam8bitState> adam8_;  // adamw_8bit: one state per table spec
   int64_t t8_ = 0;

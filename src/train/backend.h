@@ -43,6 +43,8 @@ class TrainBackend {
   // Checkpoints: the state that continues the run exactly (trainable weights, optimizer moments,
   // step counts, loss scaler).
   virtual BackendState save_state() const = 0;
+  // Whether save_state is collective (ZeRO: every rank contributes its shard), so every rank must call it.
+  virtual bool collective_state() const { return false; }
   virtual void load_state(const BackendState&) = 0;
   // Device memory: what the backend planned (every buffer, allocated once up front) and what the
   // process has in use on the device beyond what it held before the model, in bytes (0 on the CPU).
@@ -58,6 +60,7 @@ struct BackendOptions {
   dist::Topology topology;
   dist::Store* store = nullptr;
   double timeout_s = 300.0;
+  dist::Communicator* comm = nullptr;  // the ranks' host collectives (ZeRO's sharded optimizer uses them)
 };
 
 // plan.device: cpu, cuda, or auto (cuda when this build has it and a GPU is present). The base

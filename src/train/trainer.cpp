@@ -231,7 +231,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = plan.checkpointing;
-  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan, topo, store.get(), cfg.dist.timeout_s});
+  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan, topo, store.get(), cfg.dist.timeout_s, comm.get()});
   fmt::print(log, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   if (model->planned_bytes())
@@ -301,10 +301,13 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const StopSignals stop;
   double checkpoint_s = 0;  // how long the last checkpoint took to write
   auto save_checkpoint_at = [&](int64_t done, const BatcherState& data) -> std::string {
-    if (!writer) return "of rank 0";  // every rank holds the same state: rank 0 writes it
+    // Rank 0 writes the checkpoint; under ZeRO every rank first hands it its shard.
+    std::optional<BackendState> state;
+    if (writer || model->collective_state()) state = model->save_state();
+    if (!writer) return "of rank 0";
     const auto c0 = std::chrono::steady_clock::now();
     const TrainProgress p{done, data, report.skipped_steps};
-    std::string dir = write_checkpoint(ckpt_root, p, model->save_state(), train_config_to_yaml(cfg),
+    std::string dir = write_checkpoint(ckpt_root, p, *state, train_config_to_yaml(cfg),
                                        read_text(out->staged("metrics.jsonl")), ts.keep_last);
     checkpoint_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
     return dir;
@@ -375,9 +378,11 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
         if (ts.early_stopping_patience > 0) {
           if (vl < best_val) {
             best_val = vl, best_step = sm.step, evals_since_best = 0;
+            std::optional<BackendState> state;
+            if (writer || model->collective_state()) state = model->save_state();
             if (writer)
               write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
-                               model->save_state(), train_config_to_yaml(cfg), read_text(out->staged("metrics.jsonl")), 1);
+                               *state, train_config_to_yaml(cfg), read_text(out->staged("metrics.jsonl")), 1);
           } else if (++evals_since_best >= ts.early_stopping_patience) {
             report.stopped_early = true;
           }
