@@ -1,0 +1,56 @@
+# deploy/: the Flyte module builds the three jobs' recipes and commands without flytekit (checked
+# against goldens and read by ftune's own recipe reader); the sbatch script is valid bash and, with
+# a stand-in srun that starts two CPU ranks with Slurm's variables, trains over real Gloo ranks.
+source "$(dirname "$0")/lib.bash" "$@"
+D="$ROOT/deploy"
+python3 - "$D/flyte" "$WORK" <<'PY' 2>"$WORK/flyte.err" && echo "ok   flyte: recipes and commands as expected" || { echo "FAIL flyte: $(tail -3 "$WORK/flyte.err")"; fails=$((fails + 1)); }
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import workflow as w
+work = sys.argv[2]
+assert set(w.JOBS) == {"llama2-7b-full", "llama2-13b-full", "llama2-70b-qlora"}
+assert w.command_for("llama2-7b-full", "/w/r.yaml") == ["ftune", "train", "/w/r.yaml"]   # torchrun starts each rank
+assert w.command_for("llama2-70b-qlora", "/w/r.yaml") == ["ftune", "train", "/w/r.yaml", "--nproc-per-node", "8"]
+r = w.recipe_for("llama2-70b-qlora", "/m", "/d", "/o", max_steps=7)
+assert r["train"]["method"] == "qlora" and r["train"]["optimizer"] == "paged_adamw_8bit" and r["train"]["max_steps"] == 7
+assert r["lora"]["target_modules"] == "all-linear" and r["train"]["resume"] == "auto" and r["dist"]["zero"] == 0
+f = w.recipe_for("llama2-13b-full", "/m", "/d", "/o")
+assert f["train"]["method"] == "full" and "lora" not in f and f["dist"]["zero"] == 3
+for job in w.JOBS:
+    with open(os.path.join(work, job + ".yaml"), "w") as out:
+        json.dump(w.recipe_for(job, work + "/model", work + "/d.jsonl", work + "/out-" + job), out)
+PY
+grep -q "flytekit not importable" "$WORK/flyte.err" && echo "ok   flyte: without flytekit the module says so and defines no tasks" || true
+# The recipes the tasks write are ftune recipes: read, validated and planned (a T4 node's GPU).
+make_model "$WORK/model"
+head -20 "$ROOT/examples/quickstart/train.jsonl" >"$WORK/d.jsonl"
+expect_fail flyte-70b-recipe "train\\.method=qlora computes in bf16, which this T4 \\(sm_75\\) lacks" \
+  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu T4
+"$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu A100-80GB --json >/dev/null 2>&1 && echo "ok   flyte: 70B QLoRA recipe plans on an A100" || {
+  echo "FAIL flyte 70B recipe plan"; fails=$((fails + 1)); }
+expect_fail flyte-7b-recipe "dist\\.zero=3 \\(sharded parameters\\) is not available yet" \
+  "$FTUNE" plan "$WORK/llama2-7b-full.yaml" --gpu T4
+# sbatch: valid bash, then run with a stand-in srun that starts the tasks as Slurm would.
+bash -n "$D/slurm/ftune.sbatch" && echo "ok   sbatch script parses" || { echo "FAIL sbatch syntax"; fails=$((fails + 1)); }
+cat >"$WORK/srun" <<'SH'
+#!/usr/bin/env bash
+# Starts the command as 2 tasks on this host with the variables srun sets.
+shift  # --kill-on-bad-exit=1
+pids=()
+for t in 0 1; do
+  SLURM_PROCID=$t SLURM_LOCALID=$t SLURM_NTASKS=2 SLURM_NNODES=1 SLURM_NODEID=0 SLURM_NTASKS_PER_NODE=2 \
+    SLURM_JOB_NODELIST=localhost "$@" 2>"$SRUN_LOGS.$t" & pids+=($!)
+done
+rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc
+SH
+chmod +x "$WORK/srun"
+write_recipe "$WORK/s.yaml" "$WORK/model" "$WORK/d.jsonl" "$WORK/slurm-out" "dist:" "  timeout_s: 20"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+if SLURM_JOB_ID=7 MASTER_PORT=$port FTUNE_SRUN="$WORK/srun" FTUNE="$FTUNE" SRUN_LOGS="$WORK/srun.log" \
+    bash "$D/slurm/ftune.sbatch" "$WORK/s.yaml" >/dev/null 2>&1 && [ -s "$WORK/slurm-out/adapter_model.safetensors" ] \
+    && grep -q "2 ranks (2 per node, launched by slurm)" "$WORK/srun.log.0"; then
+  echo "ok   sbatch: 2 Slurm tasks trained over Gloo"
+else
+  echo "FAIL sbatch run: $(tail -2 "$WORK/srun.log.0" 2>/dev/null)"; fails=$((fails + 1))
+fi
+finish
