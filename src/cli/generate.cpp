@@ -1,0 +1,154 @@
+// `ftune generate --model DIR [--adapter DIR] (--prompt TEXT | --input rows.jsonl) [options]`:
+// text from the model (with the adapter merged in), greedy or sampled, on the CPU with a KV cache.
+// --prompt streams the completion to stdout; --input reads JSONL rows ({"prompt": text} or
+// {"input_ids": [...]}) and writes one JSON line per row ({"completion", "tokens", "finish_reason"}).
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/json_limits.h"
+#include "infer/generate.h"
+#include "io/checkpoint.h"
+#include "io/peft_adapter.h"
+#include "model/merge.h"
+#include "model/weights.h"
+#include "tokenizer/tokenizer.h"
+
+namespace ftune {
+
+namespace {
+
+struct Args {
+  std::string model, adapter, prompt, input, out;
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0, top_p = 1.0;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool ignore_eos = false, no_bos = false;
+};
+
+void run(const Args& a) {
+  if (a.prompt.empty() == a.input.empty()) fail("generate: give one of --prompt TEXT or --input rows.jsonl");
+  if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0, got {}", a.max_new_tokens);
+  if (a.temperature < 0) fail("--temperature must be >= 0, got {}", a.temperature);
+  if (!(a.top_p > 0 && a.top_p <= 1)) fail("--top-p must be in (0, 1], got {}", a.top_p);
+  const LlamaConfig cfg = load_llama_config(a.model);
+  LlamaWeights w = load_llama_weights(cfg, CheckpointReader(a.model));
+  if (!a.adapter.empty()) {
+    const LoraParams lora = load_peft_adapter(a.adapter, cfg);
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+      for (int p = 0; p < kNumProj; ++p)
+        if (lora.layers[l][p].active()) merge_lora_into(w.layers[l].proj[p], lora.layers[l][p], lora.spec.scaling());
+  }
+  // The tokenizer: needed for text prompts and stop strings; rows of input_ids alone do without.
+  std::unique_ptr<Tokenizer> tok;
+  std::string no_tokenizer;
+  try {
+    tok = load_tokenizer(a.model);
+  } catch (const Error& e) {
+    no_tokenizer = e.what();
+  }
+  auto need_tokenizer = [&] {
+    if (!tok) fail("{}", no_tokenizer);
+  };
+  if (!a.stop.empty()) need_tokenizer();
+  auto encode = [&](const std::string& text) {
+    need_tokenizer();
+    std::vector<int32_t> ids;
+    if (!a.no_bos && tok->bos_id() >= 0) ids.push_back(tok->bos_id());
+    const auto t = tok->encode(text);
+    ids.insert(ids.end(), t.begin(), t.end());
+    return ids;
+  };
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::string> texts;
+  if (!a.prompt.empty()) {
+    prompts.push_back(encode(a.prompt)), texts.push_back(a.prompt);
+  } else {
+    std::ifstream f(a.input);
+    if (!f) fail("{}: cannot open", a.input);
+    int64_t row = 0;
+    for (std::string line; std::getline(f, line);) {
+      ++row;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json j;
+      try {
+        j = parse_json_bounded(line);
+      } catch (const std::exception& e) {
+        fail("{}: row {}: not JSON ({})", a.input, row, e.what());
+      }
+      if (j.contains("prompt") && j["prompt"].is_string()) {
+        texts.push_back(j["prompt"]), prompts.push_back(encode(texts.back()));
+      } else if (j.contains("input_ids") && j["input_ids"].is_array()) {
+        std::vector<int32_t> ids;
+        for (const auto& v : j["input_ids"]) {
+          if (!v.is_number_integer()) fail("{}: row {}: input_ids must be integers", a.input, row);
+          ids.push_back(v.get<int32_t>());
+        }
+        prompts.push_back(ids), texts.emplace_back();
+      } else {
+        fail("{}: row {}: expected a \"prompt\" string or an \"input_ids\" list", a.input, row);
+      }
+    }
+    if (prompts.empty()) fail("{}: no rows", a.input);
+  }
+  int64_t longest = 0;
+  for (const auto& p : prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  GenerateOptions o;
+  o.max_new_tokens = a.max_new_tokens;
+  o.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
+  o.stop = a.stop;
+  if (!a.ignore_eos)
+    for (int64_t e : cfg.eos_token_ids) o.eos_ids.push_back(static_cast<int32_t>(e));
+  CpuDecoder dec(cfg, w, static_cast<int64_t>(prompts.size()), longest + a.max_new_tokens + 1);
+  if (!a.prompt.empty()) {  // one prompt: stream its text
+    const auto g = generate(dec, tok.get(), prompts, o, [](int64_t, const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    });
+    std::fputc('\n', stdout);
+    fmt::print(stderr, "ftune: {} tokens, finished by {}\n", g[0].tokens.size(), g[0].finish_reason);
+    return;
+  }
+  const auto gens = generate(dec, tok.get(), prompts, o);
+  std::FILE* out = stdout;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(nullptr, &std::fclose);
+  if (!a.out.empty()) {
+    file.reset(std::fopen(a.out.c_str(), "w"));
+    if (!file) fail("{}: cannot write", a.out);
+    out = file.get();
+  }
+  for (size_t i = 0; i < gens.size(); ++i) {
+    nlohmann::json j = {{"completion", gens[i].text}, {"tokens", gens[i].tokens}, {"finish_reason", gens[i].finish_reason}};
+    if (!texts[i].empty()) j["prompt"] = texts[i];
+    fmt::print(out, "{}\n", j.dump());
+  }
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("generate", "Generate text with a model and optionally an adapter (CPU, KV cache)");
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--model", a->model, "Hugging Face model directory")->required();
+  cmd->add_option("--adapter", a->adapter, "PEFT adapter directory, merged into the model");
+  cmd->add_option("--prompt", a->prompt, "Prompt text (the completion streams to stdout)");
+  cmd->add_option("--input", a->input, "JSONL rows of {\"prompt\": text} or {\"input_ids\": [...]}");
+  cmd->add_option("--out", a->out, "Where --input's results go (JSONL; default stdout)");
+  cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens to generate at most (default 64)");
+  cmd->add_option("--temperature", a->temperature, "0 (default): greedy; above 0: sampling at this temperature");
+  cmd->add_option("--top-k", a->top_k, "Sample among the k most likely tokens (0: all)");
+  cmd->add_option("--top-p", a->top_p, "Sample among the most likely tokens whose probability adds up to p (1: all)");
+  cmd->add_option("--seed", a->seed, "Sampling seed");
+  cmd->add_option("--stop", a->stop, "Stop when the text contains this string (repeatable)");
+  cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the model's EOS tokens");
+  cmd->add_flag("--no-bos", a->no_bos, "Do not put BOS before text prompts");
+  cmd->callback([a] { run(*a); });
+}
+
+}  // namespace ftune

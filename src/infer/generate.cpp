@@ -1,0 +1,71 @@
+// The generation loop.
+#include "infer/generate.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace ftune {
+
+std::vector<Generation> generate(CpuDecoder& dec, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
+                                 const GenerateOptions& o,
+                                 const std::function<void(int64_t, const std::string&)>& stream) {
+  const int64_t rows = static_cast<int64_t>(prompts.size());
+  std::vector<Generation> out(static_cast<size_t>(rows));
+  std::vector<std::vector<float>> next(static_cast<size_t>(rows));
+  std::vector<Rng> rngs;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (prompts[r].empty()) fail("generation: prompt {} is empty (it needs at least one token, e.g. BOS)", r);
+    for (int32_t t : prompts[r]) next[r] = dec.step(r, t);
+    rngs.emplace_back(o.sampling.seed, static_cast<uint64_t>(r));
+  }
+  std::vector<bool> done(static_cast<size_t>(rows), o.max_new_tokens <= 0);
+  std::vector<size_t> streamed(static_cast<size_t>(rows), 0);  // bytes of each row's text streamed
+  for (int64_t r = 0; r < rows; ++r)
+    if (done[r]) out[r].finish_reason = "length";
+  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+    for (int64_t r = 0; r < rows; ++r) {
+      if (done[r]) continue;
+      Generation& g = out[r];
+      const int32_t t = sample_token(next[r], o.sampling, rngs[r]);
+      g.tokens.push_back(t);
+      if (std::find(o.eos_ids.begin(), o.eos_ids.end(), t) != o.eos_ids.end()) {
+        done[r] = true, g.finish_reason = "eos";
+        continue;
+      }
+      if (tok) {
+        std::string text = tok->decode(g.tokens);
+        for (const std::string& s : o.stop)
+          if (const size_t at = text.find(s); !s.empty() && at != std::string::npos) {
+            text.resize(at), done[r] = true, g.finish_reason = "stop";
+          }
+        g.text = std::move(text);
+        if (stream) {  // only what is final: a trailing partial character or a stop string's prefix waits
+          size_t stable = g.text.size();
+          if (!done[r]) {
+            if (stable >= 3 && g.text.compare(stable - 3, 3, "\xEF\xBF\xBD") == 0) stable -= 3;
+            for (const std::string& s : o.stop)
+              for (size_t k = s.empty() ? 0 : std::min(s.size() - 1, stable); k > 0; --k)
+                if (g.text.compare(stable - k, k, s, 0, k) == 0) {
+                  stable -= k;
+                  break;
+                }
+          }
+          if (stable > streamed[r]) stream(r, g.text.substr(streamed[r], stable - streamed[r])), streamed[r] = stable;
+        }
+      }
+      if (done[r]) continue;
+      if (static_cast<int64_t>(g.tokens.size()) == o.max_new_tokens) {
+        done[r] = true, g.finish_reason = "length";
+        continue;
+      }
+      next[r] = dec.step(r, t);
+    }
+  }
+  if (stream)  // the rows' held-back tails, now final
+    for (int64_t r = 0; r < rows; ++r)
+      if (out[r].text.size() > streamed[r]) stream(r, out[r].text.substr(streamed[r]));
+  return out;
+}
+
+}  // namespace ftune
