@@ -40,10 +40,7 @@ TEST(Generate, GreedyTokensAreTransformersAndPefts) {
     for (const bool with_adapter : {false, true}) {
       LlamaWeights w = load_llama_weights(cfg, CheckpointReader((e.path() / "model").string()));
       if (with_adapter) {
-        const LoraParams lora = load_peft_adapter((e.path() / "adapter").string(), cfg);
-        for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
-          for (int p = 0; p < kNumProj; ++p)
-            if (lora.layers[l][p].active()) merge_lora_into(w.layers[l].proj[p], lora.layers[l][p], lora.spec.scaling());
+        merge_adapter(w, load_peft_adapter((e.path() / "adapter").string(), cfg));
       }
       std::vector<std::vector<int32_t>> prompts = g["prompts"].get<std::vector<std::vector<int32_t>>>();
       CpuDecoder dec(cfg, w, static_cast<int64_t>(prompts.size()), 64);

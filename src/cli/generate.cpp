@@ -40,10 +40,7 @@ void run(const Args& a) {
   const LlamaConfig cfg = load_llama_config(a.model);
   LlamaWeights w = load_llama_weights(cfg, CheckpointReader(a.model));
   if (!a.adapter.empty()) {
-    const LoraParams lora = load_peft_adapter(a.adapter, cfg);
-    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
-      for (int p = 0; p < kNumProj; ++p)
-        if (lora.layers[l][p].active()) merge_lora_into(w.layers[l].proj[p], lora.layers[l][p], lora.spec.scaling());
+    merge_adapter(w, load_peft_adapter(a.adapter, cfg));
   }
   // The tokenizer: needed for text prompts and stop strings; rows of input_ids alone do without.
   std::unique_ptr<Tokenizer> tok;

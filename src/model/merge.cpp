@@ -32,6 +32,12 @@ void merge_lora_into(Tensor& w, const LoraPair& pair, float scaling) {
   }
 }
 
+void merge_adapter(LlamaWeights& w, const LoraParams& lora) {
+  for (size_t l = 0; l < lora.layers.size(); ++l)
+    for (int p = 0; p < kNumProj; ++p)
+      if (lora.layers[l][p].active()) merge_lora_into(w.layers[l].proj[p], lora.layers[l][p], lora.spec.scaling());
+}
+
 void save_merged_model(const std::string& dir, const std::string& base_dir, const LoraParams& lora) {
   const LlamaConfig cfg = load_llama_config(base_dir);
   const CheckpointReader ckpt(base_dir);

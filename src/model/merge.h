@@ -6,11 +6,15 @@
 
 #include "core/tensor.h"
 #include "model/lora.h"
+#include "model/weights.h"
 
 namespace ftune {
 
 // w [out, in] += scaling * b [out, r] @ a [r, in].
 void merge_lora_into(Tensor& w, const LoraPair& pair, float scaling);
+
+// Every adapted projection of `w` (the base, fp32) merged with its pair: base + adapter in memory.
+void merge_adapter(LlamaWeights& w, const LoraParams& lora);
 
 // Writes base + adapter as a Hugging Face model directory in `dir` (which must exist), in the
 // base's dtype, reading the base tensor by tensor. A base stored in 4 bits is refused.
