@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/json_limits.h"
+#include "data/chat_template.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
 #include "io/peft_adapter.h"
@@ -30,7 +31,27 @@ struct Args {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false, no_bos = false;
+  std::string chat;  // a chat template's name, or "auto": the model's own
+  std::string system;
 };
+
+// A text prompt as the first user turn of a chat in `name`'s template, up to the assistant's turn
+// (the pieces the template trains, the answer and its end-of-turn, are cut off).
+std::vector<int32_t> chat_prompt(const std::string& name, const std::string& system, const std::string& text,
+                                 const Tokenizer& tok) {
+  Sample s;
+  s.kind = Sample::Kind::Chat;
+  if (!system.empty()) s.turns.push_back({"system", system});
+  s.turns.push_back({"user", text});
+  s.turns.push_back({"assistant", ""});
+  TemplateOptions o;
+  o.name = name;
+  std::vector<Piece> pieces = render(s, o, tok);
+  while (!pieces.empty() && pieces.back().trained) pieces.pop_back();
+  std::vector<int32_t> ids, labels;
+  tokenize_pieces(pieces, tok, name, &ids, &labels);
+  return ids;
+}
 
 void run(const Args& a) {
   if (a.prompt.empty() == a.input.empty()) fail("generate: give one of --prompt TEXT or --input rows.jsonl");
@@ -54,8 +75,17 @@ void run(const Args& a) {
     if (!tok) fail("{}", no_tokenizer);
   };
   if (!a.stop.empty()) need_tokenizer();
+  std::string chat = a.chat;
+  if (chat == "auto") {
+    chat = detect_chat_template(a.model);
+    if (chat.empty())
+      fail("{}: --chat auto: the model's tokenizer_config.json has no chat template ftune knows; name one: llama2, "
+           "llama3 or chatml",
+           a.model);
+  }
   auto encode = [&](const std::string& text) {
     need_tokenizer();
+    if (!chat.empty()) return chat_prompt(chat, a.system, text, *tok);
     std::vector<int32_t> ids;
     if (!a.no_bos && tok->bos_id() >= 0) ids.push_back(tok->bos_id());
     const auto t = tok->encode(text);
@@ -121,7 +151,8 @@ void run(const Args& a) {
     out = file.get();
   }
   for (size_t i = 0; i < gens.size(); ++i) {
-    nlohmann::json j = {{"completion", gens[i].text}, {"tokens", gens[i].tokens}, {"finish_reason", gens[i].finish_reason}};
+    nlohmann::json j = {{"completion", gens[i].text}, {"tokens", gens[i].tokens}, {"finish_reason", gens[i].finish_reason},
+                        {"prompt_tokens", prompts[i].size()}};
     if (!texts[i].empty()) j["prompt"] = texts[i];
     fmt::print(out, "{}\n", j.dump());
   }
@@ -145,6 +176,10 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--stop", a->stop, "Stop when the text contains this string (repeatable)");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the model's EOS tokens");
   cmd->add_flag("--no-bos", a->no_bos, "Do not put BOS before text prompts");
+  cmd->add_option("--chat", a->chat, "Put text prompts in a chat template (llama2, llama3, chatml, or auto: the model's)")
+      ->expected(0, 1)
+      ->default_str("auto");
+  cmd->add_option("--system", a->system, "With --chat: a system message first");
   cmd->callback([a] { run(*a); });
 }
 

@@ -31,6 +31,15 @@ for i in 1 2; do
     --top-p 0.95 --seed 7 >"$WORK/r$i.txt" 2>/dev/null
 done
 cmp -s "$WORK/r1.txt" "$WORK/r2.txt" && echo "ok   sampling repeats with its seed" || { echo "FAIL seeded sampling differs"; fails=$((fails + 1)); }
+# --chat: the text prompt inside the llama2 template (its [INST] ... [/INST] wrapping adds tokens).
+printf '{"prompt": "Once upon a time"}\n' >"$WORK/one.jsonl"
+"$FTUNE" generate --model "$WORK/model" --input "$WORK/one.jsonl" --max-new-tokens 2 --chat llama2 --out "$WORK/chat.jsonl" 2>/dev/null
+python3 - "$WORK/out.jsonl" "$WORK/chat.jsonl" <<'PY' && echo "ok   --chat llama2 wraps the prompt" || { echo "FAIL --chat"; fails=$((fails + 1)); }
+import json, sys
+plain, chat = json.loads(open(sys.argv[1]).readline()), json.loads(open(sys.argv[2]).readline())
+assert chat["prompt_tokens"] >= plain["prompt_tokens"] + 6, (plain["prompt_tokens"], chat["prompt_tokens"])
+PY
+expect_fail gen-chat-auto "has no chat template ftune knows" "$FTUNE" generate --model "$WORK/model" --prompt a --chat
 expect_fail gen-both "give one of --prompt TEXT or --input rows\.jsonl" \
   "$FTUNE" generate --model "$WORK/model" --prompt a --input "$WORK/in.jsonl"
 expect_fail gen-top-p "--top-p must be in \(0, 1\], got 1\.5" "$FTUNE" generate --model "$WORK/model" --prompt a --top-p 1.5
