@@ -24,10 +24,14 @@ grep -q "flytekit not importable" "$WORK/flyte.err" && echo "ok   flyte: without
 # The recipes the tasks write are ftune recipes: read, validated and planned (a T4 node's GPU).
 make_model "$WORK/model"
 head -20 "$ROOT/examples/quickstart/train.jsonl" >"$WORK/d.jsonl"
-expect_fail flyte-70b-recipe "train\\.method=qlora computes in bf16, which this T4 \\(sm_75\\) lacks" \
-  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu T4
-"$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu A100-80GB --json >/dev/null 2>&1 && echo "ok   flyte: 70B QLoRA recipe plans on an A100" || {
-  echo "FAIL flyte 70B recipe plan"; fails=$((fails + 1)); }
+if "$FTUNE" --version | grep -q "CPU only"; then
+  echo "skip planning the 70B recipe: this ftune has no CUDA backend, which ftune plan counts"
+else
+  expect_fail flyte-70b-recipe "train\\.method=qlora computes in bf16, which this T4 \\(sm_75\\) lacks" \
+    "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu T4
+  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu A100-80GB --json >/dev/null 2>&1 && echo "ok   flyte: 70B QLoRA recipe plans on an A100" || {
+    echo "FAIL flyte 70B recipe plan"; fails=$((fails + 1)); }
+fi
 expect_fail flyte-7b-recipe "dist\\.zero=3 \\(sharded parameters\\) is not available yet" \
   "$FTUNE" plan "$WORK/llama2-7b-full.yaml" --gpu T4
 # sbatch: valid bash, then run with a stand-in srun that starts the tasks as Slurm would.
