@@ -75,7 +75,7 @@ write_recipe "$WORK/r7.yaml" "$WORK/nan" "$WORK/data.jsonl" "$WORK/out7"
 rc=0
 err=$("$FTUNE" train "$WORK/r7.yaml" 2>&1 >/dev/null) || rc=$?
 if [ "$rc" -ne 0 ] && [ "$(printf '%s\n' "$err" | grep -c 'error')" -eq 1 ] &&
-  printf '%s' "$err" | grep -Eq "error: .*nan/model\.safetensors: tensor 'model\.layers\.1\.self_attn\.v_proj\.weight' holds NaN at element 5"; then
+  printf '%s' "$err" | grep -E >/dev/null "error: .*nan/model\.safetensors: tensor 'model\.layers\.1\.self_attn\.v_proj\.weight' holds NaN at element 5"; then
   echo "ok   nan-weight: $(printf '%s\n' "$err" | grep error)"
 else
   echo "FAIL nan-weight (exit $rc): $err"; fails=$((fails + 1))

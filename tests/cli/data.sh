@@ -1,7 +1,7 @@
 # `ftune data dump` and `ftune data preview`: rows as read, examples with their loss masks.
 source "$(dirname "$0")/lib.bash" "$@"
 check() {  # check NAME REGEX TEXT
-  if printf '%s' "$3" | grep -Eq -- "$2"; then echo "ok   $1"; else echo "FAIL $1: /$2/ not in:"; printf '%s\n' "$3"; fails=$((fails + 1)); fi
+  if printf '%s' "$3" | grep -E >/dev/null -- "$2"; then echo "ok   $1"; else echo "FAIL $1: /$2/ not in:"; printf '%s\n' "$3"; fails=$((fails + 1)); fi
 }
 out=$("$FTUNE" data dump --data "$ROOT/tests/fixtures/parquet/row_groups.parquet" 2>/dev/null | wc -l)
 check parquet-rows "^120$" "$out"

@@ -5,10 +5,10 @@ deep=$(python3 -c "print('[' * 300000 + ']' * 300000)")
 printf '{"text": "a fine row about the fox"}\n{"text": "another fine row", "extra": %s}\n' "$deep" >"$WORK/deep.jsonl"
 write_recipe "$WORK/r.yaml" "$WORK/model" "$WORK/deep.jsonl" "$WORK/out"
 out=$("$FTUNE" train "$WORK/r.yaml" 2>&1) && rc=0 || rc=$?
-if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep -q "deep\.jsonl:2: nests deeper than 256 levels"; then
+if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep >/dev/null "deep\.jsonl:2: nests deeper than 256 levels"; then
   echo "ok   deeply nested row skipped in train"; else echo "FAIL deep row in train (rc $rc): ${out:0:400}"; fails=$((fails + 1)); fi
 out=$("$FTUNE" data dump --data "$WORK/deep.jsonl" 2>&1 >/dev/null) && rc=0 || rc=$?
-if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep -q "deep\.jsonl:2: nests deeper"; then
+if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep >/dev/null "deep\.jsonl:2: nests deeper"; then
   echo "ok   deeply nested row skipped in data dump"; else echo "FAIL deep row in dump (rc $rc): ${out:0:400}"; fails=$((fails + 1)); fi
 printf '[{"text": "x", "y": %s}]\n' "$deep" >"$WORK/deep.json"
 expect_fail deep-json-array "deep\.json\[0\]: nests deeper than 256 levels" "$FTUNE" data dump --data "$WORK/deep.json"
@@ -32,6 +32,6 @@ expect_fail deep-yaml "deep\.yaml:4: the recipe nests deeper than [0-9]+ levels"
 expect_fail threads-absurd "train\.threads: must be in \[0, 4096\], found 100000000" \
   "$FTUNE" train "$WORK/r.yaml" --overwrite --set train.threads=100000000
 out=$("$FTUNE" train "$WORK/r.yaml" --overwrite --set train.threads=4000 2>&1) && rc=0 || rc=$?
-if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep -q "train.threads = 4000 is more than the"; then
+if [ "$rc" -eq 0 ] && printf '%s' "$out" | grep >/dev/null "train.threads = 4000 is more than the"; then
   echo "ok   threads above the cores capped"; else echo "FAIL threads 4000 (rc $rc): ${out:0:300}"; fails=$((fails + 1)); fi
 finish

@@ -34,8 +34,8 @@ done
 # One JSON array of rows in a .json file: read as rows (element index in messages).
 printf '[\n  {"text": "the fox lives near the river"},\n  {"text": "one plus two is three"},\n  7\n]\n' >"$WORK/rows.json"
 out=$("$FTUNE" data dump --data "$WORK/rows.json" 2>&1)
-if printf '%s' "$out" | grep -q '"text":"one plus two is three"' && printf '%s' "$out" | grep -q 'rows\.json\[2\]: row is not a JSON object' \
-   && printf '%s' "$out" | grep -q "2 rows printed, 1 malformed"; then
+if printf '%s' "$out" | grep >/dev/null '"text":"one plus two is three"' && printf '%s' "$out" | grep >/dev/null 'rows\.json\[2\]: row is not a JSON object' \
+   && printf '%s' "$out" | grep >/dev/null "2 rows printed, 1 malformed"; then
   echo "ok   .json array read as rows"; else echo "FAIL .json array: $out"; fails=$((fails + 1)); fi
 write_recipe "$WORK/arr.yaml" "$WORK/model" "$WORK/rows.json" "$WORK/out-arr"
 if "$FTUNE" train "$WORK/arr.yaml" >/dev/null 2>&1 && [ -s "$WORK/out-arr/adapter_model.safetensors" ]; then

@@ -20,7 +20,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 assert len(rows) == 12 and rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
 PY
 insp=$("$FTUNE" inspect "$WORK/out" 2>&1)
-if printf '%s' "$insp" | grep -q "BF16      39 tensors" && printf '%s' "$insp" | grep -q "matches config.json"; then
+if printf '%s' "$insp" | grep >/dev/null "BF16      39 tensors" && printf '%s' "$insp" | grep >/dev/null "matches config.json"; then
   echo "ok   saved model: 39 BF16 tensors, shapes as config.json"; else echo "FAIL inspect: $insp"; fails=$((fails + 1)); fi
 # The weights changed, and the saved model is a model ftune can read, evaluate and train again.
 cmp -s "$WORK/model/model.safetensors" "$WORK/out/model.safetensors" && { echo "FAIL weights unchanged"; fails=$((fails + 1)); } || echo "ok   weights changed"

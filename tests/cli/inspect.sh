@@ -2,7 +2,7 @@
 source "$(dirname "$0")/lib.bash" "$@"
 make_model "$WORK/model"
 check() {  # check NAME REGEX TEXT
-  if printf '%s' "$3" | grep -Eq -- "$2"; then echo "ok   $1"; else echo "FAIL $1: /$2/ not in:"; printf '%s\n' "$3"; fails=$((fails + 1)); fi
+  if printf '%s' "$3" | grep -E >/dev/null -- "$2"; then echo "ok   $1"; else echo "FAIL $1: /$2/ not in:"; printf '%s\n' "$3"; fails=$((fails + 1)); fi
 }
 out=$("$FTUNE" inspect "$WORK/model")
 check model-arch "layers 4  hidden 128  intermediate 352  heads 4  kv_heads 2  head_dim 32" "$out"

@@ -25,7 +25,7 @@ if [ "$rc" -eq 0 ]; then
   echo "skip preemption: the run ended before the signal arrived"
 else
   last=$(tail -1 "$WORK/log")
-  if [ "$rc" -eq 75 ] && printf '%s' "$last" | grep -Eq "stopped by signal 15 after step [0-9]+ of 300: checkpoint .*step-[0-9]+ written"; then
+  if [ "$rc" -eq 75 ] && printf '%s' "$last" | grep -E >/dev/null "stopped by signal 15 after step [0-9]+ of 300: checkpoint .*step-[0-9]+ written"; then
     echo "ok   SIGTERM: exit 75, $last"; else echo "FAIL SIGTERM: rc $rc: $last"; fails=$((fails + 1)); fi
   [ ! -e "$WORK/out/adapter_model.safetensors" ] && echo "ok   no adapter before the run completes" || {
     echo "FAIL adapter written by a stopped run"; fails=$((fails + 1)); }
@@ -50,7 +50,7 @@ if [ "$rc" -eq 0 ]; then
   echo "skip grace: the run ended before the signal arrived"
 else
   last=$(tail -1 "$WORK/glog")
-  if [ "$rc" -eq 75 ] && printf '%s' "$last" | grep -Eq "stopped by signal 15 (during step [0-9]+ of 40, abandoned to stay within train\.grace_s=0: checkpoint .*step-[0-9]+ of step [0-9]+|after step [0-9]+ of 40: checkpoint .*step-[0-9]+) written"; then
+  if [ "$rc" -eq 75 ] && printf '%s' "$last" | grep -E >/dev/null "stopped by signal 15 (during step [0-9]+ of 40, abandoned to stay within train\.grace_s=0: checkpoint .*step-[0-9]+ of step [0-9]+|after step [0-9]+ of 40: checkpoint .*step-[0-9]+) written"; then
     echo "ok   SIGTERM with grace_s 0: exit 75, $last"; else echo "FAIL SIGTERM with grace_s 0: rc $rc: $last"; fails=$((fails + 1)); fi
   "$FTUNE" train "$WORK/g.yaml" --resume 2>/dev/null
   cmp -s "$WORK/gref/adapter_model.safetensors" "$WORK/gout/adapter_model.safetensors" && echo "ok   resumed after an abandoned step: byte for byte" || {

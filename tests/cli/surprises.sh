@@ -42,7 +42,7 @@ expect_fail fifo "fifo\.jsonl: not a regular file or directory" timeout 20 "$FTU
 # Commands and options that accepted nonsense.
 expect_fail unknown-command "unknown command 'trian' \(commands: train, " "$FTUNE" trian
 ver=$("$FTUNE" --version 2>&1)
-printf '%s' "$ver" | grep -Eq '^ftune [0-9]+\.[0-9]+\.[0-9]+ \(' && echo "ok   --version: $ver" || {
+printf '%s' "$ver" | grep -E >/dev/null '^ftune [0-9]+\.[0-9]+\.[0-9]+ \(' && echo "ok   --version: $ver" || {
   echo "FAIL --version: $ver"; fails=$((fails + 1)); }
 expect_fail dump-negative-n "data dump: -n must be at least 1, found -1" "$FTUNE" data dump --data "$WORK/d.jsonl" -n -1
 expect_fail preview-zero-n "data preview: -n must be at least 1, found 0" "$FTUNE" data preview "$WORK/r4.yaml" -n 0

@@ -3,7 +3,7 @@ source "$(dirname "$0")/lib.bash" "$@"
 TOK="$ROOT/build/assets/tokenizer-llama3/package/models"
 if [ ! -f "$TOK/tokenizer.json" ]; then echo "missing $TOK (run scripts/fetch-assets.sh build/assets)"; exit 1; fi
 check() {  # check NAME REGEX TEXT
-  if printf '%s' "$3" | grep -Eq -- "$2"; then echo "ok   $1"; else echo "FAIL $1: /$2/ not in:"; printf '%s\n' "$3"; fails=$((fails + 1)); fi
+  if printf '%s' "$3" | grep -E >/dev/null -- "$2"; then echo "ok   $1"; else echo "FAIL $1: /$2/ not in:"; printf '%s\n' "$3"; fails=$((fails + 1)); fi
 }
 out=$("$FTUNE" tokenize --tokenizer "$TOK" --text "Hello world")
 check text-ids "ids: \[9906, 1917\]" "$out"
