@@ -247,34 +247,20 @@ class GlooCommunicator final : public Communicator {
     const char* op = "reduce_scatter";
     usable(op);
     check_counts(op, counts);
-    const std::vector<size_t> displ = displacements(counts);
     const size_t round = std::max<size_t>(1, kChunkBytes / sizeof(float) / std::max(1, world_ - 1));
-    const size_t longest = *std::max_element(counts.begin(), counts.end());
-    std::vector<size_t> offs(world_), lens(world_);
-    for (size_t at = 0; at < longest; at += round) {
-      for (int q = 0; q < world_; ++q) {
-        lens[q] = counts[q] > at ? std::min(round, counts[q] - at) : 0;
-        offs[q] = displ[q] + at;
-      }
+    for_each_round(counts, round, [&](size_t at, const std::vector<size_t>& offs, const std::vector<size_t>& lens) {
       reduce_round(op, in, out + at, offs, lens);
-    }
+    });
   }
 
   void all_gather(const float* in, float* out, const std::vector<size_t>& counts) override {
     const char* op = "all_gather";
     usable(op);
     check_counts(op, counts);
-    const std::vector<size_t> displ = displacements(counts);
-    const size_t round = kMaxMessage / sizeof(float);
-    const size_t longest = *std::max_element(counts.begin(), counts.end());
-    std::vector<size_t> offs(world_), lens(world_);
-    for (size_t at = 0; at < longest; at += round) {
-      for (int q = 0; q < world_; ++q) {
-        lens[q] = counts[q] > at ? std::min(round, counts[q] - at) : 0;
-        offs[q] = displ[q] + at;
-      }
-      gather_round(op, in + at, out, offs, lens);
-    }
+    for_each_round(counts, kMaxMessage / sizeof(float),
+                   [&](size_t at, const std::vector<size_t>& offs, const std::vector<size_t>& lens) {
+                     gather_round(op, in + at, out, offs, lens);
+                   });
   }
 
   void broadcast(void* data, size_t bytes, int root) override {
@@ -527,6 +513,21 @@ class GlooCommunicator final : public Communicator {
     std::vector<size_t> d(counts.size());
     for (size_t q = 1; q < counts.size(); ++q) d[q] = d[q - 1] + counts[q - 1];
     return d;
+  }
+  // Rounds of at most `round` elements of every rank's part (parts of uneven length, consecutive
+  // from rank 0): fn(at, offs, lens) with rank q's piece at offs[q] (in the whole buffer) of lens[q].
+  template <typename F>
+  void for_each_round(const std::vector<size_t>& counts, size_t round, F&& fn) const {
+    const std::vector<size_t> displ = displacements(counts);
+    const size_t longest = *std::max_element(counts.begin(), counts.end());
+    std::vector<size_t> offs(world_), lens(world_);
+    for (size_t at = 0; at < longest; at += round) {
+      for (int q = 0; q < world_; ++q) {
+        lens[q] = counts[q] > at ? std::min(round, counts[q] - at) : 0;
+        offs[q] = displ[q] + at;
+      }
+      fn(at, offs, lens);
+    }
   }
 
   int rank_, world_;

@@ -279,15 +279,17 @@ void check_keys(const std::vector<std::string>& keys) {
 
 }  // namespace
 
-void TcpStoreClient::set(const std::string& key, const Bytes& value) {
+void TcpStoreClient::send_key_value(c10d::Query q, const char* op, const std::string& key, const Bytes& value) {
   check_key(key);
   check_value(key, value);
-  Bytes m = message(c10d::Query::SET);
+  Bytes m = message(q);
   put_key(m, key);
   put_bytes(m, value);
   std::lock_guard<std::mutex> l(m_);
-  send_all(m, "SET", key);
+  send_all(m, op, key);
 }
+
+void TcpStoreClient::set(const std::string& key, const Bytes& value) { send_key_value(c10d::Query::SET, "SET", key, value); }
 
 Bytes TcpStoreClient::get(const std::string& key) {
   check_key(key);
@@ -414,13 +416,7 @@ int64_t TcpStoreClient::num_keys() {
 }
 
 void TcpStoreClient::append(const std::string& key, const Bytes& value) {
-  check_key(key);
-  check_value(key, value);
-  Bytes m = message(c10d::Query::APPEND);
-  put_key(m, key);
-  put_bytes(m, value);
-  std::lock_guard<std::mutex> l(m_);
-  send_all(m, "APPEND", key);
+  send_key_value(c10d::Query::APPEND, "APPEND", key, value);
 }
 
 std::vector<Bytes> TcpStoreClient::multi_get(const std::vector<std::string>& keys) {

@@ -111,6 +111,8 @@ class TcpStoreClient final : public Store {
   void connect();
   std::string where() const;
   void send_all(const Bytes& msg, const char* op, const std::string& key);
+  // A query of a key and a value that has no reply (SET, APPEND).
+  void send_key_value(c10d::Query q, const char* op, const std::string& key, const Bytes& value);
   void recv_all(void* out, size_t n, std::chrono::steady_clock::time_point deadline, const char* op,
                 const std::string& key);
   [[noreturn]] void lost(int io, int err, const char* op, const std::string& key);

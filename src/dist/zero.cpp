@@ -34,16 +34,8 @@ std::vector<std::pair<int64_t, int64_t>> ranges_within(const std::vector<std::pa
 double sharded_grad_norm(const float* g_shard, const Shard& s, int64_t n, Communicator& comm) {
   const int64_t chunks = (n + kNormChunk - 1) / kNormChunk;
   std::vector<double> part(static_cast<size_t>(chunks), 0.0);  // this rank's chunks, zeros elsewhere
-  const int64_t c0 = s.begin / kNormChunk, c1 = (s.end + kNormChunk - 1) / kNormChunk;
-#pragma omp parallel for schedule(static)
-  for (int64_t c = c0; c < c1; ++c) {
-    double ss = 0.0;
-    for (int64_t i = c * kNormChunk; i < std::min(s.end, (c + 1) * kNormChunk); ++i) {
-      const double x = g_shard[i - s.begin];
-      ss += x * x;
-    }
-    part[static_cast<size_t>(c)] = ss;
-  }
+  const int64_t c0 = s.begin / kNormChunk, c1 = s.size() ? (s.end + kNormChunk - 1) / kNormChunk : c0;
+  grad_norm_partials(g_shard, n, c0, c1, part.data());
   comm.all_reduce_sum(part.data(), part.size());  // x + 0 + ... + 0 = x: each chunk's own bits
   double ss = 0.0;
   for (double x : part) ss += x;

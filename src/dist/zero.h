@@ -10,10 +10,11 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "optim/flat_adamw.h"
 
 namespace ftune::dist {
 
-inline constexpr int64_t kNormChunk = int64_t{1} << 16;  // optim/flat_adamw.cpp's flat_grad_norm chunk
+inline constexpr int64_t kNormChunk = kGradNormChunk;  // the chunk flat_grad_norm sums in
 
 struct Shard {
   int64_t begin = 0, end = 0;  // this rank's elements

@@ -18,6 +18,7 @@
 #include "quant/nf4.h"
 #include "ops/cuda/attention.h"
 #include "ops/cuda/cross_entropy.h"
+#include "ops/cuda/cuda_check.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/flash_attention.h"
@@ -412,13 +413,13 @@ std::string LlamaGpu::optimizer_description() const {
 }
 
 void LlamaGpu::reduce_gradients(const std::function<void(float*, size_t)>& reduce) {
-  cuda::DeviceBuffer& g = opt_.full ? full_g_ : lora_g_;
-  const size_t n = static_cast<size_t>(opt_.full ? table_.trainable_numel() : lora_n_);
+  const auto [g, n] = gradient_buffer();
   if (!n) return;
   ctx_->synchronize();
-  std::vector<float> host = g.to_host<float>(n);
+  std::vector<float> host(n);
+  FT_CUDA(cudaMemcpy(host.data(), g, n * 4, cudaMemcpyDeviceToHost));
   reduce(host.data(), n);
-  g.upload(host.data(), n * 4);
+  FT_CUDA(cudaMemcpy(g, host.data(), n * 4, cudaMemcpyHostToDevice));
 }
 
 std::pair<float*, size_t> LlamaGpu::gradient_buffer() const {

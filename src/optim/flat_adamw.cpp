@@ -63,17 +63,21 @@ void FlatAdamW::restore(std::vector<float> m, std::vector<float> v, int64_t step
   m_ = std::move(m), v_ = std::move(v), t_ = steps;
 }
 
-double flat_grad_norm(const float* g, int64_t n) {
-  // Fixed chunks summed in order: the same result whatever the thread count or run.
-  constexpr int64_t kChunk = 1 << 16;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+void grad_norm_partials(const float* g, int64_t n, int64_t c0, int64_t c1, double* part) {
+  const float* base = g - c0 * kGradNormChunk;  // element 0 of the whole vector
 #pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     double ss = 0.0;
-    for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) ss += static_cast<double>(g[i]) * g[i];
-    part[static_cast<size_t>(c)] = ss;
+    for (int64_t i = c * kGradNormChunk; i < std::min(n, (c + 1) * kGradNormChunk); ++i)
+      ss += static_cast<double>(base[i]) * base[i];
+    part[c] = ss;
   }
+}
+
+double flat_grad_norm(const float* g, int64_t n) {
+  const int64_t chunks = (n + kGradNormChunk - 1) / kGradNormChunk;
+  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+  grad_norm_partials(g, n, 0, chunks, part.data());
   double ss = 0.0;
   for (double x : part) ss += x;
   return std::sqrt(ss);

@@ -15,6 +15,20 @@ namespace ftune {
 
 namespace {
 
+// An adapter's tensors as one vector in for_each order (the GPU model's layout), and back.
+std::vector<float> flatten(const LoraParams& p) {
+  std::vector<float> flat;
+  p.for_each([&](const std::string&, const Tensor& t) { flat.insert(flat.end(), t.data.begin(), t.data.end()); });
+  return flat;
+}
+void unflatten(const std::vector<float>& flat, LoraParams& p) {
+  size_t at = 0;
+  p.for_each([&](const std::string&, Tensor& t) {
+    std::copy_n(flat.begin() + static_cast<int64_t>(at), t.data.size(), t.data.begin());
+    at += t.data.size();
+  });
+}
+
 // QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
 // 64), the values the GPU dequantizes before each GEMM.
 LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4) {
@@ -57,14 +71,9 @@ class CpuBackend final : public TrainBackend {
   }
   void read_adapter(LoraParams& out) const override { out = lora_; }
   void all_reduce_gradients(dist::Communicator& comm) override {
-    std::vector<float> flat;
-    grads_.for_each([&](const std::string&, const Tensor& t) { flat.insert(flat.end(), t.data.begin(), t.data.end()); });
+    std::vector<float> flat = flatten(grads_);
     comm.all_reduce_sum(flat.data(), flat.size());
-    size_t at = 0;
-    grads_.for_each([&](const std::string&, Tensor& t) {
-      std::copy_n(flat.begin() + static_cast<int64_t>(at), t.data.size(), t.data.begin());
-      at += t.data.size();
-    });
+    unflatten(flat, grads_);
   }
   BackendState save_state() const override {
     BackendState s;
@@ -98,17 +107,12 @@ class CpuBackend final : public TrainBackend {
  private:
   // 8-bit AdamW over the adapter flattened in for_each order (as the GPU model lays it out).
   void step8(double lr) {
-    std::vector<float> p, g;
-    lora_.for_each([&](const std::string&, const Tensor& t) { p.insert(p.end(), t.data.begin(), t.data.end()); });
-    grads_.for_each([&](const std::string&, const Tensor& t) { g.insert(g.end(), t.data.begin(), t.data.end()); });
+    std::vector<float> p = flatten(lora_);
+    const std::vector<float> g = flatten(grads_);
     adam8_->step({static_cast<float>(lr), static_cast<float>(settings_.beta1), static_cast<float>(settings_.beta2),
                   static_cast<float>(settings_.eps), static_cast<float>(settings_.weight_decay), ++t8_, 1.0f},
                  p.data(), g.data());
-    size_t at = 0;
-    lora_.for_each([&](const std::string&, Tensor& t) {
-      std::copy_n(p.begin() + static_cast<int64_t>(at), t.data.size(), t.data.begin());
-      at += t.data.size();
-    });
+    unflatten(p, lora_);
   }
 
   LlamaWeights weights_;

@@ -300,15 +300,18 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   report.first_step = first_step;
   const StopSignals stop;
   double checkpoint_s = 0;  // how long the last checkpoint took to write
-  auto save_checkpoint_at = [&](int64_t done, const BatcherState& data) -> std::string {
-    // Rank 0 writes the checkpoint; under ZeRO every rank first hands it its shard.
+  // Rank 0 writes the checkpoint into `root`; under ZeRO every rank first hands it its shard.
+  auto write_state = [&](const std::string& root, int64_t done, const BatcherState& data,
+                         int64_t keep) -> std::string {
     std::optional<BackendState> state;
     if (writer || model->collective_state()) state = model->save_state();
     if (!writer) return "of rank 0";
+    return write_checkpoint(root, {done, data, report.skipped_steps}, *state, train_config_to_yaml(cfg),
+                            read_text(out->staged("metrics.jsonl")), keep);
+  };
+  auto save_checkpoint_at = [&](int64_t done, const BatcherState& data) -> std::string {
     const auto c0 = std::chrono::steady_clock::now();
-    const TrainProgress p{done, data, report.skipped_steps};
-    std::string dir = write_checkpoint(ckpt_root, p, *state, train_config_to_yaml(cfg),
-                                       read_text(out->staged("metrics.jsonl")), ts.keep_last);
+    std::string dir = write_state(ckpt_root, done, data, ts.keep_last);
     checkpoint_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
     return dir;
   };
@@ -378,11 +381,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
         if (ts.early_stopping_patience > 0) {
           if (vl < best_val) {
             best_val = vl, best_step = sm.step, evals_since_best = 0;
-            std::optional<BackendState> state;
-            if (writer || model->collective_state()) state = model->save_state();
-            if (writer)
-              write_checkpoint((fs::path(ckpt_root) / "best").string(), {sm.step, batcher.state(), report.skipped_steps},
-                               *state, train_config_to_yaml(cfg), read_text(out->staged("metrics.jsonl")), 1);
+            write_state((fs::path(ckpt_root) / "best").string(), sm.step, batcher.state(), 1);
           } else if (++evals_since_best >= ts.early_stopping_patience) {
             report.stopped_early = true;
           }
