@@ -19,7 +19,7 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 # A release build for every GPU generation ftune supports (T4 sm_75 through H100/H200 sm_90);
-# `build` compiles sm_90 only, which is what CI checks.
+# `build` compiles sm_75 (T4) and sm_90, which is what CI checks.
 release: deps
 	cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DFTUNE_CUDA_ARCHS="75;80;86;89;90"
 	cmake --build build-release -j $(JOBS)

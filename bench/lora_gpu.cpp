@@ -11,7 +11,11 @@
 // (its peer_sampled_peak_gib), so the two peaks compare like with like. loss_first is the loss of
 // the first step (warmup included), loss_last that of the last timed step.
 //   bench_lora_gpu --shape llama2-7b [--seq 2048] [--micro-batch 4] [--rank 16] [--alpha 32]
-//                  [--checkpointing] [--fp32] [--qlora] [--steps 10] [--warmup 3] [--gpu-name NAME]
+//                  [--checkpointing] [--fp32 | --fp16] [--qlora] [--steps 10] [--warmup 3] [--gpu-name NAME]
+//                  [--max-memory GIB]
+// --fp16: fp16 storage (the T4's; no loss scaling here, which changes no time or memory).
+// --max-memory: the model's buffers planned within GIB less what the process held before it
+// (train.max_memory), so a run that fits a T4 says so.
 // --qlora: the projections in NF4 (random codes generated on the device), as `method: qlora`.
 // --optimizer adamw|adamw_8bit|paged_adamw_8bit: as train.optimizer. --offload: with
 // --checkpointing, layer inputs in pinned host memory (train.offload_activations).
@@ -34,7 +38,8 @@ int main(int argc, char** argv) {
   std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
-  bool ckpt = false, fp32 = false, qlora = false, offload = false;
+  bool ckpt = false, fp32 = false, fp16 = false, qlora = false, offload = false;
+  double max_gib = 0;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -53,6 +58,8 @@ int main(int argc, char** argv) {
       else if (a == "--optimizer") optimizer = val();
       else if (a == "--checkpointing") ckpt = true;
       else if (a == "--fp32") fp32 = true;
+      else if (a == "--fp16") fp16 = true;
+      else if (a == "--max-memory") max_gib = std::stod(val());
       else if (a == "--qlora") qlora = true;
       else if (a == "--offload") offload = true;
       else fail("unknown argument '{}'", a);
@@ -64,7 +71,10 @@ int main(int argc, char** argv) {
     const size_t before = cuda::memory_in_use();
     const LoraSpec spec = bench::all_projections(rank, alpha);
     const GpuOptimizer opt = gpu_optimizer(optimizer);
-    LlamaGpu model(ctx, cfg, nullptr, &spec, GpuModelOptions{mb, seq, fp32 ? cuda::Storage::F32 : cuda::Storage::BF16, ckpt, qlora, opt, offload && ckpt}, 1);
+    GpuModelOptions mo{mb, seq, fp32 ? cuda::Storage::F32 : fp16 ? cuda::Storage::F16 : cuda::Storage::BF16, ckpt, qlora,
+                       opt, offload && ckpt};
+    if (max_gib > 0) mo.memory_cap = static_cast<size_t>(max_gib * 1073741824.0) - before;
+    LlamaGpu model(ctx, cfg, nullptr, &spec, mo, 1);
     bench::set_adapter(model, cfg, spec, 2);
     const Batch batch = bench::random_batch(mb, seq, cfg.vocab_size, 3);
     double first = 0, last = 0;
@@ -92,9 +102,9 @@ int main(int argc, char** argv) {
         "{{\"bench\": \"{}_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
         "\"ftune_end_gib\": {:.2f}, \"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, "
         "\"loss_last\": {:.4f}, \"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
-        qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : "", gpu_name, tok_s,
+        qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : fp16 ? "_fp16" : "", gpu_name, tok_s,
         beyond(peak), beyond(end), static_cast<double>(model.planned_bytes()) / gib, tflops, first, last, steps,
-        fp32 ? "fp32" : "bf16", optimizer);
+        fp32 ? "fp32" : fp16 ? "fp16" : "bf16", optimizer);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());
     return 1;

@@ -26,7 +26,7 @@ const std::vector<std::string> kAllKeys = {
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
     "data.packing", "data.pad_to_multiple_of", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
-    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer", "train.offload_activations", "train.optimizer_offload",
+    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer", "train.offload_activations", "train.optimizer_offload", "train.max_memory",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
@@ -377,6 +377,31 @@ TEST(TrainConfigErrors, KeysTheMethodDoesNotUse) {
   EXPECT_NO_THROW(parse_train_config(lora, "recipe.yaml", {}, ""));
   expect_set_error("lora.target_modules=[q_proj,lm_head]", "lora.target_modules: 'lm_head' is not one of 'q_proj'");
   expect_set_error("lora.target_modules=[]", "lora.target_modules: must name at least one module");
+}
+
+TEST(TrainConfigErrors, MaxMemoryAndZero3) {
+  EXPECT_EQ(parse_memory_size("15GiB", "k"), int64_t{15} << 30);
+  EXPECT_EQ(parse_memory_size("16000MB", "k"), int64_t{16000000000});
+  EXPECT_EQ(parse_memory_size("1.5 GB", "k"), int64_t{1500000000});
+  EXPECT_EQ(parse_memory_size("123456", "k"), 123456);
+  EXPECT_EQ(parse_memory_size("512KiB", "k"), 512 * 1024);
+  for (const char* bad : {"15XB", "-1GiB", "0", "GiB", "fifteen", "1e30GB"})
+    testing::expect_error([&] { parse_memory_size(bad, "train.max_memory"); },
+                          fmt::format("train.max_memory: '{}' is not a memory size", bad));
+  const std::string base = "model: m\noutput_dir: o\ndata:\n  train: d.jsonl\ntrain:\n  method: full\n";
+  expect_recipe_error(base + "  max_memory: 15GiB\n", "recipe.yaml: train.max_memory caps GPU memory, but train.device is cpu");
+  expect_recipe_error(base + "  device: cuda\n  max_memory: 15 gigs\n", "recipe.yaml: train.max_memory: '15 gigs' is not a memory size");
+  EXPECT_EQ(make_run_plan(parse(base + "  device: cuda\n  max_memory: 15GiB\n"), "r").max_memory, int64_t{15} << 30);
+  // ZeRO-3: full fine-tuning only; on the CPU fp32 AdamW; its 8-bit GPU moments are not checkpointed yet.
+  EXPECT_EQ(make_run_plan(parse(base + "dist:\n  zero: 3\n"), "r").zero, 3);
+  expect_recipe_error(base + "  device: cuda\n  optimizer: adamw_8bit\n  save_every: 10\ndist:\n  zero: 3\n",
+                      "recipe.yaml: checkpoints (train.save_every) of dist.zero=3 with train.optimizer adamw_8bit");
+  EXPECT_EQ(make_run_plan(parse(base + "  device: cuda\n  optimizer: adamw_8bit\ndist:\n  zero: 3\n"), "r").zero, 3);
+  EXPECT_EQ(make_run_plan(parse(base + "  device: cuda\ndist:\n  zero: 2\n"), "r").zero, 2);  // the GPU's ZeRO 1 and 2
+  expect_recipe_error(base + "  device: cuda\n  optimizer_offload: true\ndist:\n  zero: 1\n",
+                      "recipe.yaml: dist.zero=1 with train.optimizer_offload is not available");
+  expect_recipe_error(base + "  optimizer: adamw_8bit\ndist:\n  zero: 3\n",
+                      "recipe.yaml: dist.zero=3 on the CPU shards fp32 AdamW moments");
 }
 
 TEST(TrainConfigErrors, RequiredKeysAndMalformedSet) {

@@ -1,4 +1,4 @@
-// `ftune plan RECIPE.yaml [--set key=value]... [--gpu NAME] [--json]`: the memory plan per category,
+// `ftune plan RECIPE.yaml [--set key=value]... [--gpu NAME] [--ranks N] [--json]`: the memory plan per category,
 // the tokens per step and an estimated step time of a recipe on the detected GPU (or the one named),
 // before anything heavy loads (only the recipe and the model's config.json are read).
 #include <fmt/format.h>
@@ -17,6 +17,7 @@ void add_plan_command(CLI::App& app) {
     std::string recipe, gpu;
     std::vector<std::string> sets;
     bool json = false;
+    int ranks = 1;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("recipe", a->recipe, "YAML recipe (see docs/config.md)")->required();
@@ -24,10 +25,15 @@ void add_plan_command(CLI::App& app) {
   std::string names;
   for (const GpuSpec& g : known_gpus()) names += (names.empty() ? "" : ", ") + g.name;
   cmd->add_option("--gpu", a->gpu, "Plan for this GPU instead of the detected one: " + names);
+  cmd->add_option("--ranks", a->ranks,
+                  "Plan one rank of a run of this many (the world size: nodes x GPUs per node); with dist.zero 3 a "
+                  "rank holds 1/N of the weights, gradients and optimizer state")
+      ->check(CLI::Range(1, 65536));
   cmd->add_flag("--json", a->json, "Print the plan as one JSON object");
   cmd->callback([a] {
     const TrainConfig cfg = load_train_config(a->recipe, a->sets);
-    const RunPlan plan = make_run_plan(cfg, a->recipe);
+    RunPlan plan = make_run_plan(cfg, a->recipe);
+    plan.world = a->ranks;
     const LlamaConfig mcfg = load_llama_config(cfg.model);
     GpuSpec gpu;
     bool detected = false;

@@ -29,6 +29,8 @@ class Communicator {
   virtual void reduce_scatter_sum(const float* in, float* out, const std::vector<size_t>& counts) = 0;
   // out[sum(counts)] = every rank's in[counts[r]], in rank order.
   virtual void all_gather(const float* in, float* out, const std::vector<size_t>& counts) = 0;
+  // The same over raw bytes (ZeRO-3 gathers bf16 and fp16 compute copies): out[sum(bytes)].
+  virtual void all_gather_bytes(const void* in, void* out, const std::vector<size_t>& bytes) = 0;
   // root's data[bytes] to every rank.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   // Point to point (pipeline stages): blocking, matched by order between the two ranks.

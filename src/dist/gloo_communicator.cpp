@@ -263,6 +263,17 @@ class GlooCommunicator final : public Communicator {
                    });
   }
 
+  void all_gather_bytes(const void* in, void* out, const std::vector<size_t>& bytes) override {
+    const char* op = "all_gather";
+    usable(op);
+    check_counts(op, bytes);
+    const auto* src = static_cast<const uint8_t*>(in);
+    auto* dst = static_cast<uint8_t*>(out);
+    for_each_round(bytes, kMaxMessage, [&](size_t at, const std::vector<size_t>& offs, const std::vector<size_t>& lens) {
+      gather_round(op, src + at, dst, offs, lens);
+    });
+  }
+
   void broadcast(void* data, size_t bytes, int root) override {
     const char* op = "broadcast";
     usable(op);

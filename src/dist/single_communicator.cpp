@@ -23,6 +23,10 @@ class SingleCommunicator final : public Communicator {
     check_counts("all_gather", counts);
     if (counts[0] > 0 && in != out) std::memmove(out, in, counts[0] * sizeof(float));
   }
+  void all_gather_bytes(const void* in, void* out, const std::vector<size_t>& bytes) override {
+    check_counts("all_gather", bytes);
+    if (bytes[0] > 0 && in != out) std::memmove(out, in, bytes[0]);
+  }
   void broadcast(void*, size_t, int root) override {
     if (root != 0) fail("broadcast: root {} is not a rank of a run of 1 rank", root);
   }

@@ -27,10 +27,11 @@ FullOptimizerKind LlamaGpu::full_optimizer_kind() const {
 }
 
 void LlamaGpu::allocate_full() {
-  const int64_t P = table_.trainable_numel(), N = max_n_, H = cfg_.hidden_size;
+  const int64_t P = z3_ ? z3_->local_numel() : table_.trainable_numel(), N = max_n_, H = cfg_.hidden_size;
   const MemCategory keep = cat_;
   cat_ = MemCategory::Gradients;
   full_g_ = alloc(P * 4);
+  if (z3_) z_g_ = alloc(z_max_padded_ * 4);
   // The optimizer allocates its own state in fill(); counted here.
   cat_ = MemCategory::Optimizer;
   const std::vector<ComputeSlot> slots = compute_slots();
@@ -38,11 +39,16 @@ void LlamaGpu::allocate_full() {
   const auto [pinned, host] = full_optimizer_host_bytes(full_optimizer_kind(), P, slots);
   plan_.host_pinned += pinned, plan_.host += host;
   cat_ = keep;
+  if (z3_) {  // the comm's piece before it is added; host staging when the ranks share a GPU
+    count(zero3_device_scratch_bytes(static_cast<size_t>(z_max_piece_)));
+    plan_.host_pinned += zero3_host_staging_bytes(zero3_max_unit_bytes(), zero3_max_piece(), z3_->world());
+  }
   emb_uniq_ = alloc(N * 4), emb_off_ = alloc((N + 1) * 4), emb_tok_ = alloc(N * 4);
   norm_ws_ = alloc(std::max<size_t>(cuda::rmsnorm_weight_grad_workspace(N, H), 4));
 }
 
 std::vector<ComputeSlot> LlamaGpu::compute_slots() const {
+  if (z3_) return zero3_slots();
   std::vector<ComputeSlot> out;
   for (const ParamSpec& s : table_.specs()) {
     ComputeSlot c{s.offset, s.numel(), nullptr, dt_, s.decay};
@@ -95,7 +101,7 @@ void LlamaGpu::norm_grad(const float* dn, const void* x, const float* rstd, int6
 }
 
 void LlamaGpu::get_weights(LlamaWeights& w) const {
-  FT_ASSERT(opt_.full);
+  FT_ASSERT(opt_.full && !z3_);  // ZeRO-3: local_masters() on every rank, gathered by the backend
   ctx_->synchronize();
   w.layers.resize(cfg_.num_hidden_layers);
   for (const ParamSpec& s : table_.specs()) {
@@ -106,7 +112,7 @@ void LlamaGpu::get_weights(LlamaWeights& w) const {
 }
 
 std::vector<float> LlamaGpu::full_grads() const {
-  FT_ASSERT(opt_.full);
+  FT_ASSERT(opt_.full && !z3_);
   ctx_->synchronize();
   return full_g_.to_host<float>(static_cast<size_t>(table_.trainable_numel()));
 }

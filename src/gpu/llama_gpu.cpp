@@ -70,6 +70,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
   const size_t need = plan_bytes(opt_);
   size_t free = 0, total = 0;
   cuda::memory_info(free, total);
+  if (opt.memory_cap && need > opt.memory_cap) fail("{}", over_cap(need));
   if (need > free) fail("{}", does_not_fit(need, free, total, ctx_->name()));
   dry_ = false;
   planned_ = 0, plan_ = {};
@@ -104,7 +105,7 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
       dt_(opt.storage),
       esz_(static_cast<size_t>(cuda::storage_bytes(dt_))),
       max_n_(opt.max_batch * opt.max_seq) {
-  if (opt.nf4 && dt_ != cuda::Storage::BF16) fail("internal error: NF4 base weights need bf16 compute");
+  if (opt.nf4 && dt_ == F32) fail("internal error: NF4 base weights dequantize into bf16 or fp16");
   if (opt.offload && !opt.checkpointing) fail("internal error: activation offload needs checkpointing");
   if (opt.full && (opt.nf4 || spec)) fail("internal error: full fine-tuning trains the base itself (no NF4, no adapter)");
   if (opt.full) {
@@ -121,6 +122,15 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
       }
     }
     if (cfg.tie_word_embeddings) head_off_ = embed_off_;  // the lm_head's gradient is the embedding's
+  }
+  if (opt.zero3_world > 0) {
+    if (!opt.full) fail("internal error: ZeRO-3 shards full fine-tuning's weights");
+    z3_ = std::make_unique<dist::Zero3Layout>(table_, cfg, opt.zero3_rank, opt.zero3_world);
+    for (int64_t u = 0; u < z3_->units(); ++u)
+      z_max_piece_ = std::max(z_max_piece_, z3_->unit(u).piece);
+    z_max_padded_ = z_max_piece_ * opt.zero3_world;
+    for (const dist::Zero3Run& r : z3_->runs())
+      if (r.local >= z3_->sharded_numel()) z_norm_local_.emplace_back(r.table, r.local);
   }
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
   slots_.resize(cfg.num_hidden_layers);
@@ -167,7 +177,7 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total, const
   } else {
     if (o.optimizer != GpuOptimizer::PagedAdamW8bit)
       o.optimizer = GpuOptimizer::PagedAdamW8bit, tries.push_back({"+ train.optimizer: paged_adamw_8bit", o});
-    if (!o.nf4 && o.storage == cuda::Storage::BF16) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
+    if (!o.nf4 && o.storage != F32) o.nf4 = true, tries.push_back({"+ train.method: qlora", o});
   }
   for (int64_t b = o.max_batch / 2; b >= 1; b /= 2) {
     GpuModelOptions ob = o;
@@ -187,13 +197,31 @@ std::string LlamaGpu::does_not_fit(size_t need, size_t free, size_t total, const
       static_cast<double>(total) / kGiB, fits.empty() ? "nothing smaller to try" : fits);
 }
 
+// The cap's version of does_not_fit: the same nearest settings, planned against the cap.
+std::string LlamaGpu::over_cap(size_t need) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const size_t cap = opt_.memory_cap;
+  std::string text = does_not_fit(need, cap, cap, ctx_ ? ctx_->name() : "the GPU");
+  const std::string from = "planned with: ";
+  const size_t at = text.find(from);
+  return fmt::format("train.max_memory: the model needs {:.2f} GiB of device memory for micro-batches of {} x {} tokens, "
+                     "over the {:.2f} GiB the cap leaves after the CUDA context; {}",
+                     static_cast<double>(need) / kGiB, opt_.max_batch, opt_.max_seq, static_cast<double>(cap) / kGiB,
+                     at == std::string::npos ? text : text.substr(at));
+}
+
 // Every device buffer, sized for the largest micro-batch. With dry_ set, only counts the bytes.
 void LlamaGpu::allocate() {
   const int64_t N = max_n_, H = cfg_.hidden_size, I = cfg_.intermediate_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
   const int64_t V = cfg_.vocab_size, L = cfg_.num_hidden_layers, r = spec_.r, d2 = cfg_.head_dim / 2;
   cat_ = MemCategory::Weights;
-  embed_ = alloc_dt(V * H), final_norm_ = alloc(H * 4);
-  if (!cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
+  final_norm_ = alloc(H * 4);
+  const bool whole = !z3_ || opt_.zero_whole_weights;  // the weights themselves on this rank
+  if (z3_) allocate_zero3();
+  if (whole) {
+    embed_ = alloc_dt(V * H);
+    if (!cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
+  }
   layers_.clear();
   layers_.resize(L);
   int64_t widest_w = 0;  // elements of the largest projection
@@ -202,6 +230,7 @@ void LlamaGpu::allocate() {
     for (int p = 0; p < kNumProj; ++p) {
       auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
       widest_w = std::max(widest_w, out * in);
+      if (!whole) continue;  // pieces in z_c_, gathered into z_buf_
       if (!opt_.nf4) {
         Ly.proj[p] = alloc_dt(out * in);
         continue;
@@ -273,8 +302,12 @@ void LlamaGpu::allocate() {
 // fine-tuning the masters too); the adapter and optimizer states zeroed; the RoPE tables.
 void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
   const int64_t L = cfg_.num_hidden_layers, H = cfg_.hidden_size;
-  if (opt_.full) full_opt_ = make_full_optimizer(full_optimizer_kind(), *ctx_, table_.trainable_numel(), compute_slots());
-  if (opt_.full && w) {  // the masters from the checkpoint, the compute copy from the masters
+  if (opt_.full && !z3_)
+    full_opt_ = make_full_optimizer(full_optimizer_kind(), *ctx_, table_.trainable_numel(), compute_slots());
+  if (z3_) {
+    if (opt_.zero_whole_weights) fill_weights(w, seed);  // the same values fill_zero3 gives the pieces
+    fill_zero3(w, seed);
+  } else if (opt_.full && w) {  // the masters from the checkpoint, the compute copy from the masters
     fill_masters(*w);
     full_opt_->refresh_compute();
   } else {
@@ -388,7 +421,12 @@ void LlamaGpu::save_state(StateDict& out) const {
 }
 
 void LlamaGpu::load_state(const StateDict& in) {
-  if (opt_.full) return full_opt_->load(in);
+  if (opt_.full) {
+    full_opt_->load(in);
+    z_held_ = -1;
+    if (z3_ && opt_.zero_whole_weights) publish_pieces();
+    return;
+  }
   ctx_->synchronize();
   lora_p_.upload(in.f32_of("gpu.lora.p", lora_n_).data(), lora_n_ * 4);
   if (adam8_ || paged8_) {
@@ -423,6 +461,8 @@ void LlamaGpu::reduce_gradients(const std::function<void(float*, size_t)>& reduc
 }
 
 std::pair<float*, size_t> LlamaGpu::gradient_buffer() const {
+  if (z3_)  // the norms' gradients: the pieces were reduce-scattered in the backward
+    return {full_g_.as<float>() + z3_->sharded_numel(), static_cast<size_t>(z3_->norm_numel())};
   if (opt_.full) return {full_g_.as<float>(), static_cast<size_t>(table_.trainable_numel())};
   return {lora_g_.as<float>(), static_cast<size_t>(lora_n_)};
 }
@@ -445,6 +485,7 @@ void LlamaGpu::add_grads_to(LoraParams& grads) const {
 }
 
 double LlamaGpu::grad_norm() const {
+  if (z3_) return zero3_grad_norm();
   const int64_t n = opt_.full ? table_.trainable_numel() : lora_n_;
   if (!n) return 0.0;
   ctx_->zero(norm_acc_.data(), 8);
@@ -458,6 +499,8 @@ void LlamaGpu::optimizer_step(const cuda::AdamWStep& s, float grad_coef) {
     cuda::AdamWStep st = s;
     st.grad_coef = grad_coef;
     full_opt_->step(st, f(full_g_));
+    z_held_ = -1;  // the pieces changed
+    if (z3_ && opt_.zero_whole_weights) publish_pieces();
     return;
   }
   if (!lora_n_) return;
@@ -492,7 +535,7 @@ void LlamaGpu::prepare(const Batch& b) {
   cuda::gather_rows(*ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
   if (opt_.full) prepare_full(b);
   if (offload_) offload_->before_write(0);
-  cuda::embedding_forward(*ctx_, dt_, embed_.data(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
+  cuda::embedding_forward(*ctx_, dt_, embed_w(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
   if (offload_) offload_->after_write(0, xbuf(0), x_bytes());
 }
 
@@ -519,15 +562,15 @@ void LlamaGpu::upload_nf4(Nf4Weight& q, const Nf4Tensor& t) {
 }
 
 const void* LlamaGpu::weight(int64_t l, int p) {
-  if (!opt_.nf4) return layers_[l].proj[p].data();
+  if (!opt_.nf4) return proj_w(l, p);
   const Nf4Weight& q = layers_[l].q4[p];
   auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
   if (q.absmax_f32.data())
-    cuda::nf4_dequantize_bf16(*ctx_, q.packed.as<uint8_t>(), q.absmax_f32.as<float>(), out * in, q.blocksize,
-                              wbuf_.data());
+    cuda::nf4_dequantize(*ctx_, dt_, q.packed.as<uint8_t>(), q.absmax_f32.as<float>(), out * in, q.blocksize,
+                         wbuf_.data());
   else
-    cuda::nf4_dequantize_bf16(*ctx_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
-                              (q.code2.data() ? q.code2 : code2_).as<float>(), out * in, q.blocksize, wbuf_.data());
+    cuda::nf4_dequantize(*ctx_, dt_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
+                         (q.code2.data() ? q.code2 : code2_).as<float>(), out * in, q.blocksize, wbuf_.data());
   return wbuf_.data();
 }
 
@@ -686,11 +729,13 @@ void LlamaGpu::head(bool backward) {
   const int64_t H = cfg_.hidden_size, L = cfg_.num_hidden_layers;
   cuda::rmsnorm_forward(*ctx_, dt_, xbuf(L), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
                         static_cast<float>(cfg_.rms_norm_eps));
-  const void* w = cfg_.tie_word_embeddings ? embed_.data() : head_.data();
+  const void* w = head_w();
+  if (backward && z3_) z_grads_begin(z3_->head_unit());
   cuda::lm_head_cross_entropy(*ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
                               backward ? grad_scale_ : 0.0f, f(loss_), backward ? dnormed_.data() : nullptr,
                               logits_.data(), chunk_, backward && opt_.full ? grad_at(head_off_) : nullptr);
   if (!backward) return;
+  if (z3_) z_grads_end(z3_->head_unit());
   ctx_->zero(f(dy_), n_ * H * 4);
   cuda::convert(*ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
   if (opt_.full) norm_grad(f(dn_), xbuf(L), f(final_rstd_), final_off_);
@@ -726,9 +771,13 @@ std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad
   for (int64_t l = L - 1; l >= 0; --l) {
     if (offload_ && l < resident) offload_->wait(l);
     if (offload_ && l >= 1 && l - 1 < resident) offload_->prefetch(l - 1, xbuf(l - 1), x_bytes());
+    if (z3_) z_grads_begin(dist::Zero3Layout::layer_unit(l));
     layer_backward(l);
+    if (z3_) z_grads_end(dist::Zero3Layout::layer_unit(l));
   }
+  if (z3_) z_grads_begin(0);
   if (opt_.full) embedding_grad();
+  if (z3_) z_grads_end(0);
   return {read_loss(), b.count_targets()};
 }
 

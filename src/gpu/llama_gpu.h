@@ -24,6 +24,8 @@
 #include "gpu/adamw8bit_states.h"
 #include "core/state_dict.h"
 #include "gpu/full_optimizer.h"
+#include "dist/zero3.h"
+#include "gpu/zero3_comm.h"
 #include "params/param_table.h"
 #include "plan/memory_plan.h"
 
@@ -41,7 +43,7 @@ struct GpuModelOptions {
   cuda::Storage storage = cuda::Storage::BF16;
   bool checkpointing = false;  // keep only each layer's input; recompute the layer in the backward
   bool nf4 = false;  // QLoRA: the seven projections frozen in NF4 (double-quantized, blocks of 64),
-                     // dequantized into bf16 before each GEMM; needs bf16
+                     // dequantized into the storage (bf16, or fp16 on GPUs without bf16) before each GEMM
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
   bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
@@ -50,6 +52,18 @@ struct GpuModelOptions {
   // memory (optimizer_offload); the dt weights are the compute copy it refreshes after each step.
   bool full = false;
   bool optimizer_offload = false;  // full only: masters and moments on the host, updated by the CPU
+  // dist.zero 3 (full only): this rank keeps its piece of every unit (dist/zero3.h): compute copy,
+  // masters, moments and gradients; a unit's weights are all-gathered (set_zero3_comm) into one
+  // unit buffer just before they are read, and its gradient reduce-scattered after its backward.
+  int zero3_world = 0;  // 0: off
+  int zero3_rank = 0;
+  // dist.zero 1 and 2: the same pieces of gradients, masters and moments, but the weights stay
+  // whole on every rank (nothing gathered in the forward): after each step the updated pieces are
+  // all-gathered into them.
+  bool zero_whole_weights = false;
+  // train.max_memory: the bytes the model's buffers may take (the rank's cap less what the process
+  // held before the model); 0: only the GPU's free memory limits them.
+  size_t memory_cap = 0;
 };
 
 class LlamaGpu {
@@ -92,6 +106,15 @@ class LlamaGpu {
   void get_weights(LlamaWeights& w) const;
   std::vector<float> full_grads() const;  // [table().trainable_numel()]
   const ParamTable& table() const { return table_; }
+  // ZeRO-3: the layout (null without it), the comm the units go through (before the first forward),
+  // the sizes that comm must take, and this rank's fp32 masters [local_numel] on the host.
+  const dist::Zero3Layout* zero3() const { return z3_.get(); }
+  void set_zero3_comm(Zero3Comm* c) { zcomm_ = c; }
+  size_t zero3_max_unit_bytes() const { return static_cast<size_t>(z_max_padded_) * 4; }  // fp32 gradient
+  size_t zero3_max_piece() const { return static_cast<size_t>(z_max_piece_); }
+  std::vector<float> local_masters() const;
+  // A rank with no rows while the others evaluate: the gathers of one forward, nothing computed.
+  void zero3_forward_without_rows();
   const GpuModelOptions& options() const { return opt_; }
   size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
   const MemoryPlan& memory_plan() const { return plan_; }  // the same, per category, and the host's
@@ -135,6 +158,7 @@ class LlamaGpu {
   void allocate();
   size_t plan_bytes(const GpuModelOptions& o);  // what allocate() would take with these options
   std::string does_not_fit(size_t need, size_t free, size_t total, const std::string& gpu);
+  std::string over_cap(size_t need);  // the plan exceeds opt_.memory_cap
   void fill(const WeightSource* w, uint64_t seed);
   void upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt);
   char* dt(const cuda::DeviceBuffer& b, int64_t elem_offset = 0) const {
@@ -167,7 +191,21 @@ class LlamaGpu {
   void prepare_full(const Batch& b);         // the embedding-gradient index of the micro-batch
   void embedding_grad();                     // dy_ (the embedding output's gradient) into the table's rows
   void norm_grad(const float* dn, const void* x, const float* rstd, int64_t off);  // dw += of one RMSNorm
-  float* grad_at(int64_t off) const { return full_g_.as<float>() + off; }
+  float* grad_at(int64_t off) const;        // the gradient of table element off (ZeRO-3: in the unit's buffer)
+  // The weights the layers read: whole buffers, or under ZeRO-3 the gathered unit's.
+  const void* embed_w();
+  const void* head_w();
+  const void* proj_w(int64_t l, int p);
+  // ZeRO-3 (gpu/llama_zero3.cpp): unit u's weights into the unit buffer (nothing when they are
+  // there); its gradient buffer zeroed, then reduce-scattered into this rank's accumulator.
+  void z_gather(int64_t u);
+  void z_grads_begin(int64_t u);
+  void z_grads_end(int64_t u);
+  void allocate_zero3();
+  void publish_pieces();  // dist.zero 1/2: every unit's new pieces into the whole weights
+  void fill_zero3(const WeightSource* w, uint64_t seed);
+  std::vector<ComputeSlot> zero3_slots() const;
+  double zero3_grad_norm() const;
   void fill_weights(const WeightSource* w, uint64_t seed);
 
   cuda::Context* ctx_;  // null in a plan-only object
@@ -223,6 +261,17 @@ class LlamaGpu {
   cuda::DeviceBuffer norm_ws_;                           // RMSNorm weight-gradient partial sums
   int64_t embed_off_ = 0, final_off_ = 0, head_off_ = 0; // table offsets (head_off_: embed's when tied)
   std::vector<std::array<int64_t, kNumProj + 2>> layer_off_;  // per layer: 7 projections, input, post norm
+
+  // ZeRO-3 (the layout is set when opt_.zero3_world > 0; full_g_ is then the local range's [local_numel]).
+  std::unique_ptr<dist::Zero3Layout> z3_;
+  Zero3Comm* zcomm_ = nullptr;
+  cuda::DeviceBuffer z_c_;    // [sharded_numel] dt: this rank's pieces of the compute copy (padding zero)
+  cuda::DeviceBuffer z_buf_;  // [max piece * W] dt: the gathered unit
+  cuda::DeviceBuffer z_g_;    // [max piece * W] fp32: the running unit's gradient
+  int64_t z_max_piece_ = 0, z_max_padded_ = 0;
+  int64_t z_held_ = -1;       // the unit in z_buf_ (a tied lm_head counts as unit 0)
+  int64_t z_grad_unit_ = -1;  // the unit whose gradient z_g_ holds
+  std::vector<std::pair<int64_t, int64_t>> z_norm_local_;  // (table offset, local offset) of each norm
 };
 
 }  // namespace ftune

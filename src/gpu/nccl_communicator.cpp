@@ -67,4 +67,16 @@ void NcclCommunicator::all_reduce_sum(float* data, size_t n) {
   wait("all_reduce");
 }
 
+void NcclCommunicator::all_gather_bytes(const void* in, void* out, size_t bytes) {
+  if (!comm_) fail("all_gather (NCCL): the communicator was aborted by an earlier error");
+  check(ncclAllGather(in, out, bytes, ncclUint8, comm_, ctx_.stream()), "ncclAllGather");
+  wait("all_gather");
+}
+
+void NcclCommunicator::reduce_scatter_sum(const float* in, float* out, size_t n) {
+  if (!comm_) fail("reduce_scatter (NCCL): the communicator was aborted by an earlier error");
+  check(ncclReduceScatter(in, out, n, ncclFloat32, ncclSum, comm_, ctx_.stream()), "ncclReduceScatter");
+  wait("reduce_scatter");
+}
+
 }  // namespace ftune

@@ -22,6 +22,10 @@ class NcclCommunicator {
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
   // data[n] (device) summed over the ranks, in place; returns when it is complete.
   void all_reduce_sum(float* data, size_t n);
+  // out[world * bytes] = every rank's in[bytes], in rank order (device).
+  void all_gather_bytes(const void* in, void* out, size_t bytes);
+  // out[n] = this rank's part of in[world * n] summed over the ranks (device, fp32).
+  void reduce_scatter_sum(const float* in, float* out, size_t n);
   int rank() const { return rank_; }
   int world() const { return world_; }
 

@@ -15,9 +15,12 @@ constexpr size_t kContextBytes = size_t{512} << 20;
 
 MemoryPlan plan_gpu_memory(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, int64_t max_seq,
                            const GpuSpec& gpu, std::string& fit_advice) {
-  const GpuModelOptions o = gpu_model_options(plan, plan.micro_batch, max_seq, gpu.sm, gpu.name);
+  GpuModelOptions o = gpu_model_options(plan, plan.micro_batch, max_seq, gpu.sm, gpu.name);
+  if (plan.method == Method::Full && plan.zero == 3 && plan.world > 1) o.zero3_world = plan.world;
   const LoraSpec* s = plan.method == Method::Full ? nullptr : spec;
-  const size_t free = gpu.memory > kContextBytes ? gpu.memory - kContextBytes : 0;
+  size_t limit = gpu.memory;
+  if (plan.max_memory) limit = std::min(limit, static_cast<size_t>(plan.max_memory));  // train.max_memory
+  const size_t free = limit > kContextBytes ? limit - kContextBytes : 0;
   fit_advice = LlamaGpu::fit_advice(cfg, s, o, gpu.sm, free, gpu.memory, gpu.name);
   return LlamaGpu::plan(cfg, s, o, gpu.sm);
 }

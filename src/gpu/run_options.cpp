@@ -11,19 +11,16 @@ GpuModelOptions gpu_model_options(const RunPlan& p, int64_t max_batch, int64_t m
   if (p.precision == Precision::Bf16 && !has_bf16)
     fail("train.precision=bf16 needs a GPU of compute capability 8.0 or newer; this {} is sm_{} (use fp32 or auto)",
          gpu_name, sm);
-  // bf16 and auto: bf16 where the GPU has it (an explicit bf16 without it failed above).
+  // bf16 and auto: bf16 where the GPU has it (an explicit bf16 without it failed above); auto
+  // elsewhere (the T4, sm_75) is fp16 with dynamic loss scaling, as the seed's torch_dtype=float16.
   const cuda::Storage storage = p.precision == Precision::Fp16 ? cuda::Storage::F16
                                 : p.precision == Precision::Fp32 ? cuda::Storage::F32
                                 : has_bf16                       ? cuda::Storage::BF16
-                                                                 : cuda::Storage::F32;
+                                                                 : cuda::Storage::F16;
   const bool qlora = p.method == Method::Qlora;
-  if (qlora && storage != cuda::Storage::BF16) {
-    if (p.precision != Precision::Auto)
-      fail("train.method=qlora computes in bf16 on the GPU: set train.precision to bf16 or auto (or train.device=cpu)");
-    fail("train.method=qlora computes in bf16, which this {} (sm_{}) lacks; use train.method=lora with "
-         "train.precision=fp32, or train.device=cpu",
-         gpu_name, sm);
-  }
+  if (qlora && storage == cuda::Storage::F32)
+    fail("train.method=qlora dequantizes its NF4 base into bf16 or fp16 on the GPU: set train.precision to bf16, fp16 "
+         "or auto (or train.device=cpu)");
   FT_ASSERT(!p.offload_activations || p.checkpointing);  // the run plan's rule
   const GpuOptimizer o = p.optimizer == OptimizerKind::AdamW8bit        ? GpuOptimizer::AdamW8bit
                          : p.optimizer == OptimizerKind::PagedAdamW8bit ? GpuOptimizer::PagedAdamW8bit

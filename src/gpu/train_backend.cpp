@@ -8,6 +8,8 @@
 #include "core/error.h"
 #include "gpu/llama_gpu.h"
 #include "gpu/nccl_communicator.h"
+#include "gpu/process_memory.h"
+#include "gpu/zero3_comm.h"
 #include "gpu/run_options.h"
 #include "ops/cuda/context.h"
 #include "optim/loss_scaler.h"
@@ -26,15 +28,25 @@ class GpuBackend final : public TrainBackend {
   GpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams* lora, const BackendOptions& opt)
       : ctx_(device_of(opt.topology)),
         baseline_(cuda::memory_in_use()),
+        process_baseline_(process_device_memory(ctx_.device())),
+        cap_(static_cast<size_t>(opt.plan.max_memory)),
+        rank_(opt.topology.rank),
         adamw_(opt.plan.adamw),
         shape_(lora ? lora->zeros_like() : LoraParams{}),
-        model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), lora ? &lora->spec : nullptr, options(ctx_, opt, !lora)) {
+        model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), lora ? &lora->spec : nullptr,
+               options(ctx_, opt, !lora, process_baseline_ ? process_baseline_ : baseline_)) {
     if (lora) model_.set_lora(*lora);
     const dist::Topology& t = opt.topology;
     if (t.world > 1 && t.local_world <= cuda::device_count()) {  // a GPU per rank: NCCL
       FT_ASSERT(opt.store);
       nccl_ = std::make_unique<NcclCommunicator>(*opt.store, t.rank, t.world, ctx_,
                                                  std::chrono::milliseconds(static_cast<int64_t>(opt.timeout_s * 1000)));
+    }
+    if (model_.zero3()) {  // the units' collectives: NCCL, host-staged over the ranks' Gloo, or one rank
+      if (!opt.comm) single_ = dist::make_single_communicator();
+      host_ = opt.comm ? opt.comm : single_.get();
+      zcomm_ = make_zero3_comm(ctx_, *host_, nccl_.get(), model_.zero3_max_unit_bytes(), model_.zero3_max_piece());
+      model_.set_zero3_comm(zcomm_.get());
     }
   }
   std::string name() const override {
@@ -73,6 +85,7 @@ class GpuBackend final : public TrainBackend {
                            static_cast<float>(adamw_.eps), static_cast<float>(adamw_.weight_decay), ++t_},
                           c);
     model_.zero_grads();
+    check_cap();
     return {norm, false};
   }
   void all_reduce_gradients(dist::Communicator& comm) override {
@@ -91,11 +104,50 @@ class GpuBackend final : public TrainBackend {
   }
   void read_weights(LlamaWeights& out) const override {
     FT_ASSERT(model_.options().full);
-    model_.get_weights(out);
+    if (!model_.zero3()) return model_.get_weights(out);
+    // ZeRO-3: every rank's pieces, unit by unit (collective); rank 0 takes the whole weights, which
+    // it writes, and the other ranks return none.
+    const dist::Zero3Layout& z = *model_.zero3();
+    const ParamTable& table = model_.table();
+    const std::vector<float> local = model_.local_masters();
+    const bool root = host_->rank() == 0;
+    std::vector<float> whole(root ? static_cast<size_t>(table.trainable_numel()) : 0);
+    dist::zero3_to_table(z, local.data(), *host_, root ? whole.data() : nullptr);
+    if (!root) return;
+    out.layers.resize(static_cast<size_t>(z.units() - 2));  // units: the embedding, the L layers, the lm_head
+    for (const ParamSpec& s : table.specs()) param_tensor(out, s) = Tensor(s.shape);
+    scatter_trainable(table, whole.data(), out);
   }
+  std::function<Tensor(const ParamSpec&)> weight_stream() override {
+    if (!model_.zero3()) return {};
+    struct Stream {  // this rank's masters on the host (1/N of the model) and the unit being read
+      std::vector<float> local;
+      std::unique_ptr<dist::Zero3TensorGather> gather;
+    };
+    auto st = std::make_shared<Stream>();
+    st->local = model_.local_masters();
+    st->gather = std::make_unique<dist::Zero3TensorGather>(*model_.zero3(), st->local.data(), *host_);
+    return [st](const ParamSpec& s) {
+      Tensor t(s.shape);
+      t.data = st->gather->values(s);
+      return t;
+    };
+  }
+  bool collective_state() const override { return model_.zero3() != nullptr; }
+  bool collective_forward() const override {
+    return model_.zero3() && model_.zero3()->world() > 1 && !model_.options().zero_whole_weights;
+  }
+  void forward_without_rows() override { model_.zero3_forward_without_rows(); }
   BackendState save_state() const override {
     BackendState s;
     model_.save_state(s);
+    if (const dist::Zero3Layout* z = model_.zero3()) {  // whole tensors in the table's layout, as every stage saves
+      for (const char* key : {"master", "adam.m", "adam.v"}) {
+        std::vector<float> whole(static_cast<size_t>(model_.table().trainable_numel()));
+        dist::zero3_to_table(*z, s.f32_of(key, z->local_numel()).data(), *host_, whole.data());
+        s.f32[key] = std::move(whole);
+      }
+    }
     s.ints["gpu.steps"] = t_;
     const LossScaler::State sc = scaler_.state();
     s.ints["scaler.scale_bits"] = std::bit_cast<int64_t>(sc.scale);
@@ -103,21 +155,62 @@ class GpuBackend final : public TrainBackend {
     return s;
   }
   void load_state(const BackendState& s) override {
-    model_.load_state(s);
+    if (const dist::Zero3Layout* z = model_.zero3()) {  // this rank's pieces of the whole tensors
+      BackendState mine = s;
+      for (const char* key : {"master", "adam.m", "adam.v"}) {
+        std::vector<float> local(static_cast<size_t>(z->local_numel()));
+        dist::zero3_from_table(*z, s.f32_of(key, model_.table().trainable_numel()).data(), local.data());
+        mine.f32[key] = std::move(local);
+      }
+      model_.load_state(mine);
+    } else {
+      model_.load_state(s);
+    }
     t_ = s.int_of("gpu.steps");
     scaler_.restore({std::bit_cast<double>(s.int_of("scaler.scale_bits")), s.int_of("scaler.clean"),
                      s.int_of("scaler.skipped")});
   }
   bool fp16() const { return model_.options().storage == cuda::Storage::F16; }
   size_t planned_bytes() const override { return model_.planned_bytes(); }
-  size_t measured_bytes() const override { return cuda::memory_in_use() - baseline_; }
+  // What this process holds beyond its start (NVML's per-process count, right when ranks share the
+  // GPU), else the device's use beyond what it was before the model.
+  size_t measured_bytes() const override {
+    const size_t mine = process_device_memory(ctx_.device());
+    if (mine && process_baseline_) return mine - std::min(mine, process_baseline_);
+    return cuda::memory_in_use() - baseline_;
+  }
 
  private:
-  static GpuModelOptions options(const cuda::Context& ctx, const BackendOptions& opt, bool full) {
+  static GpuModelOptions options(const cuda::Context& ctx, const BackendOptions& opt, bool full, size_t held) {
     FT_ASSERT(full == (opt.plan.method == Method::Full));
     FT_ASSERT(opt.plan.checkpointing == opt.model.gradient_checkpointing);
-    return gpu_model_options(opt.plan, opt.model.max_batch, opt.model.max_seq, ctx.sm_version(), ctx.name());
+    GpuModelOptions o =
+        gpu_model_options(opt.plan, opt.model.max_batch, opt.model.max_seq, ctx.sm_version(), ctx.name());
+    if (full && opt.plan.zero > 0 && opt.topology.world > 1) {  // ZeRO's pieces (stages 1 and 2: whole weights)
+      o.zero3_world = opt.topology.world, o.zero3_rank = opt.topology.rank;
+      o.zero_whole_weights = opt.plan.zero < 3;
+    }
+    if (opt.plan.max_memory) {
+      const size_t cap = static_cast<size_t>(opt.plan.max_memory);
+      if (held >= cap)
+        fail("train.max_memory: {:.2f} GiB is less than the {:.2f} GiB this process already holds on the GPU (the CUDA "
+             "context and cuBLAS workspace)",
+             static_cast<double>(cap) / kGiB, static_cast<double>(held) / kGiB);
+      o.memory_cap = cap - held;
+    }
+    return o;
   }
+  // train.max_memory, measured: the process's device memory after a step.
+  void check_cap() const {
+    if (!cap_) return;
+    const size_t mine = process_device_memory(ctx_.device());
+    if (mine > cap_)
+      fail("train.max_memory: rank {} holds {:.2f} GiB of device memory after a step, over its cap of {:.2f} GiB "
+           "(planned {:.2f} GiB for the model)",
+           rank_, static_cast<double>(mine) / kGiB, static_cast<double>(cap_) / kGiB,
+           static_cast<double>(model_.planned_bytes()) / kGiB);
+  }
+  static constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   // This rank's GPU: its local rank's when the node has a GPU per rank, else all share GPU 0.
   static int device_of(const dist::Topology& t) {
     const int n = cuda::device_count();
@@ -125,12 +218,18 @@ class GpuBackend final : public TrainBackend {
   }
   cuda::Context ctx_;
   size_t baseline_;  // device bytes in use before the model (CUDA context, cuBLAS workspace)
+  size_t process_baseline_;  // this process's bytes then (NVML; 0 when it cannot tell)
+  size_t cap_;       // train.max_memory (0: none)
+  int rank_;
   AdamWSettings adamw_;
   LoraParams shape_;  // zeros of the adapter's shapes (spec included); empty for full fine-tuning
   LlamaGpu model_;
   int64_t t_ = 0;
   LossScaler scaler_;  // fp16 only
   std::unique_ptr<NcclCommunicator> nccl_;  // data parallel with a GPU per rank
+  std::unique_ptr<dist::Communicator> single_;  // ZeRO-3 on one rank without a run communicator
+  dist::Communicator* host_ = nullptr;          // ZeRO-3: the ranks' host collectives
+  std::unique_ptr<Zero3Comm> zcomm_;            // ZeRO-3: the units' device collectives
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The Llama model on the CPU: embedding, decoder layers, final norm, lm_head + cross-entropy,
 // with LoRA adapters trained on a frozen base, or every weight trained (full fine-tuning). Buffers
-// are allocated once, for the largest micro-batch, when the model is built.
+// are allocated once, for the largest micro-batch, when the model is built. A UnitGate, when given,
+// is asked for each unit's weights just before they are used and handed each unit's gradients just
+// after they are complete (ZeRO-3); without one every weight is read where it lies.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -11,6 +13,7 @@
 #include "model/block.h"
 #include "model/llama_config.h"
 #include "model/lora.h"
+#include "model/unit_gate.h"
 #include "model/weights.h"
 #include "ops/cpu/cross_entropy.h"
 
@@ -24,8 +27,11 @@ struct ModelOptions {
 
 class LlamaCpu {
  public:
-  // `lora` may be null (plain model). References must outlive the model.
-  LlamaCpu(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora, const ModelOptions& opt);
+  // `lora` may be null (plain model), and so may `gate`; with one, the units' tensors in `w` and in
+  // the gradients may be empty outside gather/release and begin_grads/end_grads. References must
+  // outlive the model.
+  LlamaCpu(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora, const ModelOptions& opt,
+           UnitGate* gate = nullptr);
 
   // Forward and backward of one micro-batch. Loss gradients are scaled by `grad_scale` (1 / the
   // number of targets in the whole optimizer step) and accumulated into `grads` (the adapter's)
@@ -44,11 +50,17 @@ class LlamaCpu {
   // Runs the layers; returns the final hidden state before model.norm ([N, H]).
   const float* run_layers(const StepShape& s);
   const std::array<LoraPair, kNumProj>* layer_lora(int64_t l) const { return lora_ ? &lora_->layers[l] : nullptr; }
+  // The gate's calls, nothing without one.
+  void gather(int64_t unit) { if (gate_) gate_->gather(unit); }
+  void release(int64_t unit) { if (gate_) gate_->release(unit); }
+  void begin_grads(int64_t unit) { if (gate_) gate_->begin_grads(unit); }
+  void end_grads(int64_t unit) { if (gate_) gate_->end_grads(unit); }
 
   const LlamaConfig& cfg_;
   const LlamaWeights& w_;
   const LoraParams* lora_;
   ModelOptions opt_;
+  UnitGate* gate_;
   std::vector<float> inv_freq_;        // [d/2]
   std::vector<float> cos_, sin_;       // [N, d/2]
   std::vector<BlockActs> acts_;        // [L] without checkpointing, [1] (recompute workspace) with it

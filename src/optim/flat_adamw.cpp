@@ -74,13 +74,15 @@ void grad_norm_partials(const float* g, int64_t n, int64_t c0, int64_t c1, doubl
   }
 }
 
-double flat_grad_norm(const float* g, int64_t n) {
+double flat_sum_of_squares(const float* g, int64_t n) {
   const int64_t chunks = (n + kGradNormChunk - 1) / kGradNormChunk;
   std::vector<double> part(static_cast<size_t>(chunks), 0.0);
   grad_norm_partials(g, n, 0, chunks, part.data());
   double ss = 0.0;
   for (double x : part) ss += x;
-  return std::sqrt(ss);
+  return ss;
 }
+
+double flat_grad_norm(const float* g, int64_t n) { return std::sqrt(flat_sum_of_squares(g, n)); }
 
 }  // namespace ftune

@@ -49,6 +49,8 @@ class FlatAdamW {
 // then the chunks in order (the same bits whatever the thread count).
 inline constexpr int64_t kGradNormChunk = int64_t{1} << 16;
 double flat_grad_norm(const float* g, int64_t n);
+// Its square: the sum of squares of g[n] in the same chunks and order.
+double flat_sum_of_squares(const float* g, int64_t n);
 // The sums of squares of chunks [c0, c1) of a vector of n elements into part[c0, c1); `g` points at
 // element c0 * kGradNormChunk. Adding all chunks' partials in order gives flat_grad_norm's square.
 void grad_norm_partials(const float* g, int64_t n, int64_t c0, int64_t c1, double* part);

@@ -103,7 +103,11 @@ std::string format_estimate(const RunEstimate& e, const LlamaConfig& cfg, const 
                    static_cast<double>(cfg.num_parameters()) / 1e9);
   s += fmt::format("GPU          {} (sm_{}, {:.1f} GiB, {:.0f} dense TFLOP/s){}\n", e.gpu.name, e.gpu.sm, gib(e.gpu.memory),
                    e.gpu.dense_tflops, e.gpu_detected ? ", detected" : "");
-  s += "ranks        1 (the plan is per rank)\n";
+  s += fmt::format("ranks        {} (the plan is per rank{})\n", plan.world,
+                   plan.zero == 3 && plan.world > 1 ? fmt::format("; dist.zero 3: 1/{} of the weights, gradients and "
+                                                                  "optimizer state, one unit gathered at a time",
+                                                                  plan.world)
+                                                    : "");
   s += fmt::format("tokens       {} per micro-batch ({} x {}), {} per step ({} micro-batches)\n", e.tokens_per_micro_batch,
                    plan.micro_batch, e.tokens_per_micro_batch / std::max<int64_t>(plan.micro_batch, 1),
                    e.tokens_per_step, plan.grad_accum);
@@ -113,7 +117,9 @@ std::string format_estimate(const RunEstimate& e, const LlamaConfig& cfg, const 
     s += fmt::format("  {:<12} {:>9.2f} GiB  {}\n", mem_category_name(cat), gib(e.memory[cat]), mem_category_doc(cat));
   }
   s += fmt::format("  {:<12} {:>9.2f} GiB  of {:.1f}; the CUDA context and cuBLAS workspace (about 0.5 GiB) come on top\n",
-                   "total", gib(e.memory.device_total()), gib(e.gpu.memory));
+                   "total", gib(e.memory.device_total()),
+                   plan.max_memory ? gib(std::min<size_t>(e.gpu.memory, static_cast<size_t>(plan.max_memory)))
+                                   : gib(e.gpu.memory));
   s += fmt::format("host memory  {:.2f} GiB pinned, {:.2f} GiB other\n", gib(e.memory.host_pinned), gib(e.memory.host));
   s += fmt::format("step time    about {:.2f} s ({:.1f} TFLOP of model work at {:.0f}% of the GPU's peak{}){}\n",
                    e.step_seconds, e.flops_per_step / 1e12, 100 * kAssumedUtilisation,

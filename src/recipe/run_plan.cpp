@@ -4,6 +4,8 @@
 #include <array>
 #include <utility>
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 
 namespace ftune {
@@ -32,6 +34,40 @@ constexpr std::array<std::pair<const char*, Device>, 3> kDevices{
 
 }  // namespace
 
+int64_t parse_memory_size(const std::string& text, const std::string& key) {
+  static constexpr std::array<std::pair<const char*, double>, 9> kUnits{{{"KiB", 1024.0},
+                                                                         {"MiB", 1048576.0},
+                                                                         {"GiB", 1073741824.0},
+                                                                         {"TiB", 1099511627776.0},
+                                                                         {"KB", 1e3},
+                                                                         {"MB", 1e6},
+                                                                         {"GB", 1e9},
+                                                                         {"TB", 1e12},
+                                                                         {"B", 1.0}}};
+  std::string num = text;
+  double unit = 1.0;
+  for (const auto& [name, factor] : kUnits) {
+    const std::string n = name;
+    if (text.size() > n.size() && text.ends_with(n)) {
+      num = text.substr(0, text.size() - n.size());
+      unit = factor;
+      break;
+    }
+  }
+  while (!num.empty() && num.back() == ' ') num.pop_back();
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(num, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (num.empty() || used != num.size() || !(v > 0) || v * unit > 9e18)
+    fail("{}: '{}' is not a memory size (a positive number with B, KB, MB, GB, KiB, MiB or GiB, e.g. 15GiB)", key,
+         text);
+  return static_cast<int64_t>(v * unit);
+}
+
 RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   const TrainSettings& t = cfg.train;
   RunPlan p;
@@ -47,20 +83,27 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   p.micro_batch = t.micro_batch_size;
   p.grad_accum = t.grad_accum;
   p.zero = static_cast<int>(cfg.dist.zero);
-  if (p.zero == 3)
-    fail("{}: dist.zero=3 (sharded parameters) is not available yet: use dist.zero 1 or 2 (sharded optimizer state "
-         "and gradients) or 0",
-         label);
-  if (p.zero > 0 && p.method != Method::Full)
-    fail("{}: dist.zero={} shards full fine-tuning's optimizer state; train.method {} trains an adapter, which runs "
-         "data parallel (dist.zero 0)",
-         label, p.zero, t.method);
-  if (p.zero > 0 && p.device != Device::Cpu)
-    fail("{}: dist.zero={} is available on the CPU (train.device cpu) in this version; on the GPU use dist.zero 0",
+  if (!t.max_memory.empty()) {
+    p.max_memory = parse_memory_size(t.max_memory, fmt::format("{}: train.max_memory", label));
+    if (p.device == Device::Cpu)
+      fail("{}: train.max_memory caps GPU memory, but train.device is cpu; remove it or set train.device cuda", label);
+  }
+  if (p.zero > 0 && p.optimizer == OptimizerKind::AdamW8bit && t.save_every > 0)
+    fail("{}: checkpoints (train.save_every) of dist.zero={} with train.optimizer adamw_8bit are not available in this "
+         "version: use train.optimizer adamw, or train.save_every 0",
          label, p.zero);
-  if (p.zero > 0 && p.optimizer != OptimizerKind::AdamW)
-    fail("{}: dist.zero={} shards fp32 AdamW moments: set train.optimizer to adamw (not {})", label, p.zero,
+  if (p.zero > 0 && p.method != Method::Full)
+    fail("{}: dist.zero={} shards full fine-tuning's weights and optimizer state; train.method {} trains an adapter, "
+         "which runs data parallel (dist.zero 0)",
+         label, p.zero, t.method);
+  if (p.zero > 0 && p.device == Device::Cpu && p.optimizer != OptimizerKind::AdamW)
+    fail("{}: dist.zero={} on the CPU shards fp32 AdamW moments: set train.optimizer to adamw (not {})", label, p.zero,
          t.optimizer);
+  if (p.zero > 0 && p.optimizer_offload)
+    fail("{}: dist.zero={} with train.optimizer_offload is not available in this version: ZeRO already divides the "
+         "masters and moments by the number of ranks (remove train.optimizer_offload, or use train.optimizer "
+         "adamw_8bit)",
+         label, p.zero);
   if (p.method == Method::Full) {
     for (const std::string& k : cfg.given)
       if (k.starts_with("lora."))

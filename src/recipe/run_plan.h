@@ -29,7 +29,12 @@ struct RunPlan {
   double max_grad_norm = 1.0;        // <= 0: no clipping
   int64_t micro_batch = 1, grad_accum = 1;
   int zero = 0;  // dist.zero: 0 data parallel, 1-3 ZeRO stages (with several ranks)
+  int64_t max_memory = 0;  // train.max_memory in bytes (0: no cap but the GPU's)
+  int world = 1;           // ranks of the run, for planning (ftune plan --ranks; training reads its topology)
 };
+
+// "15GiB", "16000MB", "1.5GB", "123456" (bytes) as bytes; fails naming `key` otherwise.
+int64_t parse_memory_size(const std::string& text, const std::string& key);
 
 // The plan of a recipe. Fails with one line naming `label` and the keys when keys contradict
 // each other or ask for something not available.

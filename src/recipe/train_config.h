@@ -41,6 +41,7 @@ struct TrainSettings {
   bool gradient_checkpointing = false;
   bool offload_activations = false;  // checkpointed layer inputs in pinned host memory (GPU)
   bool optimizer_offload = false;    // full fine-tuning on the GPU: masters and moments on the host
+  std::string max_memory;            // GPU memory cap per rank ("15GiB", "16000MB"); empty = the GPU's
   bool shuffle = true;
   int64_t eval_every = 0;          // 0 = evaluate at the end only
   int64_t log_every = 1;

@@ -135,6 +135,8 @@ class CpuBackend final : public TrainBackend {
 // flat layout only (dist/zero.h) and updates that part of the masters, which the ranks then
 // all-gather; under stage 2 it receives only its part of the summed gradients (reduce-scatter). The
 // arithmetic is the unsharded run's, element for element, so the run is bitwise the data-parallel one.
+// dist.zero 3 with several ranks, which shards the weights too, is train/cpu_zero3_backend.cpp (one
+// rank under dist.zero 3 is this backend unsharded).
 class CpuFullBackend final : public TrainBackend {
  public:
   CpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
@@ -274,6 +276,7 @@ std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const Checkpo
   const bool gpu = device == Device::Cuda || (device == Device::Auto && gpu_available());
   if (opt.plan.method == Method::Full) {
     if (gpu) return make_gpu_full_backend(cfg, ckpt, opt);
+    if (opt.plan.zero == 3 && opt.comm && opt.comm->world() > 1) return make_cpu_zero3_backend(cfg, ckpt, opt);
     return std::make_unique<CpuFullBackend>(cfg, ckpt, opt);
   }
   if (gpu) return make_gpu_backend(cfg, ckpt, lora, opt);

@@ -2,6 +2,7 @@
 // the trainer loop is the same for both. A backend owns the adapter during training, its
 // gradients and its optimizer state (on the GPU all of them stay on the device).
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -14,6 +15,7 @@
 #include "io/checkpoint.h"
 #include "ops/cpu/cross_entropy.h"
 #include "optim/adamw.h"
+#include "params/param_table.h"
 #include "recipe/run_plan.h"
 #include "train/run_checkpoint.h"
 
@@ -31,6 +33,12 @@ class TrainBackend {
   // Loss gradients scaled by grad_scale accumulate in the backend until the next step().
   virtual cpu::CrossEntropyResult forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key) = 0;
   virtual cpu::CrossEntropyResult loss(const Batch& b) = 0;
+  // Whether forward_backward and loss are collective (ZeRO-3 gathers each unit's weights from every
+  // rank as it runs), so that every rank must make the same number of calls.
+  virtual bool collective_forward() const { return false; }
+  // Under collective_forward: this rank's part in the collectives of one loss() of the other ranks,
+  // computing nothing (a rank with no rows left to evaluate).
+  virtual void forward_without_rows() { FT_ASSERT(false && "the forward is not collective"); }
   // Clips the accumulated gradients to a global norm of max_norm (0: no clipping), applies one
   // AdamW update at lr and zeroes the gradients. Returns the norm before clipping, and whether
   // fp16 loss scaling skipped the update (the gradients overflowed).
@@ -40,6 +48,10 @@ class TrainBackend {
   // What trains, as it is now: the adapter (LoRA, QLoRA) or every weight (full fine-tuning).
   virtual void read_adapter(LoraParams& out) const { FT_ASSERT(false && "not a LoRA backend"); }
   virtual void read_weights(LlamaWeights& out) const { FT_ASSERT(false && "not a full fine-tuning backend"); }
+  // Full fine-tuning with the weights spread over the ranks (ZeRO-3): the trained weights one tensor
+  // at a time, for writing the model without holding it whole. Collective: every rank asks for every
+  // tensor, in the same order. Empty when read_weights serves instead.
+  virtual std::function<Tensor(const ParamSpec&)> weight_stream() { return {}; }
   // Checkpoints: the state that continues the run exactly (trainable weights, optimizer moments,
   // step counts, loss scaler).
   virtual BackendState save_state() const = 0;
@@ -68,6 +80,10 @@ struct BackendOptions {
 // tensor). `lora` is the adapter to start from (unused for full fine-tuning).
 std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora,
                                            const BackendOptions& opt);
+
+// Full fine-tuning on the CPU under dist.zero 3, with more than one rank (train/cpu_zero3_backend.cpp).
+std::unique_ptr<TrainBackend> make_cpu_zero3_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
+                                                     const BackendOptions& opt);
 
 // Part of the CUDA build only.
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,

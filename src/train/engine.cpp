@@ -88,6 +88,14 @@ double Engine::validation_loss(const std::vector<Example>& val, int32_t pad, int
     sum += res.loss_sum;
     count += res.count;
   }
+  // A collective forward (ZeRO-3) needs every rank in every forward: a rank whose rows ran out while
+  // rank 0 (which has the most) goes on takes part in the collectives alone, without a batch to
+  // compute (a dummy row would cost a whole forward for a result thrown away).
+  if (W > 1 && backend_.collective_forward()) {
+    const size_t most = (val.size() + micro * W - 1) / (micro * W);
+    const size_t mine = val.size() > micro * r ? (val.size() - micro * r + micro * W - 1) / (micro * W) : 0;
+    for (size_t k = mine; k < most; ++k) backend_.forward_without_rows();
+  }
   if (W > 1) {
     double v[2] = {sum, static_cast<double>(count)};
     comm_->all_reduce_sum(v, 2);

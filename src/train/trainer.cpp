@@ -125,12 +125,14 @@ std::optional<Checkpoint> find_resume(const TrainConfig& cfg, const std::string&
 }
 
 // A resumed run must be the run that was checkpointed: any key that changes what is computed is
-// refused; those that only change how far it goes or what it reports may differ.
+// refused; those that only change how far it goes or what it reports may differ. dist.zero only
+// changes where the state lives (a checkpoint holds it whole, in the parameter table's layout, at
+// every stage), so a run may resume at another stage.
 void check_resumable(const Checkpoint& ck, const TrainConfig& now) {
   static const std::set<std::string> kMayChange = {"output_dir",        "overwrite",      "train.max_steps",
                                                    "train.log_every",   "train.eval_every", "train.save_every",
                                                    "train.keep_last",   "train.resume",   "train.threads",
-                                                   "train.grace_s",     "train.report_to"};
+                                                   "train.grace_s",     "train.report_to", "dist.zero"};
   const TrainConfig before = read_resolved_config(ck.config_yaml, ck.dir + "/config.yaml");
   for (const std::string& d : train_config_differences(before, now))
     if (!kMayChange.count(d.substr(0, d.find(':'))))
@@ -187,8 +189,11 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   std::unique_ptr<FILE, int (*)(FILE*)> devnull(writer ? nullptr : std::fopen("/dev/null", "w"), &std::fclose);
   FILE* log = writer ? stderr : devnull.get();
   if (topo.world > 1)
-    fmt::print(log, "ftune: {} ranks ({} per node, launched by {}), data parallel\n", topo.world, topo.local_world,
-               topo.launcher);
+    fmt::print(log, "ftune: {} ranks ({} per node, launched by {}), {}\n", topo.world, topo.local_world, topo.launcher,
+               plan.zero == 0 ? "data parallel"
+               : plan.zero == 3
+                   ? "ZeRO stage 3 (weights, gradients and optimizer state sharded)"
+                   : fmt::format("ZeRO stage {} (optimizer state{} sharded)", plan.zero, plan.zero == 2 ? " and gradients" : ""));
   const bool full = plan.method == Method::Full;
   LoraParams lora;
   if (full) {
@@ -414,15 +419,22 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     if (report.skipped_steps)
       fmt::print(log, "ftune: {} of {} steps were skipped (fp16 overflow; the loss scale was lowered)\n",
                  report.skipped_steps, ts.max_steps);
+    // Under ZeRO-3 the weights are spread over the ranks: every rank takes part in gathering them,
+    // tensor by tensor in the order rank 0 writes them, so no rank ever holds the whole model.
+    const ParamTable table = ParamTable::full(mcfg);
+    const std::function<Tensor(const ParamSpec&)> stream = full ? model->weight_stream() : nullptr;
+    LlamaWeights trained;
+    if (full && !stream && (writer || model->collective_state())) model->read_weights(trained);
     if (!writer) {  // rank 0 writes the result
+      if (stream)
+        for (const ParamSpec& s : table.specs()) stream(s);
       report.wrote_outputs = false;
       return report;
     }
-    if (full) {
-      LlamaWeights trained;
-      model->read_weights(trained);
-      save_hf_model(out->staging_dir(), cfg.model, ParamTable::full(mcfg), trained,
-                    ckpt.info("model.embed_tokens.weight").dtype);
+    if (full && stream) {
+      save_hf_model(out->staging_dir(), cfg.model, table, stream, ckpt.info("model.embed_tokens.weight").dtype);
+    } else if (full) {
+      save_hf_model(out->staging_dir(), cfg.model, table, trained, ckpt.info("model.embed_tokens.weight").dtype);
     } else {
       model->read_adapter(lora);
       save_peft_adapter(out->staging_dir(), lora, cfg.model);

@@ -64,6 +64,45 @@ expect_fail_last() {
   judge "$name" "^ftune: error: .*$re" "$rc" "$(printf '%s\n' "$err" | grep . | tail -1)"
 }
 
+# compare A B TOL_LOSS TOL_WEIGHTS: per-step losses, gradient norms and validation losses within
+# TOL_LOSS relative, every saved tensor within TOL_WEIGHTS (0 0: bit for bit).
+compare() {
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
+import json, math, struct, sys, glob, os
+a, b, tol_l, tol_w = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+def rows(d):
+    return [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
+ra, rb = rows(a), rows(b)
+assert len(ra) == len(rb), (len(ra), len(rb))
+worst = wl = 0.0
+for x, y in zip(ra, rb):
+    for k in ("loss", "val_loss", "grad_norm"):
+        if k in x:
+            wl = max(wl, abs(x[k] - y[k]) / abs(x[k]))
+def tensors(d):
+    out = {}
+    for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+        raw = open(f, "rb").read(); n = struct.unpack("<Q", raw[:8])[0]; h = json.loads(raw[8:8 + n])
+        for k, v in h.items():
+            if k == "__metadata__": continue
+            s, e = v["data_offsets"]; fmt = {"F32": "f", "BF16": "H"}[v["dtype"]]
+            vals = struct.unpack("<%d%s" % ((e - s) // struct.calcsize(fmt), fmt), raw[8 + n + s:8 + n + e])
+            if fmt == "H": vals = [struct.unpack("<f", struct.pack("<I", x << 16))[0] for x in vals]
+            out[k] = vals
+    return out
+ta, tb = tensors(a), tensors(b)
+assert ta.keys() == tb.keys() and ta, (ta.keys(), tb.keys())
+for k in ta:
+    num = math.sqrt(sum((x - y) ** 2 for x, y in zip(ta[k], tb[k]))); den = math.sqrt(sum(x * x for x in ta[k])) or 1
+    worst = max(worst, num / den)
+print("losses and norms: worst rel diff %.2e; saved tensors %.2e" % (wl, worst))
+assert wl <= tol_l and worst <= tol_w, (wl, worst)
+PY
+}
+check() {  # check NAME A B TOL_LOSS TOL_WEIGHTS
+  if out=$(compare "$2" "$3" "$4" "$5" 2>&1); then echo "ok   $1: $out"; else echo "FAIL $1: $out"; fails=$((fails + 1)); fi
+}
+
 finish() {
   if [ "$fails" -gt 0 ]; then echo "$fails check(s) failed"; exit 1; fi
   echo "all checks passed"

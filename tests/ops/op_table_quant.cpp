@@ -93,21 +93,22 @@ TEST(GpuOps, Nf4Quantize) {
   run_cases(ctx, quantize_rows());
 }
 
-// ---- dequantization to bf16 ----
+// ---- dequantization to bf16 and fp16 ----
 
-// shift: byte offset of packed and element offset of out off their alignment.
-OpCase dequantize_case(int64_t n, int64_t bs, bool nested, int64_t shift) {
+// shift: byte offset of packed and element offset of out off their alignment. dt: the output's
+// storage (bf16, or fp16 for the T4).
+OpCase dequantize_case(int64_t n, int64_t bs, bool nested, int64_t shift, Dtype dt) {
   OpCase c;
-  c.name = "nf4_dequantize_bf16 n " + std::to_string(n) + " bs " + std::to_string(bs) +
-           (nested ? " nested" : " fp32-absmax") + " shift " + std::to_string(shift) + " bf16";
-  c.dtype = Dtype::BF16;                        // the output's storage
+  c.name = "nf4_dequantize n " + std::to_string(n) + " bs " + std::to_string(bs) +
+           (nested ? " nested" : " fp32-absmax") + " shift " + std::to_string(shift) + " " + dtype_name(dt);
+  c.dtype = dt;                                 // the output's storage
   c.inputs = {{"x", n, 0, 1, false}};           // the weight quantized on the host from fp32
   c.prepare = [](Tensors& t, Rng&) { set_edges(t.f["x"]); };
   c.reference = [=](const Tensors& t) {
     const Nf4Tensor q = nf4_quantize(t.at("x").data(), {n}, bs, nested);
     Floats ref(n);
     nf4_dequantize(q, ref.data());
-    return Outputs{{"out", round_to(Dtype::BF16, ref)}};
+    return Outputs{{"out", round_to(dt, ref)}};
   };
   c.launch = [=](const cuda::Context& ctx, const Tensors& t) {
     const Nf4Tensor q = nf4_quantize(t.at("x").data(), {n}, bs, nested);
@@ -119,12 +120,16 @@ OpCase dequantize_case(int64_t n, int64_t bs, bool nested, int64_t shift) {
     void* o = out.as<uint16_t>() + shift;
     if (nested) {
       auto aq = DeviceBuffer::from(q.absmax_q), a2 = DeviceBuffer::from(q.absmax2), code2 = DeviceBuffer::from(code2_host());
-      cuda::nf4_dequantize_bf16(ctx, packed, aq.as<uint8_t>(), a2.as<float>(), q.offset, code2.as<float>(), n, bs, o);
-      return Outputs{{"out", download(ctx, Dtype::BF16, out, n, shift)}};
+      if (dt == Dtype::BF16)  // the bf16 entry point, which QLoRA on bf16 GPUs calls
+        cuda::nf4_dequantize_bf16(ctx, packed, aq.as<uint8_t>(), a2.as<float>(), q.offset, code2.as<float>(), n, bs, o);
+      else
+        cuda::nf4_dequantize(ctx, storage(dt), packed, aq.as<uint8_t>(), a2.as<float>(), q.offset, code2.as<float>(),
+                             n, bs, o);
+      return Outputs{{"out", download(ctx, dt, out, n, shift)}};
     }
     auto a = DeviceBuffer::from(q.absmax);
-    cuda::nf4_dequantize_bf16(ctx, packed, a.as<float>(), n, bs, o);
-    return Outputs{{"out", download(ctx, Dtype::BF16, out, n, shift)}};
+    cuda::nf4_dequantize(ctx, storage(dt), packed, a.as<float>(), n, bs, o);
+    return Outputs{{"out", download(ctx, dt, out, n, shift)}};
   };
   c.checks = {{"out", 0.0, "round to nearest even of the CPU's exact fp32 value (no FMA): bit for bit"}};
   return c;
@@ -137,7 +142,8 @@ TEST(GpuOps, Nf4Dequantize) {
   for (int64_t bs : {32, 64, 256})
     for (int64_t n : {int64_t{5}, int64_t{64 * 33 + 3}, int64_t{1} << 20, (int64_t{1} << 20) + 24})
       for (bool nested : {true, false})
-        for (int64_t shift : {0, 1}) rows.push_back(dequantize_case(n, bs, nested, shift));
+        for (int64_t shift : {0, 1})
+          for (Dtype dt : {Dtype::BF16, Dtype::F16}) rows.push_back(dequantize_case(n, bs, nested, shift, dt));
   run_cases(ctx, rows);
 }
 

@@ -50,13 +50,17 @@ __device__ __forceinline__ uint64_t mix64(uint64_t z) {
 }
 
 template <typename T>
-__global__ void fill_normal_kernel(T* p, int64_t n, uint64_t seed, float mean, float std) {
+__global__ void fill_normal_kernel(T* p, int64_t n, uint64_t seed, float mean, float std, int64_t first) {
   FT_GRID_STRIDE(i, n) {  // Box-Muller on two 24-bit uniforms from one 64-bit hash
-    const uint64_t z = mix64(seed + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ull);
+    const uint64_t z = mix64(seed + (static_cast<uint64_t>(i + first) + 1) * 0x9E3779B97F4A7C15ull);
     const float u1 = (static_cast<float>(z >> 40) + 1.0f) * (1.0f / 16777217.0f);
     const float u2 = static_cast<float>((z >> 16) & 0xFFFFFFu) * (1.0f / 16777216.0f);
     st(p, i, mean + std * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2));
   }
+}
+
+__global__ void add_into_kernel(const float* x, float* acc, int64_t n) {
+  FT_GRID_STRIDE(i, n) acc[i] += x[i];
 }
 
 __global__ void gather_rows_kernel(const float* table, const int32_t* idx, int64_t n, int64_t width, float* out) {
@@ -112,12 +116,19 @@ void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float
   FT_CUDA_LAUNCH();
 }
 
-void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std) {
+void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std,
+                 int64_t first) {
   if (n <= 0) return;
   dispatch(s, [&](auto* t) {
     using T = std::remove_pointer_t<decltype(t)>;
-    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<T*>(p), n, seed, mean, std);
+    fill_normal_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<T*>(p), n, seed, mean, std, first);
   });
+  FT_CUDA_LAUNCH();
+}
+
+void add_into(const Context& ctx, const float* x, float* acc, int64_t n) {
+  if (n <= 0) return;
+  add_into_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(x, acc, n);
   FT_CUDA_LAUNCH();
 }
 

@@ -18,8 +18,13 @@ void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float
                           int64_t n);
 
 // p[n] (storage s) = mean + std * N(0, 1), a counter-based draw from (seed, index): the same
-// values on every run and device (random weights for benchmarks).
-void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std);
+// values on every run and device (random weights for benchmarks). `first`: the index of p[0] in
+// the whole draw, so a piece of a tensor (a ZeRO-3 shard) gets the values the whole tensor would.
+void fill_normal(const Context& ctx, Storage s, void* p, int64_t n, uint64_t seed, float mean, float std,
+                 int64_t first = 0);
+
+// acc[n] += x[n], fp32 (ZeRO-3: a reduce-scattered gradient piece into the step's accumulator).
+void add_into(const Context& ctx, const float* x, float* acc, int64_t n);
 
 // out[i, :] = table[idx[i], :] for i < n; rows of `width` fp32.
 void gather_rows(const Context& ctx, const float* table, const int32_t* idx, int64_t n, int64_t width, float* out);

@@ -554,7 +554,9 @@ void backward_d(const Context& ctx, Args p, int64_t batch) {
 bool flash_attention_supported(const Context& ctx, const AttnShape& a) {
   if (ctx.sm_version() < 80 || (a.head_dim != 64 && a.head_dim != 128)) return false;
   if (a.heads <= 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return false;
-  // A kernel image for this device (a build without sm_80+ code only has empty bodies).
+  // Kernels compiled for sm_80 or newer: a build with only sm_75 code has empty bodies, and on a
+  // newer GPU the driver JIT-compiles its sm_75 PTX, so the image's binary version is the GPU's while
+  // its PTX version stays 75.
   cudaFuncAttributes attr{};
   const cudaError_t err = a.head_dim == 64 ? cudaFuncGetAttributes(&attr, bwd_kernel<64, true>)
                                            : cudaFuncGetAttributes(&attr, bwd_kernel<128, true>);
@@ -562,7 +564,7 @@ bool flash_attention_supported(const Context& ctx, const AttnShape& a) {
     cudaGetLastError();
     return false;
   }
-  if (attr.binaryVersion < 80) return false;
+  if (attr.binaryVersion < 80 || attr.ptxVersion < 80) return false;
   int optin = 0;
   FT_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx.device()));
   const size_t need = a.head_dim == 64 ? Bwd<64>::kSmem : Bwd<128>::kSmem;

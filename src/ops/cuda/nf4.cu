@@ -1,8 +1,9 @@
 // NF4 kernels: quantization (one warp per block, the CPU reference's operations in the same
-// order), double quantization of the block scales, the vectorized dequantization to bf16, and a
+// order), double quantization of the block scales, the vectorized dequantization to bf16 or fp16, and a
 // random fill. The NF4 table and thresholds are repeated here from quant/nf4.cpp (ftune_cuda cannot
 // link against ftune_lib); the GPU tests compare both bit for bit.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cfloat>
 #include <cstdint>
@@ -42,6 +43,10 @@ void check_blocksize(const char* who, int64_t bs, int64_t n) {
   if (bs < 32 || bs > 4096 || (bs & (bs - 1)) != 0)
     fail("cuda::{}: blocksize {} is not one of 32, 64, ..., 4096", who, bs);
   if (n < 0) fail("cuda::{}: negative element count {}", who, n);
+}
+
+void check_half_storage(Storage s) {
+  if (s != Storage::BF16 && s != Storage::F16) fail("cuda::nf4_dequantize: the output must be bf16 or fp16");
 }
 
 __device__ __forceinline__ float reciprocal(float m, Nf4Reciprocal r) {
@@ -160,7 +165,19 @@ constexpr int kDequantItems = 4;  // 32-bit words (8 elements each) per thread
 // Thread t of a tile handles words tile + k*256 + t, so every load (128 B a warp) and every
 // 16-byte store (512 B a warp) is contiguous across the warp. A word's 8 elements share a block
 // because blocksize >= 32.
-template <class Scale>
+// Two values rounded to the output storage (bf16 or fp16: the T4 path), packed in 32 bits.
+template <bool kHalf>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (kHalf) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+template <class Scale, bool kHalf>
 __global__ void __launch_bounds__(kDequantThreads)
     nf4_dequant_kernel(const uint32_t* packed, int64_t nwords, int log2_bs, Scale scale, Nf4Table table, uint4* out) {
   __shared__ float lut[16];  // 16 words in 16 banks: lookups never conflict
@@ -187,9 +204,7 @@ __global__ void __launch_bounds__(kDequantThreads)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // byte j (lowest address first) = elements 2j (high nibble), 2j+1
       const uint32_t byte = (w[k] >> (8 * j)) & 0xffu;
-      const __nv_bfloat162 h =
-          __floats2bfloat162_rn(__fmul_rn(lut[byte >> 4], a[k]), __fmul_rn(lut[byte & 15u], a[k]));
-      o[j] = *reinterpret_cast<const uint32_t*>(&h);
+      o[j] = pack2<kHalf>(__fmul_rn(lut[byte >> 4], a[k]), __fmul_rn(lut[byte & 15u], a[k]));
     }
     out[i] = make_uint4(o[0], o[1], o[2], o[3]);
   }
@@ -197,18 +212,22 @@ __global__ void __launch_bounds__(kDequantThreads)
 
 // Elements [begin, n), one a thread: the tail after the vectorized part, or everything when the
 // pointers are not aligned for it.
-template <class Scale>
+template <class Scale, bool kHalf>
 __global__ void nf4_dequant_scalar_kernel(const uint8_t* packed, int64_t begin, int64_t n, int log2_bs, Scale scale,
-                                          Nf4Table table, __nv_bfloat16* out) {
+                                          Nf4Table table, uint16_t* out) {
   for (int64_t e = begin + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint32_t byte = packed[e >> 1];
     const uint32_t nib = (e & 1) ? byte & 15u : byte >> 4;
-    out[e] = __float2bfloat16_rn(__fmul_rn(table.v[nib], scale(e >> log2_bs)));
+    const float v = __fmul_rn(table.v[nib], scale(e >> log2_bs));
+    if constexpr (kHalf)
+      out[e] = __half_as_ushort(__float2half_rn(v));
+    else
+      out[e] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
   }
 }
 
-template <class Scale>
+template <bool kHalf, class Scale>
 void launch_dequant(const Context& ctx, const uint8_t* packed, int64_t n, int64_t blocksize, Scale scale, void* out) {
   if (n == 0) return;
   const int log2_bs = __builtin_ctzll(static_cast<unsigned long long>(blocksize));
@@ -217,14 +236,13 @@ void launch_dequant(const Context& ctx, const uint8_t* packed, int64_t n, int64_
   if (nwords > 0) {
     const int64_t per_cta = int64_t{kDequantThreads} * kDequantItems;
     const auto grid = static_cast<unsigned>((nwords + per_cta - 1) / per_cta);
-    nf4_dequant_kernel<<<grid, kDequantThreads, 0, ctx.stream()>>>(reinterpret_cast<const uint32_t*>(packed), nwords,
-                                                                   log2_bs, scale, nf4_table(),
-                                                                   static_cast<uint4*>(out));
+    nf4_dequant_kernel<Scale, kHalf><<<grid, kDequantThreads, 0, ctx.stream()>>>(
+        reinterpret_cast<const uint32_t*>(packed), nwords, log2_bs, scale, nf4_table(), static_cast<uint4*>(out));
     FT_CUDA_LAUNCH();
   }
   if (nwords * 8 < n) {
-    nf4_dequant_scalar_kernel<<<grid_for(n - nwords * 8), 256, 0, ctx.stream()>>>(
-        packed, nwords * 8, n, log2_bs, scale, nf4_table(), static_cast<__nv_bfloat16*>(out));
+    nf4_dequant_scalar_kernel<Scale, kHalf><<<grid_for(n - nwords * 8), 256, 0, ctx.stream()>>>(
+        packed, nwords * 8, n, log2_bs, scale, nf4_table(), static_cast<uint16_t*>(out));
     FT_CUDA_LAUNCH();
   }
 }
@@ -276,14 +294,33 @@ void nf4_quantize_absmax(const Context& ctx, const float* absmax, int64_t nblock
 
 void nf4_dequantize_bf16(const Context& ctx, const uint8_t* packed, const uint8_t* absmax_q, const float* absmax2,
                          float offset, const float* code2, int64_t n, int64_t blocksize, void* out_bf16) {
-  check_blocksize("nf4_dequantize_bf16", blocksize, n);
-  launch_dequant(ctx, packed, n, blocksize, NestedScale{absmax_q, absmax2, code2, offset}, out_bf16);
+  nf4_dequantize(ctx, Storage::BF16, packed, absmax_q, absmax2, offset, code2, n, blocksize, out_bf16);
 }
 
 void nf4_dequantize_bf16(const Context& ctx, const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
                          void* out_bf16) {
-  check_blocksize("nf4_dequantize_bf16", blocksize, n);
-  launch_dequant(ctx, packed, n, blocksize, PlainScale{absmax}, out_bf16);
+  nf4_dequantize(ctx, Storage::BF16, packed, absmax, n, blocksize, out_bf16);
+}
+
+void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const uint8_t* absmax_q,
+                    const float* absmax2, float offset, const float* code2, int64_t n, int64_t blocksize, void* out) {
+  check_blocksize("nf4_dequantize", blocksize, n);
+  check_half_storage(out_storage);
+  const NestedScale sc{absmax_q, absmax2, code2, offset};
+  if (out_storage == Storage::F16)
+    launch_dequant<true>(ctx, packed, n, blocksize, sc, out);
+  else
+    launch_dequant<false>(ctx, packed, n, blocksize, sc, out);
+}
+
+void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const float* absmax, int64_t n,
+                    int64_t blocksize, void* out) {
+  check_blocksize("nf4_dequantize", blocksize, n);
+  check_half_storage(out_storage);
+  if (out_storage == Storage::F16)
+    launch_dequant<true>(ctx, packed, n, blocksize, PlainScale{absmax}, out);
+  else
+    launch_dequant<false>(ctx, packed, n, blocksize, PlainScale{absmax}, out);
 }
 
 void nf4_fill_random(const Context& ctx, uint8_t* packed, uint8_t* absmax_q, float* absmax2, int64_t n,

@@ -35,6 +35,14 @@ void nf4_dequantize_bf16(const Context& ctx, const uint8_t* packed, const uint8_
 void nf4_dequantize_bf16(const Context& ctx, const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
                          void* out_bf16);
 
+// The same two into bf16 or fp16 (out_storage): fp16 is the T4's QLoRA (bitsandbytes dequantizes
+// into the compute dtype, torch_dtype=float16 there); the values are the same fp32 products, rounded
+// to the output's format.
+void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const uint8_t* absmax_q,
+                    const float* absmax2, float offset, const float* code2, int64_t n, int64_t blocksize, void* out);
+void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const float* absmax, int64_t n,
+                    int64_t blocksize, void* out);
+
 // Random nested NF4 data made on the device from `seed`: packed [(n+1)/2] codes uniform over the
 // 16 values (NF4 bins hold equal mass of a normal, so real weights look the same), absmax_q
 // [nblocks] uniform bytes, absmax2 [ceil(nblocks/256)] = 0.2 * absmax_mean. Dequantize with
