@@ -1,5 +1,5 @@
 // The live progress line on the terminal: step/total, loss, lr, gradient norm, tokens/s, memory in
-// use (device memory on the GPU, resident memory on the CPU), ETA.
+// use (device memory on the GPU, resident memory on the CPU), ETA, and the fp16 steps skipped so far.
 #pragma once
 #include <cstdint>
 #include <cstdio>

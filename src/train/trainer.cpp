@@ -354,6 +354,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       sm.grad_norm = r.grad_norm;
       sm.skipped = r.skipped;
       report.skipped_steps += r.skipped;
+      sm.skipped_steps = report.skipped_steps;
       const auto now = std::chrono::steady_clock::now();
       sm.tokens = r.tokens;
       sm.tokens_per_s = static_cast<double>(r.tokens) / std::chrono::duration<double>(now - ts0).count();

@@ -19,6 +19,7 @@ struct StepMetrics {
   double tokens_per_s = 0.0;
   double elapsed_s = 0.0;
   bool skipped = false;    // fp16 loss scaling skipped the update (overflowed gradients)
+  int64_t skipped_steps = 0;  // steps skipped so far in the run (this one included)
   double memory_gib = 0.0; // memory in use: the run's device memory on the GPU, the process's resident memory on the CPU
 };
 
