@@ -35,24 +35,6 @@ struct Args {
   std::string system;
 };
 
-// A text prompt as the first user turn of a chat in `name`'s template, up to the assistant's turn
-// (the pieces the template trains, the answer and its end-of-turn, are cut off).
-std::vector<int32_t> chat_prompt(const std::string& name, const std::string& system, const std::string& text,
-                                 const Tokenizer& tok) {
-  Sample s;
-  s.kind = Sample::Kind::Chat;
-  if (!system.empty()) s.turns.push_back({"system", system});
-  s.turns.push_back({"user", text});
-  s.turns.push_back({"assistant", ""});
-  TemplateOptions o;
-  o.name = name;
-  std::vector<Piece> pieces = render(s, o, tok);
-  while (!pieces.empty() && pieces.back().trained) pieces.pop_back();
-  std::vector<int32_t> ids, labels;
-  tokenize_pieces(pieces, tok, name, &ids, &labels);
-  return ids;
-}
-
 void run(const Args& a) {
   if (a.prompt.empty() == a.input.empty()) fail("generate: give one of --prompt TEXT or --input rows.jsonl");
   if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0, got {}", a.max_new_tokens);
@@ -85,7 +67,12 @@ void run(const Args& a) {
   }
   auto encode = [&](const std::string& text) {
     need_tokenizer();
-    if (!chat.empty()) return chat_prompt(chat, a.system, text, *tok);
+    if (!chat.empty()) {  // the text as the first user turn, the prompt ending where the answer begins
+      std::vector<Turn> turns;
+      if (!a.system.empty()) turns.push_back({"system", a.system});
+      turns.push_back({"user", text});
+      return chat_prompt_ids(chat, turns, *tok);
+    }
     std::vector<int32_t> ids;
     if (!a.no_bos && tok->bos_id() >= 0) ids.push_back(tok->bos_id());
     const auto t = tok->encode(text);

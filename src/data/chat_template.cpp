@@ -177,7 +177,7 @@ void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, con
   }
 }
 
-std::string detect_chat_template(const std::string& model_dir) {
+std::string chat_template_source(const std::string& model_dir) {
   const auto path = std::filesystem::path(model_dir) / "tokenizer_config.json";
   std::ifstream f(path);
   if (!f) return "";
@@ -193,10 +193,36 @@ std::string detect_chat_template(const std::string& model_dir) {
   if (ct.is_string()) t = ct.get<std::string>();
   else if (ct.is_array())  // a list of named templates: the default one
     for (const auto& e : ct)
-      if (e.is_object() && e.value("name", "") == "default" && e.contains("template")) t = e["template"].dump();
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+        t = e["template"].get<std::string>();
+  return t;
+}
+
+std::string detect_chat_template(const std::string& model_dir) {
+  const std::string t = chat_template_source(model_dir);
   if (t.find("<|start_header_id|>") != std::string::npos) return "llama3";
   if (t.find("[INST]") != std::string::npos) return "llama2";
   if (t.find("<|im_start|>") != std::string::npos) return "chatml";
+  return "";
+}
+
+std::vector<int32_t> chat_prompt_ids(const std::string& name, const std::vector<Turn>& turns, const Tokenizer& tok) {
+  Sample s;
+  s.kind = Sample::Kind::Chat;
+  s.turns = turns;
+  s.turns.push_back({"assistant", ""});
+  TemplateOptions o;
+  o.name = name;
+  std::vector<Piece> pieces = render(s, o, tok);
+  while (!pieces.empty() && pieces.back().trained) pieces.pop_back();
+  std::vector<int32_t> ids, labels;
+  tokenize_pieces(pieces, tok, name, &ids, &labels);
+  return ids;
+}
+
+std::string end_of_turn_token(const std::string& name) {
+  if (name == "llama3") return "<|eot_id|>";
+  if (name == "chatml") return "<|im_end|>";
   return "";
 }
 

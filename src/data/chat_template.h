@@ -36,5 +36,14 @@ void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, con
 // The template a model's tokenizer_config.json chat_template belongs to (llama3, llama2, chatml),
 // or "" when there is none or it is not one ftune knows.
 std::string detect_chat_template(const std::string& model_dir);
+// The chat_template text of a model's tokenizer_config.json (the Jinja source; of a list of
+// named templates, the default one), or "" when there is none.
+std::string chat_template_source(const std::string& model_dir);
+
+// A conversation's ids in template `name` up to where the assistant's next answer begins: the
+// turns, then an assistant turn cut before its answer (the pieces the template trains).
+std::vector<int32_t> chat_prompt_ids(const std::string& name, const std::vector<Turn>& turns, const Tokenizer& tok);
+// The special token that ends an assistant turn in template `name` ("" where it is the EOS).
+std::string end_of_turn_token(const std::string& name);
 
 }  // namespace ftune

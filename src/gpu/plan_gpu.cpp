@@ -2,6 +2,7 @@
 // the detected GPU.
 #include <algorithm>
 
+#include "core/error.h"
 #include "gpu/llama_gpu.h"
 #include "gpu/run_options.h"
 #include "ops/cuda/context.h"
@@ -18,6 +19,9 @@ MemoryPlan plan_gpu_memory(const LlamaConfig& cfg, const LoraSpec* spec, const R
   GpuModelOptions o = gpu_model_options(plan, plan.micro_batch, max_seq, gpu.sm, gpu.name);
   if (plan.method == Method::Full && plan.zero == 3 && plan.world > 1) o.zero3_world = plan.world;
   const LoraSpec* s = plan.method == Method::Full ? nullptr : spec;
+  if (plan.max_memory && static_cast<size_t>(plan.max_memory) > gpu.memory)
+    fail("train.max_memory: {:.2f} GiB is more than the {:.2f} GiB a {} has", plan.max_memory / 1073741824.0,
+         gpu.memory / 1073741824.0, gpu.name);
   size_t limit = gpu.memory;
   if (plan.max_memory) limit = std::min(limit, static_cast<size_t>(plan.max_memory));  // train.max_memory
   const size_t free = limit > kContextBytes ? limit - kContextBytes : 0;

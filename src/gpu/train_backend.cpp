@@ -192,6 +192,11 @@ class GpuBackend final : public TrainBackend {
     }
     if (opt.plan.max_memory) {
       const size_t cap = static_cast<size_t>(opt.plan.max_memory);
+      size_t free = 0, total = 0;
+      cuda::memory_info(free, total);
+      if (cap > total)
+        fail("train.max_memory: {:.2f} GiB is more than the {:.2f} GiB this {} has", static_cast<double>(cap) / kGiB,
+             static_cast<double>(total) / kGiB, ctx.name());
       if (held >= cap)
         fail("train.max_memory: {:.2f} GiB is less than the {:.2f} GiB this process already holds on the GPU (the CUDA "
              "context and cuBLAS workspace)",

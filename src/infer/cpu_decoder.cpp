@@ -1,8 +1,10 @@
-// CpuDecoder: one token through every layer with the cache, then the final norm and lm_head.
+// BatchDecoder: a batch of rows through every layer with the caches, then the final norm and
+// lm_head for the rows that want logits; CpuDecoder on top of it, one row per step.
 #include "infer/cpu_decoder.h"
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "model/rope.h"
@@ -13,73 +15,137 @@
 
 namespace ftune {
 
-CpuDecoder::CpuDecoder(const LlamaConfig& cfg, const LlamaWeights& w, int64_t rows, int64_t max_len)
-    : cfg_(cfg), w_(w), max_len_(max_len), inv_freq_(rope_inv_freq(cfg)) {
-  const int64_t L = cfg.num_hidden_layers, KV = cfg.kv_dim();
-  k_.assign(static_cast<size_t>(rows * L), std::vector<float>(static_cast<size_t>(max_len * KV)));
-  v_ = k_;
-  len_.assign(static_cast<size_t>(rows), 0);
-  x_.resize(cfg.hidden_size), n_.resize(cfg.hidden_size), q_.resize(cfg.q_dim()), k1_.resize(KV), v1_.resize(KV);
-  att_.resize(cfg.q_dim()), gate_.resize(cfg.intermediate_size), up_.resize(cfg.intermediate_size);
-  scores_.resize(max_len), logits_.resize(cfg.vocab_size);
+KvCache::KvCache(const LlamaConfig& cfg, int64_t capacity)
+    : cap_(capacity), k_(static_cast<size_t>(cfg.num_hidden_layers * capacity * cfg.kv_dim())), v_(k_.size()) {}
+
+BatchDecoder::BatchDecoder(const LlamaConfig& cfg, const LlamaWeights& w)
+    : cfg_(cfg), w_(w), inv_freq_(rope_inv_freq(cfg)) {}
+
+void BatchDecoder::project(const std::vector<DecodeRow>& rows, int64_t layer, Proj p, const float* x, float* y,
+                           float beta) {
+  const int pi = static_cast<int>(p);
+  const auto [out, in] = proj_shape(cfg_, p);
+  const int64_t n = static_cast<int64_t>(rows.size());
+  cpu::linear(x, w_.layers[layer].proj[pi].ptr(), y, n, in, out, beta);
+  for (int64_t b = 0; b < n;) {
+    const LoraParams* a = rows[b].adapter;
+    int64_t e = b + 1;
+    while (e < n && rows[e].adapter == a) ++e;
+    if (a && a->layers[layer][pi].active()) {
+      const LoraPair& pair = a->layers[layer][pi];
+      const int64_t r = pair.a.dim(0), m = e - b;
+      if (t_.size() < static_cast<size_t>(m * r)) t_.resize(static_cast<size_t>(m * r));
+      cpu::linear(x + b * in, pair.a.ptr(), t_.data(), m, in, r);
+      cpu::gemm(false, true, m, out, r, a->spec.scaling(), t_.data(), pair.b.ptr(), 1.0f, y + b * out);
+    }
+    b = e;
+  }
 }
 
-const std::vector<float>& CpuDecoder::step(int64_t row, int32_t token) {
+const std::vector<float>& BatchDecoder::forward(const std::vector<DecodeRow>& rows) {
+  const int64_t n = static_cast<int64_t>(rows.size());
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size, Q = cfg_.q_dim(), KV = cfg_.kv_dim();
   const int64_t d = cfg_.head_dim, heads = cfg_.num_attention_heads, kvh = cfg_.num_key_value_heads;
-  const int64_t pos = len_[row];
-  if (pos >= max_len_) fail("generation: row {} reached the planned length of {} tokens", row, max_len_);
-  if (token < 0 || token >= cfg_.vocab_size) fail("generation: token id {} is outside the vocabulary of {}", token, cfg_.vocab_size);
+  const int64_t L = cfg_.num_hidden_layers, V = cfg_.vocab_size;
+  logits_.clear();
+  if (n == 0) return logits_;
+  // Each row's position: its cache's length plus the rows of the same cache before it here. Checked
+  // before anything is written, so a refused batch leaves every cache as it was.
+  pos_.resize(static_cast<size_t>(n));
+  std::unordered_map<const KvCache*, int64_t> added;
+  int64_t wanted = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const DecodeRow& row = rows[r];
+    if (row.token < 0 || row.token >= V) fail("generation: token id {} is outside the vocabulary of {}", row.token, V);
+    const int64_t pos = row.cache->len_ + added[row.cache]++;
+    if (pos >= row.cache->cap_) fail("generation: a sequence reached its planned length of {} tokens", row.cache->cap_);
+    pos_[r] = static_cast<int32_t>(pos);
+    wanted += row.logits ? 1 : 0;
+  }
+  auto fit = [](std::vector<float>& v, int64_t size) {
+    if (v.size() < static_cast<size_t>(size)) v.resize(static_cast<size_t>(size));
+  };
+  fit(x_, n * H), fit(n_, n * H), fit(rstd_, n), fit(q_, n * Q), fit(k_, n * KV), fit(v_, n * KV);
+  fit(att_, n * Q), fit(gate_, n * I), fit(up_, n * I);
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  std::copy_n(w_.embed.ptr() + static_cast<int64_t>(token) * H, H, x_.begin());
-  const int32_t p32 = static_cast<int32_t>(pos);
-  rope_tables(inv_freq_, &p32, 1, cos_, sin_);
+  for (int64_t r = 0; r < n; ++r)
+    std::copy_n(w_.embed.ptr() + static_cast<int64_t>(rows[r].token) * H, H, x_.begin() + r * H);
+  rope_tables(inv_freq_, pos_.data(), n, cos_, sin_);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  float rstd = 0;
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const LayerWeights& Lw = w_.layers[l];
-    std::vector<float>& kc = k_[static_cast<size_t>(row * cfg_.num_hidden_layers + l)];
-    std::vector<float>& vc = v_[static_cast<size_t>(row * cfg_.num_hidden_layers + l)];
-    cpu::rmsnorm_forward(x_.data(), Lw.input_norm.ptr(), n_.data(), &rstd, 1, H, eps);
-    cpu::linear(n_.data(), Lw.proj[static_cast<int>(Proj::Q)].ptr(), q_.data(), 1, H, Q);
-    cpu::linear(n_.data(), Lw.proj[static_cast<int>(Proj::K)].ptr(), k1_.data(), 1, H, KV);
-    cpu::linear(n_.data(), Lw.proj[static_cast<int>(Proj::V)].ptr(), v1_.data(), 1, H, KV);
-    cpu::rope_forward(q_.data(), cos_.data(), sin_.data(), 1, heads, d);
-    cpu::rope_forward(k1_.data(), cos_.data(), sin_.data(), 1, kvh, d);
-    std::copy(k1_.begin(), k1_.end(), kc.begin() + pos * KV);
-    std::copy(v1_.begin(), v1_.end(), vc.begin() + pos * KV);
-    for (int64_t h = 0; h < heads; ++h) {  // causal attention of the new token over the cache
-      const int64_t g = h / (heads / kvh);
-      const float* qh = q_.data() + h * d;
-      float mx = -INFINITY;
-      for (int64_t t = 0; t <= pos; ++t) {
-        const float* kt = kc.data() + t * KV + g * d;
-        float s = 0;
-        for (int64_t i = 0; i < d; ++i) s += qh[i] * kt[i];
-        scores_[t] = s * scale;
-        mx = std::max(mx, scores_[t]);
-      }
-      double sum = 0;
-      for (int64_t t = 0; t <= pos; ++t) sum += (scores_[t] = std::exp(scores_[t] - mx));
-      float* out = att_.data() + h * d;
-      std::fill(out, out + d, 0.0f);
-      for (int64_t t = 0; t <= pos; ++t) {
-        const float p = static_cast<float>(scores_[t] / sum);
-        const float* vt = vc.data() + t * KV + g * d;
-        for (int64_t i = 0; i < d; ++i) out[i] += p * vt[i];
+    cpu::rmsnorm_forward(x_.data(), Lw.input_norm.ptr(), n_.data(), rstd_.data(), n, H, eps);
+    project(rows, l, Proj::Q, n_.data(), q_.data(), 0.0f);
+    project(rows, l, Proj::K, n_.data(), k_.data(), 0.0f);
+    project(rows, l, Proj::V, n_.data(), v_.data(), 0.0f);
+    cpu::rope_forward(q_.data(), cos_.data(), sin_.data(), n, heads, d);
+    cpu::rope_forward(k_.data(), cos_.data(), sin_.data(), n, kvh, d);
+    for (int64_t r = 0; r < n; ++r) {  // every row's key and value first: later rows attend to them
+      KvCache& c = *rows[r].cache;
+      const int64_t at = (l * c.cap_ + pos_[r]) * KV;
+      std::copy_n(k_.begin() + r * KV, KV, c.k_.begin() + at);
+      std::copy_n(v_.begin() + r * KV, KV, c.v_.begin() + at);
+    }
+    // Causal attention of each row over its cache; a single decoding row wakes no thread team.
+#pragma omp parallel for schedule(dynamic) if (n > 1)
+    for (int64_t r = 0; r < n; ++r) {
+      const KvCache& c = *rows[r].cache;
+      const int64_t pos = pos_[r];
+      const float* kc = c.k_.data() + l * c.cap_ * KV;
+      const float* vc = c.v_.data() + l * c.cap_ * KV;
+      std::vector<float> scores(static_cast<size_t>(pos + 1));
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t g = h / (heads / kvh);
+        const float* qh = q_.data() + r * Q + h * d;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t <= pos; ++t) {
+          const float* kt = kc + t * KV + g * d;
+          float s = 0;
+          for (int64_t i = 0; i < d; ++i) s += qh[i] * kt[i];
+          scores[t] = s * scale;
+          mx = std::max(mx, scores[t]);
+        }
+        double sum = 0;
+        for (int64_t t = 0; t <= pos; ++t) sum += (scores[t] = std::exp(scores[t] - mx));
+        float* out = att_.data() + r * Q + h * d;
+        std::fill(out, out + d, 0.0f);
+        for (int64_t t = 0; t <= pos; ++t) {
+          const float p = static_cast<float>(scores[t] / sum);
+          const float* vt = vc + t * KV + g * d;
+          for (int64_t i = 0; i < d; ++i) out[i] += p * vt[i];
+        }
       }
     }
-    cpu::linear(att_.data(), Lw.proj[static_cast<int>(Proj::O)].ptr(), x_.data(), 1, Q, H, 1.0f);  // + residual
-    cpu::rmsnorm_forward(x_.data(), Lw.post_norm.ptr(), n_.data(), &rstd, 1, H, eps);
-    cpu::linear(n_.data(), Lw.proj[static_cast<int>(Proj::Gate)].ptr(), gate_.data(), 1, H, I);
-    cpu::linear(n_.data(), Lw.proj[static_cast<int>(Proj::Up)].ptr(), up_.data(), 1, H, I);
-    cpu::swiglu_forward(gate_.data(), up_.data(), gate_.data(), I);
-    cpu::linear(gate_.data(), Lw.proj[static_cast<int>(Proj::Down)].ptr(), x_.data(), 1, I, H, 1.0f);
+    project(rows, l, Proj::O, att_.data(), x_.data(), 1.0f);  // + residual
+    cpu::rmsnorm_forward(x_.data(), Lw.post_norm.ptr(), n_.data(), rstd_.data(), n, H, eps);
+    project(rows, l, Proj::Gate, n_.data(), gate_.data(), 0.0f);
+    project(rows, l, Proj::Up, n_.data(), up_.data(), 0.0f);
+    cpu::swiglu_forward(gate_.data(), up_.data(), gate_.data(), n * I);
+    project(rows, l, Proj::Down, gate_.data(), x_.data(), 1.0f);
   }
-  ++len_[row];
-  cpu::rmsnorm_forward(x_.data(), w_.final_norm.ptr(), n_.data(), &rstd, 1, H, eps);
-  cpu::linear(n_.data(), w_.head().ptr(), logits_.data(), 1, H, cfg_.vocab_size);
+  for (int64_t r = 0; r < n; ++r) ++rows[r].cache->len_;
+  // The final norm and lm_head only for the rows that want logits (a prompt fed for its last
+  // position alone needs one row of [V], not one per token).
+  int64_t j = 0;
+  for (int64_t r = 0; r < n; ++r)
+    if (rows[r].logits) std::copy_n(x_.begin() + r * H, H, n_.begin() + (j++) * H);
+  fit(head_in_, wanted * H);
+  logits_.resize(static_cast<size_t>(wanted * V));
+  if (wanted > 0) {
+    cpu::rmsnorm_forward(n_.data(), w_.final_norm.ptr(), head_in_.data(), rstd_.data(), wanted, H, eps);
+    cpu::linear(head_in_.data(), w_.head().ptr(), logits_.data(), wanted, H, V);
+  }
   return logits_;
+}
+
+CpuDecoder::CpuDecoder(const LlamaConfig& cfg, const LlamaWeights& w, int64_t rows, int64_t max_len)
+    : dec_(cfg, w), max_len_(max_len), caches_(static_cast<size_t>(rows), KvCache(cfg, max_len)) {}
+
+const std::vector<float>& CpuDecoder::step(int64_t row, int32_t token) {
+  if (caches_[row].length() >= max_len_)
+    fail("generation: row {} reached the planned length of {} tokens", row, max_len_);
+  one_.assign(1, DecodeRow{&caches_[row], token, nullptr, true});
+  return dec_.forward(one_);
 }
 
 }  // namespace ftune

@@ -1,35 +1,75 @@
-// Token-by-token decoding on the CPU with a KV cache: one new token per row, attending to the row's
-// cached keys and values, in fp32, with the same ops as the training model (RMSNorm as
-// transformers computes it, rotate-half RoPE, GQA, SwiGLU). Each row keeps its own cache and
-// position, so prompts of different lengths decode side by side without padding. The weights are
-// the model's as given (an adapter is merged in first, as peft's merge_and_unload does).
+// Decoding on the CPU with a KV cache, in fp32, with the same ops as the training model (RMSNorm as
+// transformers computes it, rotate-half RoPE, GQA, SwiGLU). A batch is a list of rows, each one
+// token of some sequence at that sequence's next position: the base projections run as one GEMM
+// over every row, and each adapter's LoRA branch (unmerged, as peft computes it) over the rows
+// that use it, so requests for several adapters share one pass over the base weights, as Punica
+// and S-LoRA batch them. Rows of one sequence may follow each other in a batch (a prompt fed at
+// once): each attends to the positions before it, those written by the same batch included.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "model/llama_config.h"
+#include "model/lora.h"
 #include "model/weights.h"
 
 namespace ftune {
 
+// One sequence's keys and values, every layer, for up to `capacity` positions.
+class KvCache {
+ public:
+  KvCache(const LlamaConfig& cfg, int64_t capacity);
+  int64_t length() const { return len_; }
+  int64_t capacity() const { return cap_; }
+
+ private:
+  friend class BatchDecoder;
+  int64_t cap_, len_ = 0;
+  std::vector<float> k_, v_;  // [layers, capacity, kv_dim]
+};
+
+struct DecodeRow {
+  KvCache* cache;
+  int32_t token;
+  const LoraParams* adapter = nullptr;  // nullptr: the base alone
+  bool logits = true;                   // whether this row's next-token logits are wanted
+};
+
+class BatchDecoder {
+ public:
+  BatchDecoder(const LlamaConfig& cfg, const LlamaWeights& w);
+  // Feeds every row's token and returns the logits of the rows that asked for them, in their
+  // order: [count, V]. Throws ftune::Error for a token outside the vocabulary or a full cache.
+  const std::vector<float>& forward(const std::vector<DecodeRow>& rows);
+
+ private:
+  // y[n, out] = x W^T (+ y when beta is 1), then each run of rows with one adapter += its LoRA.
+  void project(const std::vector<DecodeRow>& rows, int64_t layer, Proj p, const float* x, float* y, float beta);
+
+  const LlamaConfig& cfg_;
+  const LlamaWeights& w_;
+  std::vector<float> inv_freq_;  // [d/2]
+  // Per-batch scratch, grown to the largest batch seen.
+  std::vector<int32_t> pos_;
+  std::vector<float> x_, n_, rstd_, q_, k_, v_, att_, gate_, up_, t_, cos_, sin_, head_in_, logits_;
+};
+
+// A fixed set of rows decoded one token at a time with the weights as given (an adapter merged in
+// first, as peft's merge_and_unload does); what `ftune generate` runs.
 class CpuDecoder {
  public:
   // rows: the prompts decoded together; max_len: the longest prompt + completion of any row.
   CpuDecoder(const LlamaConfig& cfg, const LlamaWeights& w, int64_t rows, int64_t max_len);
   // Feeds `token` at row's next position and returns the logits for the token after it: [V].
   const std::vector<float>& step(int64_t row, int32_t token);
-  int64_t length(int64_t row) const { return len_[row]; }
+  int64_t length(int64_t row) const { return caches_[row].length(); }
   int64_t max_len() const { return max_len_; }
 
  private:
-  const LlamaConfig& cfg_;
-  const LlamaWeights& w_;
+  BatchDecoder dec_;
   int64_t max_len_;
-  std::vector<float> inv_freq_;                 // [d/2]
-  std::vector<std::vector<float>> k_, v_;       // [rows * L] of [max_len, kv*d]
-  std::vector<int64_t> len_;                    // [rows] tokens in each row's cache
-  // Per-token scratch.
-  std::vector<float> x_, n_, q_, k1_, v1_, att_, gate_, up_, scores_, logits_, cos_, sin_;
+  std::vector<KvCache> caches_;
+  std::vector<DecodeRow> one_;
 };
 
 }  // namespace ftune

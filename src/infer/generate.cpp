@@ -7,6 +7,36 @@
 
 namespace ftune {
 
+bool extend(Generation& g, int32_t t, const Tokenizer* tok, const GenerateOptions& o) {
+  g.tokens.push_back(t);
+  if (std::find(o.eos_ids.begin(), o.eos_ids.end(), t) != o.eos_ids.end()) {
+    g.finish_reason = "eos";
+    return true;
+  }
+  if (tok) {
+    std::string text;
+    if (!o.context.empty()) {
+      std::vector<int32_t> all = o.context;
+      all.insert(all.end(), g.tokens.begin(), g.tokens.end());
+      const std::string before = tok->decode(o.context), after = tok->decode(all);
+      text = after.starts_with(before) ? after.substr(before.size()) : tok->decode(g.tokens);
+    } else {
+      text = tok->decode(g.tokens);
+    }
+    for (const std::string& s : o.stop)
+      if (const size_t at = text.find(s); !s.empty() && at != std::string::npos) {
+        text.resize(at), g.finish_reason = "stop";
+      }
+    g.text = std::move(text);
+    if (g.finish_reason == "stop") return true;
+  }
+  if (static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens) {
+    g.finish_reason = "length";
+    return true;
+  }
+  return false;
+}
+
 std::vector<Generation> generate(CpuDecoder& dec, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
                                  const GenerateOptions& o,
                                  const std::function<void(int64_t, const std::string&)>& stream) {
@@ -28,37 +58,21 @@ std::vector<Generation> generate(CpuDecoder& dec, const Tokenizer* tok, const st
       if (done[r]) continue;
       Generation& g = out[r];
       const int32_t t = sample_token(next[r], o.sampling, rngs[r]);
-      g.tokens.push_back(t);
-      if (std::find(o.eos_ids.begin(), o.eos_ids.end(), t) != o.eos_ids.end()) {
-        done[r] = true, g.finish_reason = "eos";
-        continue;
-      }
-      if (tok) {
-        std::string text = tok->decode(g.tokens);
-        for (const std::string& s : o.stop)
-          if (const size_t at = text.find(s); !s.empty() && at != std::string::npos) {
-            text.resize(at), done[r] = true, g.finish_reason = "stop";
-          }
-        g.text = std::move(text);
-        if (stream) {  // only what is final: a trailing partial character or a stop string's prefix waits
-          size_t stable = g.text.size();
-          if (!done[r]) {
-            if (stable >= 3 && g.text.compare(stable - 3, 3, "\xEF\xBF\xBD") == 0) stable -= 3;
-            for (const std::string& s : o.stop)
-              for (size_t k = s.empty() ? 0 : std::min(s.size() - 1, stable); k > 0; --k)
-                if (g.text.compare(stable - k, k, s, 0, k) == 0) {
-                  stable -= k;
-                  break;
-                }
-          }
-          if (stable > streamed[r]) stream(r, g.text.substr(streamed[r], stable - streamed[r])), streamed[r] = stable;
+      done[r] = extend(g, t, tok, o);
+      if (tok && stream) {  // only what is final: a trailing partial character or a stop string's prefix waits
+        size_t stable = g.text.size();
+        if (!done[r]) {
+          if (stable >= 3 && g.text.compare(stable - 3, 3, "\xEF\xBF\xBD") == 0) stable -= 3;
+          for (const std::string& s : o.stop)
+            for (size_t k = s.empty() ? 0 : std::min(s.size() - 1, stable); k > 0; --k)
+              if (g.text.compare(stable - k, k, s, 0, k) == 0) {
+                stable -= k;
+                break;
+              }
         }
+        if (stable > streamed[r]) stream(r, g.text.substr(streamed[r], stable - streamed[r])), streamed[r] = stable;
       }
       if (done[r]) continue;
-      if (static_cast<int64_t>(g.tokens.size()) == o.max_new_tokens) {
-        done[r] = true, g.finish_reason = "length";
-        continue;
-      }
       next[r] = dec.step(r, t);
     }
   }

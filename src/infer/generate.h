@@ -17,6 +17,10 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::vector<int32_t> eos_ids;       // stop after generating one of these (kept out of the text)
   std::vector<std::string> stop;      // stop when the text contains one (the text ends before it)
+  // The tokens the text continues (a server's prompt): the text is what the generated tokens add
+  // to theirs, so that it starts as in context (SentencePiece's word-start space kept). Empty: the
+  // generated tokens decoded alone.
+  std::vector<int32_t> context;
 };
 
 struct Generation {
@@ -24,6 +28,11 @@ struct Generation {
   std::string text;             // their text, up to a stop string
   std::string finish_reason;    // "eos", "stop" or "length"
 };
+
+// Appends the chosen token `t` to `g` and returns true when the generation is over: `t` is an EOS
+// (kept out of the text), the text now holds a stop string (cut before it), or max_new_tokens are
+// there. `tok` may be null (no text, no stop strings).
+bool extend(Generation& g, int32_t t, const Tokenizer* tok, const GenerateOptions& o);
 
 // `tok` may be null (token ids only). `stream(row, piece)`, when given, receives each row's text as
 // it grows (rows interleaved, one token at a time).

@@ -4,10 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <vector>
 
 namespace ftune {
 
-int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& o, Rng& rng) {
+int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, Rng& rng) {
   const int64_t V = static_cast<int64_t>(logits.size());
   if (o.temperature <= 0.0) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   std::vector<int32_t> ids(static_cast<size_t>(V));

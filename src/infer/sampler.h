@@ -4,7 +4,7 @@
 // likely tokens whose probabilities add up to at least p.
 #pragma once
 #include <cstdint>
-#include <vector>
+#include <span>
 
 #include "core/rng.h"
 
@@ -17,6 +17,6 @@ struct SamplingOptions {
   uint64_t seed = 0;
 };
 
-int32_t sample_token(const std::vector<float>& logits, const SamplingOptions& o, Rng& rng);
+int32_t sample_token(std::span<const float> logits, const SamplingOptions& o, Rng& rng);
 
 }  // namespace ftune

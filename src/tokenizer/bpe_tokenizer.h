@@ -30,7 +30,7 @@ class BpeTokenizer final : public Tokenizer {
   bool adds_dummy_prefix() const override { return normalizer_->prepends() || pre_tokenizer_->prepends(); }
 
   // The token text of an id ("" for ids outside the vocabulary).
-  std::string id_to_token(int32_t id) const;
+  std::string id_to_token(int32_t id) const override;
 
  private:
   struct AddedToken {

@@ -54,6 +54,9 @@ class SentencePieceTokenizer final : public Tokenizer {
     const int id = sp_.PieceToId(token);
     return (id == sp_.unk_id() && token != sp_.IdToPiece(sp_.unk_id())) ? -1 : id;
   }
+  std::string id_to_token(int32_t id) const override {
+    return id >= 0 && id < vocab_size() ? sp_.IdToPiece(id) : std::string();
+  }
   bool adds_dummy_prefix() const override {
     std::vector<std::string> pieces;
     sp_.Encode("a", &pieces).IgnoreError();

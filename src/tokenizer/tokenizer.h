@@ -18,6 +18,9 @@ class Tokenizer {
   virtual int32_t eos_id() const = 0;  // -1 when none
   // Id of a token given by its exact string ("<s>", "<|eot_id|>"), -1 when absent.
   virtual int32_t token_id(const std::string& token) const { return -1; }
+  // The token string of an id ("<s>", "<0x0A>", SentencePiece word pieces with their marker), ""
+  // for ids outside the vocabulary.
+  virtual std::string id_to_token(int32_t id) const { return ""; }
   // True when encode() starts every text with a word-boundary marker (SentencePiece's dummy
   // prefix): template pieces after the first then drop one leading space, so that they
   // tokenize as they would in context.

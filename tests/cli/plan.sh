@@ -39,6 +39,13 @@ printf '{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
 "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set model="$WORK/m7" --set train.method=full >"$WORK/t4-7b.txt" 2>&1
 grep -q "^fits         no: the model needs .* GiB of device memory" "$WORK/t4-7b.txt" && echo "ok   7B on a T4 does not fit" || {
   echo "FAIL 7B on a T4"; cat "$WORK/t4-7b.txt"; fails=$((fails + 1)); }
+# train.max_memory: the plan is held to the cap (the cap shows as the total's bound), and a cap over
+# what the GPU has is refused.
+"$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set train.device=cuda --set train.max_memory=6GiB >"$WORK/t4-cap.txt" 2>&1
+grep -q "GiB  of 6.0; the CUDA context" "$WORK/t4-cap.txt" && echo "ok   the plan is bounded by train.max_memory" || {
+  echo "FAIL cap in plan"; cat "$WORK/t4-cap.txt"; fails=$((fails + 1)); }
+expect_fail plan-cap-over-gpu "train\.max_memory: 40\.00 GiB is more than the 15\.00 GiB a T4 has" \
+  "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set train.device=cuda --set train.max_memory=40GiB
 expect_fail plan-unknown-gpu "--gpu 'v100': not a GPU ftune knows; one of: T4, " "$FTUNE" plan "$WORK/r.yaml" --gpu v100
 expect_fail plan-bad-key "train\.optimizer_offload is for train\.method full" \
   "$FTUNE" plan "$WORK/r.yaml" --gpu h100 --set train.optimizer_offload=true
