@@ -15,5 +15,6 @@ void add_plot_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
 
 }  // namespace ftune

@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
   ftune::add_plan_command(app);
   ftune::add_generate_command(app);
   ftune::add_serve_command(app);
+  ftune::add_eval_command(app);
   app.set_version_flag("--version", FTUNE_VERSION_TEXT);
   // CLI11 answers an unknown first word with "A subcommand is required"; name it instead.
   if (argc >= 2 && argv[1][0] != '-') {
