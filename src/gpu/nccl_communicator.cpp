@@ -34,6 +34,20 @@ NcclCommunicator::NcclCommunicator(dist::Store& store, int rank, int world, cons
   check(ncclCommInitRank(&comm_, world, id, rank), "ncclCommInitRank");
 }
 
+NcclCommunicator::NcclCommunicator(const cuda::Context& ctx, ncclComm_t comm, std::chrono::milliseconds timeout)
+    : ctx_(ctx), rank_(0), world_(1), timeout_(timeout), comm_(comm) {
+  check(ncclCommUserRank(comm_, &rank_), "ncclCommUserRank");
+  check(ncclCommCount(comm_, &world_), "ncclCommCount");
+}
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::split(int color, int key) {
+  if (!comm_) fail("split (NCCL): the communicator was aborted by an earlier error");
+  ncclComm_t sub = nullptr;
+  check(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, nullptr), "ncclCommSplit");
+  if (!sub) return nullptr;
+  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(ctx_, sub, timeout_));
+}
+
 NcclCommunicator::~NcclCommunicator() {
   if (comm_) ncclCommDestroy(comm_);
 }

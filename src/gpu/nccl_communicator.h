@@ -6,6 +6,7 @@
 #pragma once
 #include <chrono>
 #include <cstddef>
+#include <memory>
 
 #include "dist/store.h"
 #include "ops/cuda/context.h"
@@ -17,6 +18,10 @@ namespace ftune {
 class NcclCommunicator {
  public:
   NcclCommunicator(dist::Store& store, int rank, int world, const cuda::Context& ctx, std::chrono::milliseconds timeout);
+  // A sub-group (ncclCommSplit, collective over this communicator): the ranks that pass the same
+  // color, ordered by key (pipeline stages, data-parallel replicas). A negative color takes no part
+  // and gets null.
+  std::unique_ptr<NcclCommunicator> split(int color, int key);
   ~NcclCommunicator();
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -30,6 +35,7 @@ class NcclCommunicator {
   int world() const { return world_; }
 
  private:
+  NcclCommunicator(const cuda::Context& ctx, ncclComm_t comm, std::chrono::milliseconds timeout);
   void wait(const char* what);
   const cuda::Context& ctx_;
   int rank_, world_;

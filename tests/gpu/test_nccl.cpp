@@ -24,5 +24,24 @@ TEST(Nccl, WorldOfOneAllReduceIsTheIdentity) {
   EXPECT_TRUE(store->check({"ftune/nccl_id"}));
 }
 
+// ncclCommSplit: at world size 1 the one rank's color makes a group of one that still reduces;
+// a negative color takes no part.
+TEST(Nccl, SplitMakesASubGroup) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  const auto store = dist::make_memory_store(std::chrono::milliseconds(10000));
+  NcclCommunicator comm(*store, 0, 1, ctx, std::chrono::milliseconds(10000));
+  const auto sub = comm.split(3, 0);
+  ASSERT_NE(sub, nullptr);
+  EXPECT_EQ(sub->rank(), 0);
+  EXPECT_EQ(sub->world(), 1);
+  const std::vector<float> x = testing::randn(4096, 9);
+  auto d = cuda::DeviceBuffer::from(x);
+  sub->all_reduce_sum(d.as<float>(), x.size());
+  ctx.synchronize();
+  EXPECT_EQ(d.to_host<float>(x.size()), x);
+  EXPECT_EQ(comm.split(-1, 0), nullptr);
+}
+
 }  // namespace
 }  // namespace ftune
