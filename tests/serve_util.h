@@ -91,14 +91,6 @@ class LiveServer {
   std::thread thread_;
 };
 
-// log-softmax of one row of logits at `token`, in double.
-inline double log_softmax(const float* l, int64_t V, int32_t token) {
-  const double mx = *std::max_element(l, l + V);
-  double s = 0;
-  for (int64_t i = 0; i < V; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
-  return static_cast<double>(l[token]) - mx - std::log(s);
-}
-
 // Base (+ an adapter merged in), generated with the CPU decoder one row at a time.
 inline std::vector<Generation> solo(const fs::path& model, const std::string& adapter,
                                     const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o,

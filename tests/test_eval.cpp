@@ -24,12 +24,7 @@ namespace fs = std::filesystem;
 const fs::path kFixtures = fs::path(FTUNE_SOURCE_DIR) / "tests/fixtures/hf";
 constexpr double kTol = 1e-5;  // fp32 against float64, per token (test_hf_golden's bound)
 
-double log_softmax(const float* l, int64_t V, int32_t token) {
-  const double mx = *std::max_element(l, l + V);
-  double s = 0;
-  for (int64_t i = 0; i < V; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
-  return static_cast<double>(l[token]) - mx - std::log(s);
-}
+using testing::log_softmax;
 
 TEST(Eval, LoglikelihoodsAndPerplexityAreTransformers) {
   int cases = 0;

@@ -1,5 +1,6 @@
 // Shared helpers for the tests: relative error, random tensors, temp directories.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,14 @@
 #include "core/tensor.h"
 
 namespace ftune::testing {
+
+// log-softmax of one row of logits at `token`, in double.
+inline double log_softmax(const float* l, int64_t V, int32_t token) {
+  const double mx = *std::max_element(l, l + V);
+  double s = 0;
+  for (int64_t i = 0; i < V; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
+  return static_cast<double>(l[token]) - mx - std::log(s);
+}
 
 // ||a - b|| / ||b|| in double.
 template <typename A, typename B>

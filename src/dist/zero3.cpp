@@ -65,13 +65,18 @@ int64_t Zero3Layout::local_of(int64_t e) const {
   return -1;
 }
 
+void zero3_gather_unit(const Zero3Layout& z, const float* local, int64_t u, Communicator& comm, std::vector<float>& out) {
+  const Zero3Unit& un = z.unit(u);
+  out.resize(static_cast<size_t>(un.piece * z.world()));
+  comm.all_gather(local + un.local, out.data(), std::vector<size_t>(static_cast<size_t>(z.world()), static_cast<size_t>(un.piece)));
+}
+
 void zero3_to_table(const Zero3Layout& z, const float* local, Communicator& comm, float* table) {
   std::vector<float> unit;
   for (int64_t u = 0; u < z.units(); ++u) {
     const Zero3Unit& un = z.unit(u);
     if (un.alias) continue;
-    unit.resize(static_cast<size_t>(un.piece * z.world()));
-    comm.all_gather(local + un.local, unit.data(), std::vector<size_t>(z.world(), static_cast<size_t>(un.piece)));
+    zero3_gather_unit(z, local, u, comm, unit);
     if (table) std::copy_n(unit.begin(), un.numel, table + un.begin);
   }
   if (!table) return;
@@ -86,11 +91,7 @@ std::vector<float> Zero3TensorGather::values(const ParamSpec& s) {
   for (int64_t u = 0; u < z_.units(); ++u) {
     const Zero3Unit& un = z_.unit(u);
     if (un.alias || s.offset < un.begin || s.offset >= un.begin + un.numel) continue;
-    if (held_ != u) {
-      unit_.resize(static_cast<size_t>(un.piece * z_.world()));
-      comm_.all_gather(local_ + un.local, unit_.data(), std::vector<size_t>(z_.world(), static_cast<size_t>(un.piece)));
-      held_ = u;
-    }
+    if (held_ != u) zero3_gather_unit(z_, local_, u, comm_, unit_), held_ = u;
     const int64_t at = s.offset - un.begin;
     return std::vector<float>(unit_.begin() + at, unit_.begin() + at + s.numel());
   }

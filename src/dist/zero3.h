@@ -66,6 +66,10 @@ class Zero3Layout {
   int64_t sharded_ = 0, norms_ = 0;
 };
 
+// Unit u's whole matrices [piece * W] (padding included) from every rank's piece of `local`
+// (collective).
+void zero3_gather_unit(const Zero3Layout& z, const float* local, int64_t u, Communicator& comm, std::vector<float>& out);
+
 // A rank's local range [local_numel] in the table's layout [table.trainable_numel()]: collective
 // (unit by unit, each all-gathered); `table` is written on ranks that pass it (others pass null).
 void zero3_to_table(const Zero3Layout& z, const float* local, Communicator& comm, float* table);

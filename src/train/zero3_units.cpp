@@ -65,9 +65,8 @@ Zero3Units::Zero3Units(const LlamaConfig& cfg, const ParamTable& table, const di
 }
 
 std::vector<float> Zero3Units::gathered(const std::vector<float>& local, int64_t unit) const {
-  const dist::Zero3Unit& z = layout_.unit(unit);
-  std::vector<float> whole(static_cast<size_t>(z.piece * layout_.world()));
-  comm_.all_gather(local.data() + z.local, whole.data(), pieces(unit));
+  std::vector<float> whole;
+  dist::zero3_gather_unit(layout_, local.data(), unit, comm_, whole);
   return whole;
 }
 
