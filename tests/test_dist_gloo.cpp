@@ -249,6 +249,49 @@ TEST(DistGloo, SendRecvAroundARingMatchInOrder) {
   }
 }
 
+TEST(DistGloo, SendRecvExchangesBetweenNeighboursWithoutWaiting) {
+  // Pipeline stages in a line: every rank exchanges with the next one and then with the one before,
+  // both ranks of a pair calling send_recv at once (two plain sends would wait for each other), with
+  // sizes that differ per direction, an empty message, and a plain send and recv after each.
+  for (int world : {2, 3, 4}) {
+    auto msg = [&](int from, int to, int k) {
+      return values<float>(k == 2 ? 0 : 500 + 31 * from + 7 * to + k, seed(world, from * 8 + to, 10 + k));
+    };
+    std::vector<std::vector<std::vector<float>>> got(world, std::vector<std::vector<float>>(6));
+    expect_no_errors(run_ranks(world, kTimeout, [&](std::unique_ptr<Communicator>& c) {
+      const int r = c->rank();
+      auto& g = got[r];
+      for (int k = 0; k < 3; ++k) {
+        if (r + 1 < world) {  // with the next rank
+          const auto out = msg(r, r + 1, k);
+          g[k].assign(msg(r + 1, r, k).size(), 0.0f);
+          c->send_recv(out.data(), out.size() * sizeof(float), g[k].data(), g[k].size() * sizeof(float), r + 1);
+        }
+        if (r > 0) {  // with the previous one
+          const auto out = msg(r, r - 1, k);
+          g[3 + k].assign(msg(r - 1, r, k).size(), 0.0f);
+          c->send_recv(out.data(), out.size() * sizeof(float), g[3 + k].data(), g[3 + k].size() * sizeof(float), r - 1);
+        }
+      }
+      // Point-to-point order is kept across both kinds of call.
+      if (r + 1 < world) {
+        const auto out = msg(r, r + 1, 5);
+        c->send(out.data(), out.size() * sizeof(float), r + 1);
+      }
+      if (r > 0) {
+        std::vector<float> in(msg(r - 1, r, 5).size());
+        c->recv(in.data(), in.size() * sizeof(float), r - 1);
+        EXPECT_TRUE(same_bits(in, msg(r - 1, r, 5))) << "world " << world << " rank " << r;
+      }
+    }));
+    for (int r = 0; r < world; ++r)
+      for (int k = 0; k < 3; ++k) {
+        if (r + 1 < world) EXPECT_TRUE(same_bits(got[r][k], msg(r + 1, r, k))) << "world " << world << " rank " << r;
+        if (r > 0) EXPECT_TRUE(same_bits(got[r][3 + k], msg(r - 1, r, k))) << "world " << world << " rank " << r;
+      }
+  }
+}
+
 TEST(DistGloo, BarrierWaitsForEveryRank) {
   for (int world : {2, 3, 4}) {
     std::atomic<int> arrived{0}, early{0};

@@ -31,7 +31,7 @@ const std::vector<std::string> kAllKeys = {
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",
     "train.threads", "train.save_every", "train.keep_last", "train.resume", "train.save_merged", "train.epochs",
-    "train.early_stopping_patience", "train.report_to", "train.grace_s", "dist.zero", "dist.timeout_s"};
+    "train.early_stopping_patience", "train.report_to", "train.grace_s", "dist.zero", "dist.pipeline", "dist.timeout_s"};
 
 const std::vector<std::string> kAllModules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"};
@@ -402,6 +402,13 @@ TEST(TrainConfigErrors, MaxMemoryAndZero3) {
                       "recipe.yaml: dist.zero=1 with train.optimizer_offload is not available");
   expect_recipe_error(base + "  optimizer: adamw_8bit\ndist:\n  zero: 3\n",
                       "recipe.yaml: dist.zero=3 on the CPU shards fp32 AdamW moments");
+  // The pipeline: any method, not with ZeRO; 8-bit moments are not checkpointed under it yet.
+  EXPECT_EQ(make_run_plan(parse(base + "dist:\n  pipeline: 4\n"), "r").pipeline, 4);
+  expect_recipe_error(base + "dist:\n  pipeline: 2\n  zero: 3\n",
+                      "recipe.yaml: dist.pipeline=2 with dist.zero=3 is not available");
+  expect_recipe_error(base + "  optimizer: adamw_8bit\n  save_every: 5\ndist:\n  pipeline: 2\n",
+                      "recipe.yaml: checkpoints (train.save_every) of dist.pipeline=2 with train.optimizer adamw_8bit");
+  expect_recipe_error(base + "dist:\n  pipeline: 0\n", "dist.pipeline");
 }
 
 TEST(TrainConfigErrors, RequiredKeysAndMalformedSet) {

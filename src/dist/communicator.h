@@ -36,6 +36,9 @@ class Communicator {
   // Point to point (pipeline stages): blocking, matched by order between the two ranks.
   virtual void send(const void* data, size_t bytes, int peer) = 0;
   virtual void recv(void* data, size_t bytes, int peer) = 0;
+  // out[out_bytes] to peer and in[in_bytes] from it at once (both posted before either is waited
+  // for), so that two neighbouring pipeline stages exchanging never wait for each other.
+  virtual void send_recv(const void* out, size_t out_bytes, void* in, size_t in_bytes, int peer) = 0;
   virtual void barrier() = 0;
 };
 

@@ -316,6 +316,21 @@ class GlooCommunicator final : public Communicator {
     }
   }
 
+  void send_recv(const void* out, size_t out_bytes, void* in, size_t in_bytes, int peer) override {
+    const char* op = "send_recv";
+    usable(op);
+    check_peer(op, peer);
+    const auto* o = static_cast<const uint8_t*>(out);
+    auto* i = static_cast<uint8_t*>(in);
+    // Round c carries chunk c of each direction; the peer's rounds pair the same chunks.
+    for (size_t at = 0; at < std::max(out_bytes, in_bytes); at += kMaxMessage) {
+      Phase ph(*this, op, 0);
+      if (at < in_bytes) ph.recv(peer, i + at, std::min(kMaxMessage, in_bytes - at), p2p_slot(peer, recv_seq_[peer]++));
+      if (at < out_bytes) ph.send(peer, o + at, std::min(kMaxMessage, out_bytes - at), p2p_slot(rank_, send_seq_[peer]++));
+      ph.wait();
+    }
+  }
+
   void barrier() override {
     const char* op = "barrier";
     usable(op);
@@ -338,8 +353,11 @@ class GlooCommunicator final : public Communicator {
   class Phase {
    public:
     Phase(GlooCommunicator& c, const char* op, uint64_t slot) : c_(c), op_(op), slot_(slot) {}
-    void recv(int peer, void* p, size_t bytes) { post(peer, false, p, bytes); }
-    void send(int peer, const void* p, size_t bytes) { post(peer, true, const_cast<void*>(p), bytes); }
+    void recv(int peer, void* p, size_t bytes) { post(peer, false, p, bytes, slot_); }
+    void send(int peer, const void* p, size_t bytes) { post(peer, true, const_cast<void*>(p), bytes, slot_); }
+    // A transfer under a slot of its own (point to point messages number per pair of ranks).
+    void recv(int peer, void* p, size_t bytes, uint64_t slot) { post(peer, false, p, bytes, slot); }
+    void send(int peer, const void* p, size_t bytes, uint64_t slot) { post(peer, true, const_cast<void*>(p), bytes, slot); }
 
     void wait() {
       std::vector<Transfer*> order;
@@ -378,15 +396,15 @@ class GlooCommunicator final : public Communicator {
       std::string error;  // posting failed (the connection was already broken)
     };
 
-    void post(int peer, bool send, void* p, size_t bytes) {
+    void post(int peer, bool send, void* p, size_t bytes, uint64_t slot) {
       if (bytes == 0) return;  // both sides skip empty parts alike
       Transfer t{peer, send, nullptr, {}};
       try {
         t.buf = c_.ctx_->createUnboundBuffer(p, bytes);
         if (send)
-          t.buf->send(peer, slot_);
+          t.buf->send(peer, slot);
         else
-          t.buf->recv(peer, slot_);
+          t.buf->recv(peer, slot);
       } catch (const std::exception& e) {
         t.error = gloo_text(e);
       }

@@ -33,6 +33,9 @@ class SingleCommunicator final : public Communicator {
   void send(const void*, size_t, int peer) override {
     fail("send: peer {} is not another rank of a run of 1 rank", peer);
   }
+  void send_recv(const void*, size_t, void*, size_t, int peer) override {
+    fail("send_recv: peer {} is not another rank of a run of 1 rank", peer);
+  }
   void recv(void*, size_t, int peer) override {
     fail("recv: peer {} is not another rank of a run of 1 rank", peer);
   }

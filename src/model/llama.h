@@ -3,6 +3,10 @@
 // are allocated once, for the largest micro-batch, when the model is built. A UnitGate, when given,
 // is asked for each unit's weights just before they are used and handed each unit's gradients just
 // after they are complete (ZeRO-3); without one every weight is read where it lies.
+// A pipeline stage (ModelOptions' layer range) runs only its layers, with the embedding on the
+// stage of layer 0 and the final norm, lm_head and loss on the stage of the last layer; the hidden
+// state enters and leaves through the stage calls, and several micro-batches can be in flight at
+// once (one slot of activations each), as a 1F1B schedule needs.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -23,6 +27,10 @@ struct ModelOptions {
   int64_t max_batch = 1;  // rows per micro-batch
   int64_t max_seq = 2048;  // tokens per row
   bool gradient_checkpointing = false;  // keep only layer inputs; recompute each layer in the backward
+  // Pipeline stage: layers [first_layer, end_layer) (end_layer -1: to the last layer), and the
+  // micro-batches in flight at once on this stage, each with activations of its own.
+  int64_t first_layer = 0, end_layer = -1;
+  int64_t slots = 1;
 };
 
 class LlamaCpu {
@@ -45,10 +53,36 @@ class LlamaCpu {
   // Full logits [batch*seq, vocab] (checks and small models only).
   Tensor logits(const Batch& b);
 
+  // Pipeline stage calls. stage_forward runs micro-batch `b` in `slot` through this stage's
+  // layers: `in` [N, H] is the previous stage's output (nullptr on the first stage, which embeds
+  // b.ids), `out` [N, H] receives this stage's output (nullptr on the last stage). The last stage
+  // computes the loss and, when `train`, the head's backward at once (the loss gradient scaled by
+  // grad_scale), so that its stage_backward needs no incoming gradient. stage_backward takes the
+  // gradient of this stage's output (`dout`, nullptr on the last stage), accumulates the weight
+  // gradients as forward_backward does, and writes the gradient of the stage's input to `din`
+  // (nullptr on the first stage, which ends in the embedding's gradient).
+  cpu::CrossEntropyResult stage_forward(int64_t slot, const Batch& b, const float* in, float* out, bool train,
+                                        float grad_scale, uint64_t dropout_key, LlamaWeights* wgrad = nullptr);
+  void stage_backward(int64_t slot, const Batch& b, const float* dout, float* din, LoraParams& grads,
+                      LlamaWeights* wgrad = nullptr);
+  bool first_stage() const { return l0_ == 0; }
+  bool last_stage() const { return l1_ == cfg_.num_hidden_layers; }
+
  private:
-  StepShape prepare(const Batch& b, uint64_t dropout_key);
-  // Runs the layers; returns the final hidden state before model.norm ([N, H]).
-  const float* run_layers(const StepShape& s);
+  // One micro-batch in flight: its shape, RoPE tables and saved activations.
+  struct Slot {
+    StepShape shape;
+    std::vector<float> cos, sin;         // [N, d/2]
+    std::vector<BlockActs> acts;         // [stage layers] without checkpointing, [] with it
+    std::vector<Tensor> layer_inputs;    // [stage layers + 1] of [N, H]: the input of each; the last is the output
+  };
+  StepShape prepare(Slot& sl, const Batch& b, const float* in, uint64_t dropout_key);
+  // Runs the stage's layers on the slot; on the last stage also model.norm. Returns the stage's
+  // output (the final hidden state before model.norm on the last stage), [N, H].
+  const float* run_layers(Slot& sl);
+  // The head's forward (and backward when train), then model.norm's backward into dy_.
+  cpu::CrossEntropyResult head(Slot& sl, const Batch& b, bool train, float grad_scale, LlamaWeights* wgrad);
+  BlockActs& acts_of(Slot& sl, int64_t l) { return opt_.gradient_checkpointing ? recompute_ : sl.acts[l - l0_]; }
   const std::array<LoraPair, kNumProj>* layer_lora(int64_t l) const { return lora_ ? &lora_->layers[l] : nullptr; }
   // The gate's calls, nothing without one.
   void gather(int64_t unit) { if (gate_) gate_->gather(unit); }
@@ -61,10 +95,10 @@ class LlamaCpu {
   const LoraParams* lora_;
   ModelOptions opt_;
   UnitGate* gate_;
+  int64_t l0_, l1_;                    // this stage's layers [l0_, l1_)
   std::vector<float> inv_freq_;        // [d/2]
-  std::vector<float> cos_, sin_;       // [N, d/2]
-  std::vector<BlockActs> acts_;        // [L] without checkpointing, [1] (recompute workspace) with it
-  std::vector<Tensor> layer_inputs_;   // [L+1] of [N, H]: layer l's input; [L] is the final hidden state
+  std::vector<Slot> slots_;            // [opt.slots]
+  BlockActs recompute_;                // with checkpointing: the one layer being recomputed
   BlockScratch scratch_;
   Tensor normed_;                      // [N, H] model.norm output
   Tensor final_rstd_;                  // [N]

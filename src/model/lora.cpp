@@ -64,6 +64,14 @@ LoraParams LoraParams::zeros_like() const {
   return z;
 }
 
+LoraParams LoraParams::layers_only(int64_t l0, int64_t l1) const {
+  LoraParams part;
+  part.spec = spec;
+  part.layers.resize(layers.size());
+  for (int64_t l = l0; l < l1; ++l) part.layers[l] = layers[l];
+  return part;
+}
+
 namespace {
 std::string peft_key(size_t layer, int p, char ab) {
   return fmt::format("base_model.model.model.layers.{}.{}.lora_{}.weight", layer, proj_module(static_cast<Proj>(p)), ab);

@@ -40,6 +40,8 @@ struct LoraParams {
   // peft's default init: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform, a=sqrt(5)), B = 0.
   static LoraParams init(const LlamaConfig& cfg, const LoraSpec& spec, uint64_t seed);
   LoraParams zeros_like() const;
+  // The pairs of layers [l0, l1) only, every other pair empty (a pipeline stage's part).
+  LoraParams layers_only(int64_t l0, int64_t l1) const;
 
   // Every tensor in a fixed order with its peft key
   // ("base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight").

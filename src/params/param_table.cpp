@@ -48,6 +48,20 @@ ParamTable ParamTable::full(const LlamaConfig& c) {
   return t;
 }
 
+ParamTable ParamTable::stage(const LlamaConfig& c, int64_t l0, int64_t l1) {
+  ParamTable t = full(c);
+  t.trainable_ = 0;
+  for (ParamSpec& s : t.specs_) {
+    const bool mine = s.layer >= 0 ? (s.layer >= l0 && s.layer < l1)
+                      : s.role == ParamRole::Embed ? l0 == 0
+                                                   : l1 == c.num_hidden_layers;
+    s.trainable = mine;
+    s.offset = mine ? t.trainable_ : -1;
+    if (mine) t.trainable_ += s.numel();
+  }
+  return t;
+}
+
 const ParamSpec* ParamTable::find(std::string_view key) const {
   for (const auto& s : specs_)
     if (s.key == key) return &s;

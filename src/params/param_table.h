@@ -36,6 +36,10 @@ class ParamTable {
   // Every base tensor of a Llama model, in checkpoint order (embedding, layers, norm, lm_head when
   // not tied: tied embeddings are one tensor), all trainable: full fine-tuning.
   static ParamTable full(const LlamaConfig& cfg);
+  // A pipeline stage's part of full(): the same tensors, only those of layers [l0, l1) trainable,
+  // with the embedding on the stage of layer 0 and the final norm and lm_head on the stage of the
+  // last layer; the flat buffer holds those alone.
+  static ParamTable stage(const LlamaConfig& cfg, int64_t l0, int64_t l1);
 
   const std::vector<ParamSpec>& specs() const { return specs_; }
   int64_t trainable_numel() const { return trainable_; }

@@ -83,6 +83,15 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   p.micro_batch = t.micro_batch_size;
   p.grad_accum = t.grad_accum;
   p.zero = static_cast<int>(cfg.dist.zero);
+  p.pipeline = static_cast<int>(cfg.dist.pipeline);
+  if (p.pipeline > 1 && p.zero > 0)
+    fail("{}: dist.pipeline={} with dist.zero={} is not available in this version: a pipeline stage holds its own "
+         "layers whole (use dist.zero 0 with the pipeline, or dist.zero {} without it)",
+         label, p.pipeline, p.zero, p.zero);
+  if (p.pipeline > 1 && p.optimizer != OptimizerKind::AdamW && t.save_every > 0)
+    fail("{}: checkpoints (train.save_every) of dist.pipeline={} with train.optimizer {} are not available in this "
+         "version: use train.optimizer adamw, or train.save_every 0",
+         label, p.pipeline, t.optimizer);
   if (!t.max_memory.empty()) {
     p.max_memory = parse_memory_size(t.max_memory, fmt::format("{}: train.max_memory", label));
     if (p.device == Device::Cpu)

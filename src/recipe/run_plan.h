@@ -29,6 +29,7 @@ struct RunPlan {
   double max_grad_norm = 1.0;        // <= 0: no clipping
   int64_t micro_batch = 1, grad_accum = 1;
   int zero = 0;  // dist.zero: 0 data parallel, 1-3 ZeRO stages (with several ranks)
+  int pipeline = 1;  // dist.pipeline: stages the layers are split over (1: no pipeline)
   int64_t max_memory = 0;  // train.max_memory in bytes (0: no cap but the GPU's)
   int world = 1;           // ranks of the run, for planning (ftune plan --ranks; training reads its topology)
 };

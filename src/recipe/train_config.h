@@ -58,6 +58,7 @@ struct TrainSettings {
 
 struct DistSettings {
   int64_t zero = 0;          // 0: data parallel (gradients all-reduced); 1, 2, 3: ZeRO stages
+  int64_t pipeline = 1;      // pipeline stages: the layers split over this many ranks (1: none)
   double timeout_s = 300.0;  // rendezvous and every collective fail after this long
 };
 

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "core/error.h"
 #include "optim/adamw8bit.h"
 #include "dist/zero.h"
@@ -29,26 +31,60 @@ void unflatten(const std::vector<float>& flat, LoraParams& p) {
   });
 }
 
+// Pipeline stages: layers [l0, l1) of opt.model (the whole model without a pipeline).
+int64_t stage_end(const LlamaConfig& cfg, const ModelOptions& o) {
+  return o.end_layer < 0 ? cfg.num_hidden_layers : o.end_layer;
+}
+
+// A stage keeps only the weights it runs: its layers, the embedding on the first stage, the final
+// norm and lm_head on the last (the embedding there too when it is the tied lm_head).
+void keep_stage_weights(const LlamaConfig& cfg, const ModelOptions& o, LlamaWeights& w) {
+  const int64_t l0 = o.first_layer, l1 = stage_end(cfg, o), L = cfg.num_hidden_layers;
+  for (int64_t l = 0; l < L; ++l)
+    if (l < l0 || l >= l1) w.layers[l] = LayerWeights{};
+  if (l0 > 0 && !(l1 == L && cfg.tie_word_embeddings)) w.embed = Tensor();
+  if (l1 < L) w.final_norm = Tensor(), w.lm_head = Tensor();
+}
+
 // QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
-// 64), the values the GPU dequantizes before each GEMM.
-LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4) {
+// 64), the values the GPU dequantizes before each GEMM. A pipeline stage keeps its own weights only.
+LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4, const BackendOptions& opt) {
   LlamaWeights w = load_llama_weights(cfg, ckpt);  // NF4 weights of a bitsandbytes file come dequantized
+  if (opt.pipe) keep_stage_weights(cfg, opt.model, w);
   if (nf4)
     for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
       for (int p = 0; p < kNumProj; ++p) {
-        if (stored_quantized(ckpt, l, static_cast<Proj>(p))) continue;
+        if (w.layers[l].proj[p].empty() || stored_quantized(ckpt, l, static_cast<Proj>(p))) continue;
         Tensor& t = w.layers[l].proj[p];
         nf4_dequantize(nf4_quantize(t.data.data(), t.shape, 64, true), t.data.data());
       }
   return w;
 }
 
+// Pipeline: the whole of what trains from the stages' parts. Each stage adds its own values to
+// zeros elsewhere (x + 0 is exactly x), summed over the pipeline's ranks.
+void sum_over_stages(std::vector<float>& v, dist::Communicator* pipe) {
+  if (pipe && pipe->world() > 1) pipe->all_reduce_sum(v.data(), v.size());
+}
+LoraParams whole_adapter(const LlamaConfig& cfg, const LoraParams& part, dist::Communicator* pipe) {
+  LoraParams all = LoraParams::zeros(cfg, part.spec);
+  for (size_t l = 0; l < part.layers.size(); ++l)
+    for (int p = 0; p < kNumProj; ++p)
+      if (part.layers[l][p].active()) all.layers[l][p] = part.layers[l][p];
+  std::vector<float> flat = flatten(all);
+  sum_over_stages(flat, pipe);
+  unflatten(flat, all);
+  return all;
+}
+
 class CpuBackend final : public TrainBackend {
  public:
   CpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
-      : weights_(load_weights(cfg, ckpt, opt.plan.method == Method::Qlora)),
-        lora_(lora),
-        grads_(lora.zeros_like()),
+      : cfg_(cfg),
+        pipe_(opt.pipe),
+        weights_(load_weights(cfg, ckpt, opt.plan.method == Method::Qlora, opt)),
+        lora_(opt.pipe ? lora.layers_only(opt.model.first_layer, stage_end(cfg, opt.model)) : lora),
+        grads_(lora_.zeros_like()),
         settings_(opt.plan.adamw),
         opt_(lora_, opt.plan.adamw),
         model_(cfg, weights_, &lora_, opt.model) {
@@ -60,8 +96,19 @@ class CpuBackend final : public TrainBackend {
     return model_.forward_backward(b, scale, grads_, key);
   }
   cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
+  size_t stage_bytes(const Batch& b) const override {
+    return static_cast<size_t>(b.n() * cfg_.hidden_size) * sizeof(float);
+  }
+  cpu::CrossEntropyResult stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
+                                        float scale, uint64_t key) override {
+    return model_.stage_forward(slot, b, static_cast<const float*>(in), static_cast<float*>(out), train, scale, key);
+  }
+  void stage_backward(int64_t slot, const Batch& b, const void* dout, void* din) override {
+    model_.stage_backward(slot, b, static_cast<const float*>(dout), static_cast<float*>(din), grads_);
+  }
+  bool collective_state() const override { return pipe_ != nullptr; }
   StepResult step(double lr, double max_norm) override {
-    const double norm = clip_grad_norm(grads_, max_norm);
+    const double norm = clip_grad_norm(grads_, max_norm, pipe_);
     if (adam8_)
       step8(lr);
     else
@@ -69,7 +116,7 @@ class CpuBackend final : public TrainBackend {
     grads_.for_each([](const std::string&, Tensor& t) { t.zero(); });
     return {norm, false};
   }
-  void read_adapter(LoraParams& out) const override { out = lora_; }
+  void read_adapter(LoraParams& out) const override { out = pipe_ ? whole_adapter(cfg_, lora_, pipe_) : lora_; }
   void all_reduce_gradients(dist::Communicator& comm) override {
     std::vector<float> flat = flatten(grads_);
     comm.all_reduce_sum(flat.data(), flat.size());
@@ -77,13 +124,18 @@ class CpuBackend final : public TrainBackend {
   }
   BackendState save_state() const override {
     BackendState s;
-    lora_.for_each([&](const std::string& key, const Tensor& t) { s.f32["adapter." + key] = t.data; });
+    // Under a pipeline the state is the whole adapter's, the same as without one.
+    auto whole = [&](const LoraParams& part) { return pipe_ ? whole_adapter(cfg_, part, pipe_) : part; };
+    whole(lora_).for_each([&](const std::string& key, const Tensor& t) { s.f32["adapter." + key] = t.data; });
+    if (adam8_ && pipe_)
+      fail("checkpoint: 8-bit AdamW moments under dist.pipeline are not checkpointed in this version (use "
+           "train.optimizer adamw)");
     if (adam8_) {
       save_adam8bit(*adam8_, "adam8.", s);
       s.ints["adam8.t"] = t8_;
     } else {
-      opt_.first_moment().for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.m." + key] = t.data; });
-      opt_.second_moment().for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.v." + key] = t.data; });
+      whole(opt_.first_moment()).for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.m." + key] = t.data; });
+      whole(opt_.second_moment()).for_each([&](const std::string& key, const Tensor& t) { s.f32["adam.v." + key] = t.data; });
       s.ints["adam.t"] = opt_.steps();
     }
     return s;
@@ -115,8 +167,10 @@ class CpuBackend final : public TrainBackend {
     unflatten(p, lora_);
   }
 
+  const LlamaConfig& cfg_;
+  dist::Communicator* pipe_;  // the pipeline's stages, or nullptr
   LlamaWeights weights_;
-  LoraParams lora_;   // the adapter being trained
+  LoraParams lora_;   // the adapter being trained (under a pipeline, this stage's layers only)
   LoraParams grads_;  // same shapes
   AdamWSettings settings_;
   LoraAdamW opt_;
@@ -140,9 +194,12 @@ class CpuBackend final : public TrainBackend {
 class CpuFullBackend final : public TrainBackend {
  public:
   CpuFullBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& opt)
-      : weights_(load_llama_weights(cfg, ckpt)),
+      : cfg_(cfg),
+        pipe_(opt.pipe),
+        weights_(load_weights(cfg, ckpt, false, opt)),
         grads_(zeros_like(weights_)),
-        table_(ParamTable::full(cfg)),
+        table_(opt.pipe ? ParamTable::stage(cfg, opt.model.first_layer, stage_end(cfg, opt.model))
+                        : ParamTable::full(cfg)),
         master_(static_cast<size_t>(table_.trainable_numel())),
         flat_grad_(master_.size()),
         zero_(opt.comm && opt.comm->world() > 1 ? opt.plan.zero : 0),
@@ -153,8 +210,13 @@ class CpuFullBackend final : public TrainBackend {
         settings_(opt.plan.adamw),
         model_(cfg, weights_, nullptr, opt.model) {
     FT_ASSERT(opt.plan.optimizer != OptimizerKind::PagedAdamW8bit);  // the run plan refuses it
+    if (opt.pipe && cfg.tie_word_embeddings && opt.pipe->world() > 1)
+      fail("dist.pipeline with train.method full and tied embeddings (tie_word_embeddings) is not available in this "
+           "version: the embedding trains on the first stage and, as the lm_head, on the last");
+    for (const ParamSpec& s : table_.specs())
+      if (s.trainable) trained_.push_back(&s);
     if (opt.plan.optimizer == OptimizerKind::AdamW8bit)
-      for (const ParamSpec& s : table_.specs()) adam8_.emplace_back(s.numel());
+      for (const ParamSpec* s : trained_) adam8_.emplace_back(s->numel());
     gather_trainable(table_, weights_, master_.data());
   }
   std::string name() const override {
@@ -164,12 +226,28 @@ class CpuFullBackend final : public TrainBackend {
     return model_.forward_backward(b, scale, none_, key, &grads_);
   }
   cpu::CrossEntropyResult loss(const Batch& b) override { return model_.loss(b); }
+  size_t stage_bytes(const Batch& b) const override {
+    return static_cast<size_t>(b.n() * cfg_.hidden_size) * sizeof(float);
+  }
+  cpu::CrossEntropyResult stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
+                                        float scale, uint64_t key) override {
+    return model_.stage_forward(slot, b, static_cast<const float*>(in), static_cast<float*>(out), train, scale, key,
+                                &grads_);
+  }
+  void stage_backward(int64_t slot, const Batch& b, const void* dout, void* din) override {
+    model_.stage_backward(slot, b, static_cast<const float*>(dout), static_cast<float*>(din), none_, &grads_);
+  }
   StepResult step(double lr, double max_norm) override {
     const int64_t P = table_.trainable_numel();
     if (!grads_in_flat_) gather_trainable(table_, grads_, flat_grad_.data());
     grads_in_flat_ = false;
-    const double norm = zero_ == 2 ? dist::sharded_grad_norm(flat_grad_.data() + shard_.begin, shard_, P, *comm_)
-                                   : flat_grad_norm(flat_grad_.data(), P);
+    double norm = zero_ == 2 ? dist::sharded_grad_norm(flat_grad_.data() + shard_.begin, shard_, P, *comm_)
+                             : flat_grad_norm(flat_grad_.data(), P);
+    if (pipe_ && pipe_->world() > 1) {  // the other stages hold the rest of the gradient
+      double sq = norm * norm;
+      pipe_->all_reduce_sum(&sq, 1);
+      norm = std::sqrt(sq);
+    }
     const float coef = static_cast<float>(clip_coefficient(norm, max_norm));
     if (zero_) {  // this rank's part of the masters, then every rank's
       opt_.step(master_.data() + shard_.begin, flat_grad_.data() + shard_.begin, lr, coef);
@@ -180,7 +258,7 @@ class CpuFullBackend final : public TrainBackend {
     } else {
       ++t8_;
       for (size_t i = 0; i < adam8_.size(); ++i) {
-        const ParamSpec& s = table_.specs()[i];
+        const ParamSpec& s = *trained_[i];
         adam8_[i].step({static_cast<float>(lr), static_cast<float>(settings_.beta1),
                         static_cast<float>(settings_.beta2), static_cast<float>(settings_.eps),
                         s.decay ? static_cast<float>(settings_.weight_decay) : 0.0f, t8_, coef},
@@ -188,10 +266,10 @@ class CpuFullBackend final : public TrainBackend {
       }
     }
     scatter_trainable(table_, master_.data(), weights_);  // refresh the compute copy
-    for (const ParamSpec& s : table_.specs()) param_tensor(grads_, s).zero();
+    for (const ParamSpec* s : trained_) param_tensor(grads_, *s).zero();
     return {norm, false};
   }
-  bool collective_state() const override { return zero_ > 0; }
+  bool collective_state() const override { return zero_ > 0 || pipe_ != nullptr; }
   void all_reduce_gradients(dist::Communicator& comm) override {
     gather_trainable(table_, grads_, flat_grad_.data());
     if (zero_ == 2) {  // only this rank's part of the sum
@@ -203,21 +281,38 @@ class CpuFullBackend final : public TrainBackend {
     }
     grads_in_flat_ = true;
   }
-  void read_weights(LlamaWeights& out) const override { out = weights_; }
+  void read_weights(LlamaWeights& out) const override {
+    if (!pipe_) {
+      out = weights_;
+      return;
+    }
+    const ParamTable all = ParamTable::full(cfg_);
+    out = zeros_like(load_shapes());
+    scatter_trainable(all, whole(master_).data(), out);
+  }
   BackendState save_state() const override {
     BackendState s;
-    s.f32["master"] = master_;
+    s.f32["master"] = whole(master_);
+    if (!adam8_.empty() && pipe_)
+      fail("checkpoint: 8-bit AdamW moments under dist.pipeline are not checkpointed in this version (use "
+           "train.optimizer adamw)");
     if (!adam8_.empty()) {  // the GPU's names for the same per-tensor states
       for (size_t i = 0; i < adam8_.size(); ++i) save_adam8bit(adam8_[i], fmt::format("adam8.{}.", i), s);
       s.ints["adam8.t"] = t8_;
       return s;
     }
-    s.f32["adam.m"] = gathered(opt_.first_moment()), s.f32["adam.v"] = gathered(opt_.second_moment());
+    s.f32["adam.m"] = whole(gathered(opt_.first_moment())), s.f32["adam.v"] = whole(gathered(opt_.second_moment()));
     s.ints["adam.t"] = opt_.steps();
     return s;
   }
   void load_state(const BackendState& s) override {
     const int64_t n = static_cast<int64_t>(master_.size());
+    if (pipe_) {  // this stage's part of the whole model's state
+      master_ = own(s.f32_of("master", ParamTable::full(cfg_).trainable_numel()));
+      opt_.restore(own(s.f32_of("adam.m", -1)), own(s.f32_of("adam.v", -1)), s.int_of("adam.t"));
+      scatter_trainable(table_, master_.data(), weights_);
+      return;
+    }
     master_ = s.f32_of("master", n);
     if (!adam8_.empty()) {
       for (size_t i = 0; i < adam8_.size(); ++i) load_adam8bit(adam8_[i], fmt::format("adam8.{}.", i), s);
@@ -229,9 +324,56 @@ class CpuFullBackend final : public TrainBackend {
   }
 
  private:
-  LlamaWeights weights_;         // compute copy the model reads
+  // Pipeline: a stage's flat buffer (table_'s layout) within the whole model's (ParamTable::full),
+  // summed over the stages (each adds its part to zeros), and this stage's part of a whole one.
+  std::vector<float> whole(const std::vector<float>& part) const {
+    if (!pipe_) return part;
+    const ParamTable all = ParamTable::full(cfg_);
+    std::vector<float> out(static_cast<size_t>(all.trainable_numel()), 0.0f);
+    for (const ParamSpec* s : trained_) {
+      const ParamSpec* a = all.find(s->key);
+      std::copy_n(part.begin() + s->offset, s->numel(), out.begin() + a->offset);
+    }
+    sum_over_stages(out, pipe_);
+    return out;
+  }
+  std::vector<float> own(const std::vector<float>& all_values) const {
+    const ParamTable all = ParamTable::full(cfg_);
+    if (all_values.size() != static_cast<size_t>(all.trainable_numel()))
+      fail("checkpoint: the optimizer state holds {} values where this model has {} (a checkpoint of another model)",
+           all_values.size(), all.trainable_numel());
+    std::vector<float> part(master_.size());
+    for (const ParamSpec* s : trained_) {
+      const ParamSpec* a = all.find(s->key);
+      std::copy_n(all_values.begin() + a->offset, s->numel(), part.begin() + s->offset);
+    }
+    return part;
+  }
+  // Zero tensors of every weight of the model (the whole model read back from a pipeline).
+  LlamaWeights load_shapes() const {
+    LlamaWeights w;
+    const int64_t H = cfg_.hidden_size;
+    w.embed = Tensor({cfg_.vocab_size, H});
+    w.final_norm = Tensor({H});
+    if (!cfg_.tie_word_embeddings) w.lm_head = Tensor({cfg_.vocab_size, H});
+    for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+      LayerWeights& lw = w.layers.emplace_back();
+      lw.input_norm = Tensor({H});
+      lw.post_norm = Tensor({H});
+      for (int p = 0; p < kNumProj; ++p) {
+        const auto sh = proj_shape(cfg_, static_cast<Proj>(p));
+        lw.proj[p] = Tensor({sh[0], sh[1]});
+      }
+    }
+    return w;
+  }
+
+  const LlamaConfig& cfg_;
+  dist::Communicator* pipe_;     // the pipeline's stages, or nullptr
+  LlamaWeights weights_;         // compute copy the model reads (a stage's weights only, under a pipeline)
   LlamaWeights grads_;           // same shapes, accumulated over the micro-batches of a step
-  ParamTable table_;
+  ParamTable table_;             // under a pipeline, the stage's part trains
+  std::vector<const ParamSpec*> trained_;  // table_'s trainable specs
   std::vector<float> master_;    // [trainable] fp32 master weights
   std::vector<float> flat_grad_; // [trainable]
   // ZeRO: checkpoints hold the whole moments (gathered from every rank; each rank takes its part back
@@ -274,6 +416,7 @@ std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const Checkpo
                                            const BackendOptions& opt) {
   const Device device = opt.plan.device;
   const bool gpu = device == Device::Cuda || (device == Device::Auto && gpu_available());
+  if (gpu && opt.pipe) fail("dist.pipeline on the GPU is not available in this build; set train.device cpu");
   if (opt.plan.method == Method::Full) {
     if (gpu) return make_gpu_full_backend(cfg, ckpt, opt);
     if (opt.plan.zero == 3 && opt.comm && opt.comm->world() > 1) return make_cpu_zero3_backend(cfg, ckpt, opt);

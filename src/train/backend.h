@@ -39,6 +39,26 @@ class TrainBackend {
   // Under collective_forward: this rank's part in the collectives of one loss() of the other ranks,
   // computing nothing (a rank with no rows left to evaluate).
   virtual void forward_without_rows() { FT_ASSERT(false && "the forward is not collective"); }
+  // Pipeline stage (dist.pipeline > 1; BackendOptions::model names the stage's layers): the
+  // engine moves each micro-batch through the stages. stage_bytes: the hidden state one stage hands
+  // the next for `b` (and its gradient, the same size). stage_forward runs `b` in activation `slot`
+  // through this stage: `in` is the previous stage's output (nullptr on the first stage), `out`
+  // receives this stage's (nullptr on the last, which computes the loss, and when `train` also its
+  // gradient, scaled by grad_scale). stage_backward takes the gradient of the stage's output
+  // (nullptr on the last stage), accumulates the weight gradients, and writes the gradient of its
+  // input to `din` (nullptr on the first stage). Buffers are host memory.
+  virtual size_t stage_bytes(const Batch& b) const {
+    FT_ASSERT(false && "not a pipeline stage");
+    return 0;
+  }
+  virtual cpu::CrossEntropyResult stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
+                                                float grad_scale, uint64_t dropout_key) {
+    FT_ASSERT(false && "not a pipeline stage");
+    return {};
+  }
+  virtual void stage_backward(int64_t slot, const Batch& b, const void* dout, void* din) {
+    FT_ASSERT(false && "not a pipeline stage");
+  }
   // Clips the accumulated gradients to a global norm of max_norm (0: no clipping), applies one
   // AdamW update at lr and zeroes the gradients. Returns the norm before clipping, and whether
   // fp16 loss scaling skipped the update (the gradients overflowed).
@@ -73,6 +93,10 @@ struct BackendOptions {
   dist::Store* store = nullptr;
   double timeout_s = 300.0;
   dist::Communicator* comm = nullptr;  // the ranks' host collectives (ZeRO's sharded optimizer uses them)
+  // Pipeline: the stages of this rank's pipeline (rank = stage). The gradient norm is summed over
+  // them, and what trains (read_adapter, read_weights, save_state) is put together from them, so
+  // those calls are collective (collective_state()). nullptr without a pipeline.
+  dist::Communicator* pipe = nullptr;
 };
 
 // plan.device: cpu, cuda, or auto (cuda when this build has it and a GPU is present). The base

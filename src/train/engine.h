@@ -9,6 +9,10 @@
 // index i), the gradients are summed over the ranks before the update, and the loss is normalised
 // by the trained tokens of all W x grad_accum micro-batches. So W ranks with grad_accum g compute
 // what one rank computes with grad_accum W x g: the same rows, masks and normalisation.
+// A pipeline (dist.pipeline P): every rank holds the layers of one stage; the step's micro-batches
+// of each pipeline run through its stages in the 1F1B order (dist/pipeline.h), each stage receiving
+// the hidden state from the one before and the gradient from the one after; the pipelines are the
+// data-parallel replicas (micro-batch i goes to replica i % R) and sum their stages' gradients.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -17,6 +21,7 @@
 #include "data/batcher.h"
 #include "data/dataset.h"
 #include "dist/communicator.h"
+#include "dist/pipeline.h"
 #include "recipe/run_plan.h"
 #include "train/backend.h"
 
@@ -35,10 +40,20 @@ struct StepOutcome {
 // abandons the step (the stop signal's grace period would end before the step does).
 using AbortCheck = std::function<bool(int64_t done, int64_t total)>;
 
+// Where a rank sits in a pipelined run: its place, the communicator of its pipeline (rank = stage)
+// and that of its stage's replicas (rank = replica; nullptr for a single pipeline).
+struct PipelineComms {
+  dist::PipelinePlace place;
+  dist::Communicator* pipe = nullptr;
+  dist::Communicator* data = nullptr;
+};
+
 class Engine {
  public:
-  // comm: the ranks of a data-parallel run (a single rank when null).
-  Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed, dist::Communicator* comm = nullptr);
+  // comm: the ranks of a data-parallel run (a single rank when null), or all ranks of a pipelined
+  // one, whose groups `pipeline` gives.
+  Engine(TrainBackend& backend, const RunPlan& plan, uint64_t seed, dist::Communicator* comm = nullptr,
+         const PipelineComms* pipeline = nullptr);
   // Step `step` (0-based) at learning rate lr, with grad_accum micro-batches from `batches`.
   // `abort`, when given, may abandon the step between micro-batches: the backend's weights and
   // optimizer then stay as the previous step left them (only its gradient buffers hold partial sums).
@@ -54,6 +69,11 @@ class Engine {
  private:
   // Whether any rank asks to stop (collective when there are several ranks).
   bool any_rank(bool mine);
+  // The pipeline's part of step(): the 1F1B schedule over this stage's micro-batches; returns the
+  // sum of the losses (non-zero on the last stage only).
+  double run_pipeline(int64_t step, const std::vector<int64_t>& index, float scale);
+  // One micro-batch's forward through the pipeline without gradients; its loss on the last stage.
+  cpu::CrossEntropyResult pipeline_loss(const Batch& b);
 
   TrainBackend& backend_;
   RunPlan plan_;
@@ -61,6 +81,9 @@ class Engine {
   std::unique_ptr<dist::Communicator> single_;  // when no communicator was given
   dist::Communicator* comm_;
   std::vector<Batch> micro_;  // [grad_accum], reused
+  bool piped_ = false;
+  PipelineComms pipe_;
+  std::vector<uint8_t> act_in_, act_out_, grad_in_, grad_out_;  // hidden states and gradients between stages
 };
 
 // NaN and infinity as a user reads them (fmt prints "-nan").

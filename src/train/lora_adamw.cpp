@@ -35,8 +35,13 @@ double grad_norm(const LoraParams& grads) {
   return std::sqrt(ss);
 }
 
-double clip_grad_norm(LoraParams& grads, double max_norm) {
-  const double norm = grad_norm(grads);
+double clip_grad_norm(LoraParams& grads, double max_norm, dist::Communicator* sum_over) {
+  double norm = grad_norm(grads);
+  if (sum_over && sum_over->world() > 1) {
+    double sq = norm * norm;
+    sum_over->all_reduce_sum(&sq, 1);
+    norm = std::sqrt(sq);
+  }
   const double coef = clip_coefficient(norm, max_norm);
   if (coef < 1.0) {
     const float c = static_cast<float>(coef);

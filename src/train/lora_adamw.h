@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 
+#include "dist/communicator.h"
 #include "model/lora.h"
 #include "optim/adamw.h"
 
@@ -32,6 +33,8 @@ class LoraAdamW {
 double grad_norm(const LoraParams& grads);
 // Scales grads so their global norm is at most max_norm (torch's clip_grad_norm_: coefficient
 // max_norm / (norm + 1e-6), applied only when below 1). Returns the norm before clipping.
-double clip_grad_norm(LoraParams& grads, double max_norm);
+// `sum_over`, when given, holds the other parts of the gradient (pipeline stages): the norm is that
+// of all of them together.
+double clip_grad_norm(LoraParams& grads, double max_norm, dist::Communicator* sum_over = nullptr);
 
 }  // namespace ftune

@@ -35,6 +35,7 @@
 #include "optim/schedule.h"
 #include "params/param_table.h"
 #include "dist/communicator.h"
+#include "dist/pipeline.h"
 #include "dist/rendezvous.h"
 #include "dist/topology.h"
 #include "train/backend.h"
@@ -125,14 +126,15 @@ std::optional<Checkpoint> find_resume(const TrainConfig& cfg, const std::string&
 }
 
 // A resumed run must be the run that was checkpointed: any key that changes what is computed is
-// refused; those that only change how far it goes or what it reports may differ. dist.zero only
-// changes where the state lives (a checkpoint holds it whole, in the parameter table's layout, at
-// every stage), so a run may resume at another stage.
+// refused; those that only change how far it goes or what it reports may differ. dist.zero and
+// dist.pipeline only change where the state lives (a checkpoint holds it whole, in the layout of an
+// unsharded run, whatever the stage or the pipeline), so a run may resume with others.
 void check_resumable(const Checkpoint& ck, const TrainConfig& now) {
   static const std::set<std::string> kMayChange = {"output_dir",        "overwrite",      "train.max_steps",
                                                    "train.log_every",   "train.eval_every", "train.save_every",
                                                    "train.keep_last",   "train.resume",   "train.threads",
-                                                   "train.grace_s",     "train.report_to", "dist.zero"};
+                                                   "train.grace_s",     "train.report_to", "dist.zero",
+                                                   "dist.pipeline"};
   const TrainConfig before = read_resolved_config(ck.config_yaml, ck.dir + "/config.yaml");
   for (const std::string& d : train_config_differences(before, now))
     if (!kMayChange.count(d.substr(0, d.find(':'))))
@@ -185,12 +187,27 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
                           fmt::format("{:08x}", crc32(0, reinterpret_cast<const Bytef*>(yaml.data()), yaml.size())));
     comm = dist::make_gloo_communicator(*store, topo.rank, topo.world, timeout);
   }
+  // A pipeline: the communicator of this rank's pipeline (its stages) and, with several pipelines,
+  // that of this stage's replicas (the data-parallel sum).
+  const dist::PipelinePlace place = dist::pipeline_place(topo.rank, topo.world, plan.pipeline);
+  std::unique_ptr<dist::Store> pipe_store, data_store;
+  std::unique_ptr<dist::Communicator> pipe_comm, data_comm;
+  PipelineComms pipeline{place, comm.get(), nullptr};
+  if (plan.pipeline > 1 && place.replicas > 1) {
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg.dist.timeout_s * 1000));
+    pipe_store = dist::prefixed(*store, fmt::format("pipeline{}", place.replica));
+    pipe_comm = dist::make_gloo_communicator(*pipe_store, place.stage, place.stages, timeout);
+    data_store = dist::prefixed(*store, fmt::format("stage{}", place.stage));
+    data_comm = dist::make_gloo_communicator(*data_store, place.replica, place.replicas, timeout);
+    pipeline.pipe = pipe_comm.get(), pipeline.data = data_comm.get();
+  }
   // The log of rank 0; the others run quietly (their errors still reach stderr).
   std::unique_ptr<FILE, int (*)(FILE*)> devnull(writer ? nullptr : std::fopen("/dev/null", "w"), &std::fclose);
   FILE* log = writer ? stderr : devnull.get();
   if (topo.world > 1)
     fmt::print(log, "ftune: {} ranks ({} per node, launched by {}), {}\n", topo.world, topo.local_world, topo.launcher,
-               plan.zero == 0 ? "data parallel"
+               plan.pipeline > 1 ? "pipeline parallel"
+               : plan.zero == 0  ? "data parallel"
                : plan.zero == 3
                    ? "ZeRO stage 3 (weights, gradients and optimizer state sharded)"
                    : fmt::format("ZeRO stage {} (optimizer state{} sharded)", plan.zero, plan.zero == 2 ? " and gradients" : ""));
@@ -236,7 +253,21 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   const int64_t m = cfg.data.pad_to_multiple_of;
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = plan.checkpointing;
-  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan, topo, store.get(), cfg.dist.timeout_s, comm.get()});
+  if (plan.pipeline > 1) {  // this stage's layers, split by their weights' memory
+    const bool gpu = plan.device == Device::Cuda || (plan.device == Device::Auto && gpu_available());
+    const double per_param = !gpu ? 4.0 : plan.method == Method::Qlora ? 0.5625 : 2.0;
+    const std::vector<int64_t> bounds = dist::split_llama_layers(mcfg, plan.pipeline, per_param, gpu ? 2.0 : 4.0);
+    mopt.first_layer = bounds[place.stage], mopt.end_layer = bounds[place.stage + 1];
+    mopt.slots = dist::pipeline_slots(plan.pipeline, place.stage, plan.grad_accum);
+    std::string groups;
+    for (int st = 0; st < plan.pipeline; ++st)
+      groups += fmt::format("{}{}-{}", st ? ", " : "", bounds[st], bounds[st + 1] - 1);
+    fmt::print(log, "ftune: pipeline of {} stages x {} replica{} (layers {}); 1F1B over {} micro-batches, bubble {:.1f}%\n",
+               plan.pipeline, place.replicas, place.replicas > 1 ? "s" : "", groups, plan.grad_accum,
+               100.0 * dist::pipeline_bubble(plan.pipeline, plan.grad_accum));
+  }
+  const auto model = make_backend(mcfg, ckpt, lora, BackendOptions{mopt, plan, topo, store.get(), cfg.dist.timeout_s, comm.get(),
+                                                                      plan.pipeline > 1 ? pipeline.pipe : nullptr});
   fmt::print(log, "ftune: running on {}\n", model->name());
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   if (model->planned_bytes())
@@ -322,7 +353,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   };
   auto save_checkpoint = [&](int64_t done) { return save_checkpoint_at(done, batcher.state()); };
   const auto t0 = std::chrono::steady_clock::now();
-  Engine engine(*model, plan, ts.seed, comm.get());
+  Engine engine(*model, plan, ts.seed, comm.get(), plan.pipeline > 1 ? &pipeline : nullptr);
   int64_t done = first_step;  // steps completed
   double best_val = std::numeric_limits<double>::infinity();
   int64_t best_step = 0, evals_since_best = 0;
@@ -426,6 +457,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     const std::function<Tensor(const ParamSpec&)> stream = full ? model->weight_stream() : nullptr;
     LlamaWeights trained;
     if (full && !stream && (writer || model->collective_state())) model->read_weights(trained);
+    if (!full && (writer || model->collective_state())) model->read_adapter(lora);  // (pipeline: from every stage)
     if (!writer) {  // rank 0 writes the result
       if (stream)
         for (const ParamSpec& s : table.specs()) stream(s);
@@ -437,7 +469,6 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     } else if (full) {
       save_hf_model(out->staging_dir(), cfg.model, table, trained, ckpt.info("model.embed_tokens.weight").dtype);
     } else {
-      model->read_adapter(lora);
       save_peft_adapter(out->staging_dir(), lora, cfg.model);
       if (ts.save_merged) {
         const std::string merged = out->staged("merged");
