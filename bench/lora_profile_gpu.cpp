@@ -120,15 +120,15 @@ int main(int argc, char** argv) {
     add("LoRA GEMMs, backward", lora_b, L);
     const cuda::AttnShape as{B, T, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
                              1.0f / std::sqrt(static_cast<float>(c.head_dim))};
-    const bool flash = cuda::flash_attention_supported(ctx, as);
+    const bool flash = cuda::flash_attention_supported(ctx, cuda::Storage::BF16, as);
     cuda::DeviceBuffer scratch(flash ? cuda::flash_attention_scratch_floats(as) * 4 : 4);
     add("attention forward", time_ms(ctx, [&] {
-          if (flash) cuda::flash_attention_forward(ctx, as, q.data(), k.data(), v.data(), nullptr, o.data(), lse.as<float>());
+          if (flash) cuda::flash_attention_forward(ctx, cuda::Storage::BF16, as, q.data(), k.data(), v.data(), nullptr, o.data(), lse.as<float>());
           else cuda::attention_forward(ctx, BF, as, q.data(), k.data(), v.data(), nullptr, o.data(), lse.as<float>());
         }, 5), L * fwd_passes);
     add("attention backward", time_ms(ctx, [&] {
           if (flash)
-            cuda::flash_attention_backward(ctx, as, q.data(), k.data(), v.data(), nullptr, o.data(), lse.as<float>(), o.data(),
+            cuda::flash_attention_backward(ctx, cuda::Storage::BF16, as, q.data(), k.data(), v.data(), nullptr, o.data(), lse.as<float>(), o.data(),
                                            dq.data(), dk.data(), dv.data(), delta.as<float>(), scratch.as<float>());
           else
             cuda::attention_backward(ctx, BF, as, q.data(), k.data(), v.data(), nullptr, o.data(), lse.as<float>(), o.data(),

@@ -46,8 +46,8 @@ std::vector<AdapterSource> parse_adapters(const std::vector<std::string>& specs,
 void run(const Args& a) {
   const std::string name = a.name.empty() ? a.model : a.name;
   const std::vector<AdapterSource> adapters = parse_adapters(a.adapters, name);
-  if (a.chat != "auto" && a.chat != "llama2" && a.chat != "llama3" && a.chat != "chatml")
-    fail("--chat-template: expected llama2, llama3, chatml or auto, got '{}'", a.chat);
+  if (a.chat != "auto" && a.chat != "llama2" && a.chat != "llama3" && a.chat != "llama3.1" && a.chat != "chatml")
+    fail("--chat-template: expected llama2, llama3, llama3.1, chatml or auto, got '{}'", a.chat);
   if (a.engine.max_adapters < 0) fail("--max-adapters must be >= 0, got {}", a.engine.max_adapters);
   if (a.engine.max_batch_tokens < 1) fail("--max-batch-tokens must be at least 1, got {}", a.engine.max_batch_tokens);
   if (a.engine.max_sequences < 1) fail("--max-sequences must be at least 1, got {}", a.engine.max_sequences);

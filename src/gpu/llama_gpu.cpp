@@ -108,6 +108,13 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
   if (opt.nf4 && dt_ == F32) fail("internal error: NF4 base weights dequantize into bf16 or fp16");
   if (opt.offload && !opt.checkpointing) fail("internal error: activation offload needs checkpointing");
   if (opt.full && (opt.nf4 || spec)) fail("internal error: full fine-tuning trains the base itself (no NF4, no adapter)");
+  l0_ = opt.first_layer, l1_ = opt.end_layer < 0 ? cfg.num_hidden_layers : opt.end_layer;
+  FT_ASSERT(0 <= l0_ && l0_ < l1_ && l1_ <= cfg.num_hidden_layers && opt.slots >= 1);
+  const bool staged = l0_ > 0 || l1_ < cfg.num_hidden_layers || opt.slots > 1;
+  if (staged && (opt.full || opt.offload || opt.zero3_world > 0))
+    fail("dist.pipeline on the GPU trains LoRA and QLoRA in this version, without train.offload_activations (full "
+         "fine-tuning pipelines on train.device cpu)");
+  slot_key_.assign(static_cast<size_t>(opt.slots), 0);
   if (opt.full) {
     table_ = ParamTable::full(cfg);
     layer_off_.resize(cfg.num_hidden_layers);
@@ -135,7 +142,7 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
   slots_.resize(cfg.num_hidden_layers);
   if (has_lora_)
-    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    for (int64_t l = l0_; l < l1_; ++l)
       for (int p = 0; p < kNumProj; ++p)
         if (spec_.targets[p]) {
           auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
@@ -218,14 +225,15 @@ void LlamaGpu::allocate() {
   final_norm_ = alloc(H * 4);
   const bool whole = !z3_ || opt_.zero_whole_weights;  // the weights themselves on this rank
   if (z3_) allocate_zero3();
-  if (whole) {
-    embed_ = alloc_dt(V * H);
-    if (!cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
+  if (whole) {  // a pipeline stage: the embedding on the first, the lm_head on the last (tied: the embedding)
+    if (first_stage() || (last_stage() && cfg_.tie_word_embeddings)) embed_ = alloc_dt(V * H);
+    if (last_stage() && !cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
   }
   layers_.clear();
   layers_.resize(L);
   int64_t widest_w = 0;  // elements of the largest projection
-  for (Layer& Ly : layers_) {
+  for (int64_t l = l0_; l < l1_; ++l) {
+    Layer& Ly = layers_[l];
     Ly.input_norm = alloc(H * 4), Ly.post_norm = alloc(H * 4);
     for (int p = 0; p < kNumProj; ++p) {
       auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));
@@ -261,7 +269,7 @@ void LlamaGpu::allocate() {
   // Activations: every layer's, or one reused set when checkpointing.
   cat_ = MemCategory::Activations;
   acts_.clear();
-  acts_.resize(opt_.checkpointing ? 1 : L);
+  acts_.resize(opt_.checkpointing ? 1 : (l1_ - l0_) * opt_.slots);
   for (Acts& A : acts_) {
     A.n1 = alloc_dt(N * H), A.q = alloc_dt(N * Q), A.k = alloc_dt(N * KV), A.v = alloc_dt(N * KV);
     A.att = alloc_dt(N * Q), A.h = alloc_dt(N * H), A.n2 = alloc_dt(N * H);
@@ -271,7 +279,7 @@ void LlamaGpu::allocate() {
       if (adapted(p)) A.t[p] = alloc_dt(N * r);
   }
   xs_.clear();
-  xs_.resize(opt_.offload ? std::min<int64_t>(L + 1, ActivationOffload::kSlots) : L + 1);
+  xs_.resize(opt_.offload ? std::min<int64_t>(L + 1, ActivationOffload::kSlots) : (l1_ - l0_ + 1) * opt_.slots);
   for (auto& x : xs_) x = alloc_dt(N * H);
   if (opt_.offload) plan_.host_pinned += static_cast<size_t>(L + 1) * static_cast<size_t>(N * H) * esz_;
   cat_ = MemCategory::Scratch;
@@ -331,19 +339,22 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
 
 // The weights as the model computes with them: uploaded tensor by tensor, or random.
 void LlamaGpu::fill_weights(const WeightSource* w, uint64_t seed) {
-  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, L = cfg_.num_hidden_layers;
+  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
   uint64_t salt = seed * 0x9E3779B97F4A7C15ull;
   auto rnd = [&](cuda::DeviceBuffer& b, int64_t n, bool as_dt, float mean, float std) {
     cuda::fill_normal(*ctx_, as_dt ? dt_ : F32, b.data(), n, ++salt, mean, std);
   };
+  // (a pipeline stage holds some of them: embed_ and head_ are allocated where they are used)
   if (w) {
-    upload(w->embed(), embed_, true), upload(w->final_norm(), final_norm_, false);
-    if (!cfg_.tie_word_embeddings) upload(w->lm_head(), head_, true);
+    if (embed_.data()) upload(w->embed(), embed_, true);
+    upload(w->final_norm(), final_norm_, false);
+    if (head_.data()) upload(w->lm_head(), head_, true);
   } else {
-    rnd(embed_, V * H, true, 0.0f, 0.02f), rnd(final_norm_, H, false, 1.0f, 0.0f);
-    if (!cfg_.tie_word_embeddings) rnd(head_, V * H, true, 0.0f, 0.02f);
+    if (embed_.data()) rnd(embed_, V * H, true, 0.0f, 0.02f);
+    rnd(final_norm_, H, false, 1.0f, 0.0f);
+    if (head_.data()) rnd(head_, V * H, true, 0.0f, 0.02f);
   }
-  for (int64_t l = 0; l < L; ++l) {
+  for (int64_t l = l0_; l < l1_; ++l) {
     Layer& Ly = layers_[l];
     if (w) {
       upload(w->norm(l, false), Ly.input_norm, false), upload(w->norm(l, true), Ly.post_norm, false);
@@ -381,7 +392,7 @@ void LlamaGpu::fill_weights(const WeightSource* w, uint64_t seed) {
 void LlamaGpu::set_lora(const LoraParams& lora) {
   FT_ASSERT(has_lora_);
   std::vector<float> flat(lora_n_);
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+  for (int64_t l = l0_; l < l1_; ++l)
     for (int p = 0; p < kNumProj; ++p)
       if (adapted(p)) {
         const LoraPair& pr = lora.layers[l][p];
@@ -397,7 +408,7 @@ void LlamaGpu::set_lora(const LoraParams& lora) {
 void LlamaGpu::get_lora(LoraParams& lora) const {
   ctx_->synchronize();
   const auto flat = lora_p_.to_host<float>(lora_n_);
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+  for (int64_t l = l0_; l < l1_; ++l)
     for (int p = 0; p < kNumProj; ++p)
       if (adapted(p)) {
         LoraPair& pr = lora.layers[l][p];
@@ -475,7 +486,7 @@ void LlamaGpu::zero_grads() {
 void LlamaGpu::add_grads_to(LoraParams& grads) const {
   ctx_->synchronize();
   const auto flat = lora_g_.to_host<float>(lora_n_);
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l)
+  for (int64_t l = l0_; l < l1_; ++l)
     for (int p = 0; p < kNumProj; ++p)
       if (adapted(p)) {
         LoraPair& g = grads.layers[l][p];
@@ -534,6 +545,7 @@ void LlamaGpu::prepare(const Batch& b) {
   cuda::gather_rows(*ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
   cuda::gather_rows(*ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
   if (opt_.full) prepare_full(b);
+  if (!first_stage()) return;  // the previous stage's output is the input
   if (offload_) offload_->before_write(0);
   cuda::embedding_forward(*ctx_, dt_, embed_w(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
   if (offload_) offload_->after_write(0, xbuf(0), x_bytes());
@@ -643,16 +655,18 @@ cuda::AttnShape LlamaGpu::attn_shape() const {
 }
 
 bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
-  if (dt_ != cuda::Storage::BF16) return false;
-  if (ctx_) return cuda::flash_attention_supported(*ctx_, a);
-  return sm_ >= 80 && (a.head_dim == 64 || a.head_dim == 128) && a.heads % a.kv_heads == 0;  // plan only
+  if (dt_ == cuda::Storage::F32) return false;
+  if (ctx_) return cuda::flash_attention_supported(*ctx_, dt_, a);
+  // plan only: bf16 on sm_80+, fp16 on sm_75+
+  return sm_ >= (dt_ == cuda::Storage::BF16 ? 80 : 75) && (a.head_dim == 64 || a.head_dim == 128) &&
+         a.heads % a.kv_heads == 0;
 }
 
 void LlamaGpu::attention_fwd(Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
-    cuda::flash_attention_forward(*ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
+    cuda::flash_attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
   else
     cuda::attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
 }
@@ -661,7 +675,7 @@ void LlamaGpu::attention_bwd(const Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
-    cuda::flash_attention_backward(*ctx_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
+    cuda::flash_attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
                                    datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_));
   else
     cuda::attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
@@ -752,7 +766,7 @@ double LlamaGpu::read_loss() {
 
 // Every layer's forward; with offload, each output goes to the host as soon as it is written.
 void LlamaGpu::forward_layers() {
-  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+  for (int64_t l = l0_; l < l1_; ++l) {
     if (offload_) offload_->before_write(l + 1);
     layer_forward(l, false);
     if (offload_) offload_->after_write(l + 1, xbuf(l + 1), x_bytes());
@@ -760,6 +774,7 @@ void LlamaGpu::forward_layers() {
 }
 
 std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key) {
+  slot_ = 0;
   prepare(b);
   dropout_key_ = dropout_key;
   grad_scale_ = grad_scale;
@@ -767,6 +782,7 @@ std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad
   head(true);
   // With offload the last three inputs are still on the device; each earlier one comes back while
   // the layer above it runs its backward.
+  FT_ASSERT(first_stage() && last_stage() && slot_ == 0);
   const int64_t L = cfg_.num_hidden_layers, resident = L + 1 - ActivationOffload::kSlots;
   for (int64_t l = L - 1; l >= 0; --l) {
     if (offload_ && l < resident) offload_->wait(l);
@@ -782,11 +798,49 @@ std::pair<double, int64_t> LlamaGpu::forward_backward(const Batch& b, float grad
 }
 
 std::pair<double, int64_t> LlamaGpu::loss(const Batch& b) {
+  FT_ASSERT(first_stage() && last_stage());
+  slot_ = 0;
   prepare(b);
   dropout_key_ = 0;
   forward_layers();
   head(false);
   return {read_loss(), b.count_targets()};
+}
+
+// A pipeline stage: the layers between a host input and a host output (the transfers are
+// synchronous: the stages exchange through host memory).
+std::pair<double, int64_t> LlamaGpu::stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
+                                                   float grad_scale, uint64_t dropout_key) {
+  FT_ASSERT(slot >= 0 && slot < opt_.slots && (first_stage() || in) && (last_stage() || out));
+  slot_ = slot;
+  slot_key_[static_cast<size_t>(slot)] = train ? dropout_key : 0;
+  prepare(b);
+  dropout_key_ = slot_key_[static_cast<size_t>(slot)];
+  grad_scale_ = grad_scale;
+  if (!first_stage()) FT_CUDA(cudaMemcpy(xbuf(l0_), in, x_bytes(), cudaMemcpyHostToDevice));
+  forward_layers();
+  if (!last_stage()) {
+    ctx_->synchronize();
+    FT_CUDA(cudaMemcpy(out, xbuf(l1_), x_bytes(), cudaMemcpyDeviceToHost));
+    return {0.0, 0};
+  }
+  FT_ASSERT(!train || opt_.slots == 1);  // the last stage runs each backward right after its forward
+  head(train);
+  return {read_loss(), b.count_targets()};
+}
+
+void LlamaGpu::stage_backward(int64_t slot, const Batch& b, const void* dout, void* din) {
+  FT_ASSERT(slot >= 0 && slot < opt_.slots && (last_stage() || dout) && (first_stage() || din));
+  slot_ = slot;
+  prepare(b);  // the micro-batch's tables again (on the first stage its embedding: the same values)
+  dropout_key_ = slot_key_[static_cast<size_t>(slot)];
+  const size_t g = static_cast<size_t>(n_ * cfg_.hidden_size) * 4;
+  if (!last_stage()) FT_CUDA(cudaMemcpy(f(dy_), dout, g, cudaMemcpyHostToDevice));  // else head() left it
+  for (int64_t l = l1_ - 1; l >= l0_; --l) layer_backward(l);
+  if (!first_stage()) {
+    ctx_->synchronize();
+    FT_CUDA(cudaMemcpy(din, f(dy_), g, cudaMemcpyDeviceToHost));
+  }
 }
 
 }  // namespace ftune

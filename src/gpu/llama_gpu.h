@@ -64,6 +64,12 @@ struct GpuModelOptions {
   // train.max_memory: the bytes the model's buffers may take (the rank's cap less what the process
   // held before the model); 0: only the GPU's free memory limits them.
   size_t memory_cap = 0;
+  // dist.pipeline (LoRA and QLoRA): this stage's layers [first_layer, end_layer) (-1: to the last),
+  // with the embedding on the stage of layer 0 and norm, lm_head and loss on the stage of the last;
+  // `slots` micro-batches in flight, each with its own layer inputs (and activations without
+  // checkpointing). Only the stage's weights and adapter are on the device.
+  int64_t first_layer = 0, end_layer = -1;
+  int64_t slots = 1;
 };
 
 class LlamaGpu {
@@ -83,6 +89,18 @@ class LlamaGpu {
   std::pair<double, int64_t> forward_backward(const Batch& b, float grad_scale, uint64_t dropout_key = 0);
   // Loss only.
   std::pair<double, int64_t> loss(const Batch& b);
+  // Pipeline stage calls (host buffers; the hidden state in the storage type, its gradient in fp32):
+  // micro-batch b in activation `slot` through this stage's layers. `in` is the previous stage's
+  // output (nullptr on the first stage); `out` receives this stage's (nullptr on the last, which
+  // computes the loss, and when `train` the head's backward). stage_backward takes the gradient of
+  // the output (nullptr on the last stage) and writes that of the input (nullptr on the first).
+  std::pair<double, int64_t> stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
+                                           float grad_scale, uint64_t dropout_key);
+  void stage_backward(int64_t slot, const Batch& b, const void* dout, void* din);
+  size_t stage_act_bytes(const Batch& b) const { return static_cast<size_t>(b.n() * cfg_.hidden_size) * esz_; }
+  size_t stage_grad_bytes(const Batch& b) const { return static_cast<size_t>(b.n() * cfg_.hidden_size) * 4; }
+  bool first_stage() const { return l0_ == 0; }
+  bool last_stage() const { return l1_ == cfg_.num_hidden_layers; }
   void zero_grads();
   // The accumulated gradients (adapter or full) through `reduce` on the host, then back: the
   // host-staged gradient all-reduce of data parallelism.
@@ -179,9 +197,12 @@ class LlamaGpu {
   bool use_flash(const cuda::AttnShape& a) const;
   cuda::AttnShape attn_shape() const;  // of the current micro-batch
   std::pair<const void*, const void*> lora_ab(int64_t l, int p) const;
-  Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : l]; }
+  Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : slot_ * (l1_ - l0_) + (l - l0_)]; }
   size_t x_bytes() const { return static_cast<size_t>(n_ * cfg_.hidden_size) * esz_; }  // one layer input
-  void* xbuf(int64_t i) const { return xs_[offload_ ? i % ActivationOffload::kSlots : i].data(); }  // layer i's input
+  // Layer i's input (i = l1_: the stage's output), of the current slot.
+  void* xbuf(int64_t i) const {
+    return xs_[offload_ ? i % ActivationOffload::kSlots : slot_ * (l1_ - l0_ + 1) + (i - l0_)].data();
+  }
   void forward_layers();
   // Full fine-tuning (gpu/llama_full.cpp).
   void allocate_full();
@@ -216,6 +237,9 @@ class LlamaGpu {
   cuda::Storage dt_;
   size_t esz_;
   int64_t max_n_;
+  int64_t l0_ = 0, l1_ = 0;           // this stage's layers (all of them without a pipeline)
+  int64_t slot_ = 0;                  // the micro-batch slot being computed
+  std::vector<uint64_t> slot_key_;    // [slots] each slot's dropout key, for its backward
   int sm_ = 0;
   size_t planned_ = 0;
   MemoryPlan plan_;                           // planned_ per category, and the host memory
@@ -230,8 +254,8 @@ class LlamaGpu {
   cuda::DeviceBuffer embed_, final_norm_, head_;  // [V, H] dt, [H] fp32, [V, H] dt (the embedding when tied)
   std::vector<Layer> layers_;
   std::vector<Acts> acts_;
-  std::vector<cuda::DeviceBuffer> xs_;  // [L + 1] x [N, H] dt: each layer's input, then the last output
-                                        // (3 rotating slots with offload_)
+  std::vector<cuda::DeviceBuffer> xs_;  // [slots * (stage layers + 1)] x [N, H] dt: each layer's input,
+                                        // then the stage's output (3 rotating slots with offload_)
   std::unique_ptr<ActivationOffload> offload_;
   std::vector<std::array<LoraSlot, kNumProj>> slots_;
   int64_t lora_n_ = 0;

@@ -15,8 +15,9 @@ namespace ftune {
 constexpr size_t kContextBytes = size_t{512} << 20;
 
 MemoryPlan plan_gpu_memory(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, int64_t max_seq,
-                           const GpuSpec& gpu, std::string& fit_advice) {
+                           const GpuSpec& gpu, std::string& fit_advice, const StageLayers& stage) {
   GpuModelOptions o = gpu_model_options(plan, plan.micro_batch, max_seq, gpu.sm, gpu.name);
+  o.first_layer = stage.first, o.end_layer = stage.end, o.slots = stage.slots;
   if (plan.method == Method::Full && plan.zero == 3 && plan.world > 1) o.zero3_world = plan.world;
   const LoraSpec* s = plan.method == Method::Full ? nullptr : spec;
   if (plan.max_memory && static_cast<size_t>(plan.max_memory) > gpu.memory)

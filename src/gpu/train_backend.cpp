@@ -31,13 +31,15 @@ class GpuBackend final : public TrainBackend {
         process_baseline_(process_device_memory(ctx_.device())),
         cap_(static_cast<size_t>(opt.plan.max_memory)),
         rank_(opt.topology.rank),
+        pipe_(opt.pipe),
         adamw_(opt.plan.adamw),
         shape_(lora ? lora->zeros_like() : LoraParams{}),
         model_(ctx_, cfg, checkpoint_source(cfg, ckpt).get(), lora ? &lora->spec : nullptr,
                options(ctx_, opt, !lora, process_baseline_ ? process_baseline_ : baseline_)) {
     if (lora) model_.set_lora(*lora);
     const dist::Topology& t = opt.topology;
-    if (t.world > 1 && t.local_world <= cuda::device_count()) {  // a GPU per rank: NCCL
+    // A GPU per rank: NCCL (a pipeline's stages and replicas exchange through host memory in this version).
+    if (t.world > 1 && t.local_world <= cuda::device_count() && !pipe_) {
       FT_ASSERT(opt.store);
       nccl_ = std::make_unique<NcclCommunicator>(*opt.store, t.rank, t.world, ctx_,
                                                  std::chrono::milliseconds(static_cast<int64_t>(opt.timeout_s * 1000)));
@@ -69,8 +71,24 @@ class GpuBackend final : public TrainBackend {
     const auto [sum, count] = model_.loss(b);
     return {sum, count};
   }
+  size_t stage_bytes(const Batch& b) const override { return model_.stage_act_bytes(b); }
+  size_t stage_grad_bytes(const Batch& b) const override { return model_.stage_grad_bytes(b); }
+  cpu::CrossEntropyResult stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
+                                        float scale, uint64_t key) override {
+    const float s = fp16() ? static_cast<float>(scaler_.scale()) : 1.0f;
+    const auto [sum, count] = model_.stage_forward(slot, b, in, out, train, scale * s, key);
+    return {sum, count};
+  }
+  void stage_backward(int64_t slot, const Batch& b, const void* dout, void* din) override {
+    model_.stage_backward(slot, b, dout, din);
+  }
   StepResult step(double lr, double max_norm) override {
     double norm = model_.grad_norm();
+    if (pipe_ && pipe_->world() > 1) {  // the other stages hold the rest of the gradient (an overflow
+      double sq = norm * norm;         // anywhere makes every stage skip)
+      pipe_->all_reduce_sum(&sq, 1);
+      norm = std::sqrt(sq);
+    }
     float unscale = 1.0f;
     if (fp16()) {  // overflowed gradients: the step is skipped and the scale halved
       const double s = scaler_.scale();
@@ -100,7 +118,8 @@ class GpuBackend final : public TrainBackend {
   void read_adapter(LoraParams& out) const override {
     FT_ASSERT(!model_.options().full);
     out = shape_;
-    model_.get_lora(out);
+    model_.get_lora(out);  // under a pipeline, this stage's layers (the others stay zero): summed over the stages
+    if (pipe_) sum_adapter_over_stages(out, pipe_);
   }
   void read_weights(LlamaWeights& out) const override {
     FT_ASSERT(model_.options().full);
@@ -133,12 +152,15 @@ class GpuBackend final : public TrainBackend {
       return t;
     };
   }
-  bool collective_state() const override { return model_.zero3() != nullptr; }
+  bool collective_state() const override { return model_.zero3() != nullptr || pipe_ != nullptr; }
   bool collective_forward() const override {
     return model_.zero3() && model_.zero3()->world() > 1 && !model_.options().zero_whole_weights;
   }
   void forward_without_rows() override { model_.zero3_forward_without_rows(); }
   BackendState save_state() const override {
+    if (pipe_)
+      fail("checkpoint: GPU pipeline stages are not checkpointed in this version (train.save_every 0, or train.device "
+           "cpu)");
     BackendState s;
     model_.save_state(s);
     if (const dist::Zero3Layout* z = model_.zero3()) {  // whole tensors in the table's layout, as every stage saves
@@ -203,6 +225,7 @@ class GpuBackend final : public TrainBackend {
              static_cast<double>(cap) / kGiB, static_cast<double>(held) / kGiB);
       o.memory_cap = cap - held;
     }
+    o.first_layer = opt.model.first_layer, o.end_layer = opt.model.end_layer, o.slots = opt.model.slots;
     return o;
   }
   // train.max_memory, measured: the process's device memory after a step.
@@ -226,6 +249,7 @@ class GpuBackend final : public TrainBackend {
   size_t process_baseline_;  // this process's bytes then (NVML; 0 when it cannot tell)
   size_t cap_;       // train.max_memory (0: none)
   int rank_;
+  dist::Communicator* pipe_;  // a pipeline's stages, or nullptr
   AdamWSettings adamw_;
   LoraParams shape_;  // zeros of the adapter's shapes (spec included); empty for full fine-tuning
   LlamaGpu model_;

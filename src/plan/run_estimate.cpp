@@ -8,12 +8,13 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "dist/pipeline.h"
 
 namespace ftune {
 
 // Part of the CUDA build (gpu/plan_gpu.cpp): the model's own allocation, counted.
 MemoryPlan plan_gpu_memory(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, int64_t max_seq,
-                           const GpuSpec& gpu, std::string& fit_advice);
+                           const GpuSpec& gpu, std::string& fit_advice, const StageLayers& stage);
 
 namespace {
 
@@ -79,7 +80,20 @@ RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const Run
                          const GpuSpec& gpu) {
   RunEstimate e;
   e.gpu = gpu;
-  e.memory = plan_gpu_memory(cfg, spec, plan, max_seq, gpu, e.fit_advice);
+  if (plan.pipeline > 1) {  // every stage's plan; a rank must fit the largest
+    const std::vector<int64_t> b =
+        dist::split_llama_layers(cfg, plan.pipeline, plan.method == Method::Qlora ? 0.5625 : 2.0, 2.0);
+    e.bubble = dist::pipeline_bubble(plan.pipeline, plan.grad_accum);
+    for (int st = 0; st < plan.pipeline; ++st) {
+      std::string advice;
+      const MemoryPlan m = plan_gpu_memory(cfg, spec, plan, max_seq, gpu, advice,
+                                           {b[st], b[st + 1], dist::pipeline_slots(plan.pipeline, st, plan.grad_accum)});
+      e.stages.push_back({b[st], b[st + 1], m.device_total()});
+      if (st == 0 || m.device_total() > e.memory.device_total()) e.memory = m, e.fit_advice = advice;
+    }
+  } else {
+    e.memory = plan_gpu_memory(cfg, spec, plan, max_seq, gpu, e.fit_advice, {});
+  }
   e.tokens_per_micro_batch = plan.micro_batch * max_seq;
   e.tokens_per_step = e.tokens_per_micro_batch * plan.grad_accum;
   const int64_t n_lora = spec ? lora_parameter_count(cfg, *spec) : 0;
@@ -92,6 +106,8 @@ RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const Run
     e.offload_seconds = std::max(6 * P / kPcieBytesPerS, 28 * P / kHostBytesPerS);
   }
   e.step_seconds = compute + e.offload_seconds;
+  // A pipeline: each rank runs 1/P of the layers for M micro-batches and idles for the bubble.
+  if (plan.pipeline > 1) e.step_seconds = compute / plan.pipeline / (1.0 - e.bubble);
   return e;
 }
 
@@ -111,6 +127,14 @@ std::string format_estimate(const RunEstimate& e, const LlamaConfig& cfg, const 
   s += fmt::format("tokens       {} per micro-batch ({} x {}), {} per step ({} micro-batches)\n", e.tokens_per_micro_batch,
                    plan.micro_batch, e.tokens_per_micro_batch / std::max<int64_t>(plan.micro_batch, 1),
                    e.tokens_per_step, plan.grad_accum);
+  if (!e.stages.empty()) {
+    std::string st;
+    for (size_t i = 0; i < e.stages.size(); ++i)
+      st += fmt::format("{}layers {}-{} ({:.2f} GiB)", i ? ", " : "", e.stages[i].first, e.stages[i].end - 1,
+                        gib(e.stages[i].device_bytes));
+    s += fmt::format("pipeline     {} stages: {}; 1F1B bubble {:.1f}% (the largest stage below)\n", e.stages.size(), st,
+                     100 * e.bubble);
+  }
   s += "device memory per rank:\n";
   for (int c = 0; c < kMemCategories; ++c) {
     const auto cat = static_cast<MemCategory>(c);
@@ -134,15 +158,20 @@ std::string estimate_json(const RunEstimate& e) {
   for (int c = 0; c < kMemCategories; ++c)
     cats += fmt::format("{}\"{}\": {}", c ? ", " : "", mem_category_name(static_cast<MemCategory>(c)),
                         e.memory.device[c]);
+  std::string stages;  // a pipeline's: [first layer, end layer, device bytes] per stage
+  for (size_t k = 0; k < e.stages.size(); ++k)
+    stages += fmt::format("{}[{}, {}, {}]", k ? ", " : "", e.stages[k].first, e.stages[k].end, e.stages[k].device_bytes);
   return fmt::format(
       "{{\"gpu\": \"{}\", \"sm\": {}, \"gpu_memory\": {}, \"device\": {{{}}}, \"device_total\": {}, \"host_pinned\": {}, "
-      "\"host\": {}, \"tokens_per_step\": {}, \"flops_per_step\": {:.6e}, \"step_seconds\": {:.6e}, \"fits\": {}}}",
+      "\"host\": {}, \"tokens_per_step\": {}, \"flops_per_step\": {:.6e}, \"step_seconds\": {:.6e}, \"fits\": {}, "
+      "\"stages\": [{}], \"bubble\": {:.6f}}}",
       e.gpu.name, e.gpu.sm, e.gpu.memory, cats, e.memory.device_total(), e.memory.host_pinned, e.memory.host,
-      e.tokens_per_step, e.flops_per_step, e.step_seconds, e.fit_advice.empty() ? "true" : "false");
+      e.tokens_per_step, e.flops_per_step, e.step_seconds, e.fit_advice.empty() ? "true" : "false", stages, e.bubble);
 }
 
 #ifndef FTUNE_HAVE_CUDA
-MemoryPlan plan_gpu_memory(const LlamaConfig&, const LoraSpec*, const RunPlan&, int64_t, const GpuSpec&, std::string&) {
+MemoryPlan plan_gpu_memory(const LlamaConfig&, const LoraSpec*, const RunPlan&, int64_t, const GpuSpec&, std::string&,
+                           const StageLayers&) {
   fail("ftune plan: this ftune was built without CUDA (nvcc was not found at build time), so it cannot plan GPU memory");
 }
 bool detect_gpu(GpuSpec&) { return false; }

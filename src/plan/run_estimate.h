@@ -36,6 +36,11 @@ int64_t lora_parameter_count(const LlamaConfig& c, const LoraSpec& spec);
 // model-FLOPs utilisation on an H200 (2026-12-01) was 39-48% (full fine-tuning and LoRA).
 inline constexpr double kAssumedUtilisation = 0.45;
 
+// A pipeline stage's layers [first, end) (end -1: to the last) and its micro-batches in flight.
+struct StageLayers {
+  int64_t first = 0, end = -1, slots = 1;
+};
+
 struct RunEstimate {
   GpuSpec gpu;
   bool gpu_detected = false;
@@ -45,6 +50,14 @@ struct RunEstimate {
   double flops_per_step = 0;   // model FLOPs (with checkpointing's recompute: +2 N per token)
   double step_seconds = 0;     // estimate: compute at kAssumedUtilisation, plus optimizer offload transfers
   double offload_seconds = 0;  // of which the offloaded optimizer update
+  // dist.pipeline: each stage's layers [first, end) and device memory (`memory` is the largest
+  // stage's, which every rank must fit), and the 1F1B bubble.
+  struct Stage {
+    int64_t first = 0, end = 0;
+    size_t device_bytes = 0;
+  };
+  std::vector<Stage> stages;
+  double bubble = 0;
 };
 
 // The plan of a run on `gpu` (CUDA builds; the others fail naming the missing CUDA backend).

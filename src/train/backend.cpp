@@ -71,9 +71,7 @@ LoraParams whole_adapter(const LlamaConfig& cfg, const LoraParams& part, dist::C
   for (size_t l = 0; l < part.layers.size(); ++l)
     for (int p = 0; p < kNumProj; ++p)
       if (part.layers[l][p].active()) all.layers[l][p] = part.layers[l][p];
-  std::vector<float> flat = flatten(all);
-  sum_over_stages(flat, pipe);
-  unflatten(flat, all);
+  sum_adapter_over_stages(all, pipe);
   return all;
 }
 
@@ -401,6 +399,12 @@ class CpuFullBackend final : public TrainBackend {
 
 }  // namespace
 
+void sum_adapter_over_stages(LoraParams& adapter, dist::Communicator* pipe) {
+  std::vector<float> flat = flatten(adapter);
+  sum_over_stages(flat, pipe);
+  unflatten(flat, adapter);
+}
+
 #ifndef FTUNE_HAVE_CUDA
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig&, const CheckpointReader&, const LoraParams&,
                                                const BackendOptions&) {
@@ -416,7 +420,6 @@ std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const Checkpo
                                            const BackendOptions& opt) {
   const Device device = opt.plan.device;
   const bool gpu = device == Device::Cuda || (device == Device::Auto && gpu_available());
-  if (gpu && opt.pipe) fail("dist.pipeline on the GPU is not available in this build; set train.device cpu");
   if (opt.plan.method == Method::Full) {
     if (gpu) return make_gpu_full_backend(cfg, ckpt, opt);
     if (opt.plan.zero == 3 && opt.comm && opt.comm->world() > 1) return make_cpu_zero3_backend(cfg, ckpt, opt);

@@ -51,6 +51,7 @@ class TrainBackend {
     FT_ASSERT(false && "not a pipeline stage");
     return 0;
   }
+  virtual size_t stage_grad_bytes(const Batch& b) const { return stage_bytes(b); }  // the gradient's, when it differs
   virtual cpu::CrossEntropyResult stage_forward(int64_t slot, const Batch& b, const void* in, void* out, bool train,
                                                 float grad_scale, uint64_t dropout_key) {
     FT_ASSERT(false && "not a pipeline stage");
@@ -98,6 +99,10 @@ struct BackendOptions {
   // those calls are collective (collective_state()). nullptr without a pipeline.
   dist::Communicator* pipe = nullptr;
 };
+
+// Pipeline: an adapter holding this stage's layers (zeros elsewhere) becomes the whole adapter,
+// summed over the pipeline's stages (x + 0 is exactly x). Collective over `pipe`.
+void sum_adapter_over_stages(LoraParams& adapter, dist::Communicator* pipe);
 
 // plan.device: cpu, cuda, or auto (cuda when this build has it and a GPU is present). The base
 // weights are read from `ckpt` (the CPU model loads them all; the GPU one uploads tensor by

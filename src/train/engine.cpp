@@ -95,9 +95,13 @@ double Engine::run_pipeline(int64_t step, const std::vector<int64_t>& index, flo
   const int64_t M = static_cast<int64_t>(micro_.size()), slots = dist::pipeline_slots(P, s, M);
   const std::vector<dist::PipeOp> ops = dist::one_f_one_b(P, s, M);
   dist::Communicator& c = *pipe_.pipe;
-  auto bytes = [&](int64_t m) { return backend_.stage_bytes(micro_[static_cast<size_t>(m)]); };
+  // What an op's transfers carry: the hidden state (forward) or its gradient (backward).
+  auto bytes = [&](const dist::PipeOp& o) {
+    const Batch& b = micro_[static_cast<size_t>(o.micro)];
+    return o.forward ? backend_.stage_bytes(b) : backend_.stage_grad_bytes(b);
+  };
   size_t most = 0;
-  for (int64_t m = 0; m < M; ++m) most = std::max(most, bytes(m));
+  for (const dist::PipeOp& o : ops) most = std::max(most, bytes(o));
   for (auto* b : {&act_in_, &act_out_, &grad_in_, &grad_out_}) b->resize(most);
   // A forward's input comes from the stage before and its output goes to the one after; a
   // backward's gradients the other way (-1: none, at the ends).
@@ -110,7 +114,7 @@ double Engine::run_pipeline(int64_t step, const std::vector<int64_t>& index, flo
   for (size_t k = 0; k < ops.size(); ++k) {
     const dist::PipeOp& o = ops[k];
     const Batch& b = micro_[static_cast<size_t>(o.micro)];
-    if (!have_input && from(o) >= 0) c.recv(in_of(o), bytes(o.micro), from(o));
+    if (!have_input && from(o) >= 0) c.recv(in_of(o), bytes(o), from(o));
     have_input = false;
     const int64_t slot = o.micro % slots;  // the micro-batches in flight are consecutive: distinct slots
     if (o.forward)
@@ -125,10 +129,10 @@ double Engine::run_pipeline(int64_t step, const std::vector<int64_t>& index, flo
     // Sent together with the next op's receive when that comes from the same neighbour (one
     // forward, one backward): the two stages then exchange instead of both waiting to send.
     if (k + 1 < ops.size() && from(ops[k + 1]) == peer) {
-      c.send_recv(out_of(o), bytes(o.micro), in_of(ops[k + 1]), bytes(ops[k + 1].micro), peer);
+      c.send_recv(out_of(o), bytes(o), in_of(ops[k + 1]), bytes(ops[k + 1]), peer);
       have_input = true;
     } else {
-      c.send(out_of(o), bytes(o.micro), peer);
+      c.send(out_of(o), bytes(o), peer);
     }
   }
   return loss;
