@@ -402,6 +402,11 @@ TEST(TrainConfigErrors, MaxMemoryAndZero3) {
                       "recipe.yaml: dist.zero=1 with train.optimizer_offload is not available");
   expect_recipe_error(base + "  optimizer: adamw_8bit\ndist:\n  zero: 3\n",
                       "recipe.yaml: dist.zero=3 on the CPU shards fp32 AdamW moments");
+  // ZeRO-3 of an adapter's frozen base (FSDP-QLoRA), any optimizer for the adapter; stages 1-2 shard
+  // only full fine-tuning's state.
+  const std::string q = "model: m\noutput_dir: o\ndata:\n  train: d.jsonl\ntrain:\n  method: qlora\n";
+  EXPECT_EQ(make_run_plan(parse(q + "  optimizer: paged_adamw_8bit\n  save_every: 5\ndist:\n  zero: 3\n"), "r").zero, 3);
+  expect_recipe_error(q + "dist:\n  zero: 1\n", "recipe.yaml: dist.zero=1 shards full fine-tuning's optimizer state");
   // The pipeline: any method, not with ZeRO; 8-bit moments are not checkpointed under it yet.
   EXPECT_EQ(make_run_plan(parse(base + "dist:\n  pipeline: 4\n"), "r").pipeline, 4);
   expect_recipe_error(base + "dist:\n  pipeline: 2\n  zero: 3\n",

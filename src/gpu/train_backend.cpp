@@ -274,6 +274,10 @@ std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig& cfg, cons
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
                                                const LoraParams& lora, const BackendOptions& opt) {
   if (!gpu_available()) fail("train.device=cuda: no CUDA device is visible");
+  if (opt.plan.zero == 3 && opt.topology.world > 1)
+    fail("dist.zero 3 with train.method {} (the frozen base sharded, FSDP-QLoRA style) runs on train.device cpu in "
+         "this version; on the GPU, split the model with dist.pipeline",
+         opt.plan.method == Method::Qlora ? "qlora" : "lora");
   return std::make_unique<GpuBackend>(cfg, ckpt, &lora, opt);
 }
 

@@ -97,15 +97,15 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
     if (p.device == Device::Cpu)
       fail("{}: train.max_memory caps GPU memory, but train.device is cpu; remove it or set train.device cuda", label);
   }
-  if (p.zero > 0 && p.optimizer == OptimizerKind::AdamW8bit && t.save_every > 0)
+  if (p.zero > 0 && p.method == Method::Full && p.optimizer == OptimizerKind::AdamW8bit && t.save_every > 0)
     fail("{}: checkpoints (train.save_every) of dist.zero={} with train.optimizer adamw_8bit are not available in this "
          "version: use train.optimizer adamw, or train.save_every 0",
          label, p.zero);
-  if (p.zero > 0 && p.method != Method::Full)
-    fail("{}: dist.zero={} shards full fine-tuning's weights and optimizer state; train.method {} trains an adapter, "
-         "which runs data parallel (dist.zero 0)",
+  if (p.zero > 0 && p.zero < 3 && p.method != Method::Full)
+    fail("{}: dist.zero={} shards full fine-tuning's optimizer state; train.method {} trains an adapter, which runs "
+         "data parallel (dist.zero 0), or shards its frozen base with dist.zero 3",
          label, p.zero, t.method);
-  if (p.zero > 0 && p.device == Device::Cpu && p.optimizer != OptimizerKind::AdamW)
+  if (p.zero > 0 && p.method == Method::Full && p.device == Device::Cpu && p.optimizer != OptimizerKind::AdamW)
     fail("{}: dist.zero={} on the CPU shards fp32 AdamW moments: set train.optimizer to adamw (not {})", label, p.zero,
          t.optimizer);
   if (p.zero > 0 && p.optimizer_offload)

@@ -8,8 +8,10 @@
 #include "core/error.h"
 #include "optim/adamw8bit.h"
 #include "dist/zero.h"
+#include "dist/zero3.h"
 #include "optim/flat_adamw.h"
 #include "train/lora_adamw.h"
+#include "train/zero3_units.h"
 #include "params/param_table.h"
 #include "quant/nf4.h"
 
@@ -75,21 +77,56 @@ LoraParams whole_adapter(const LlamaConfig& cfg, const LoraParams& part, dist::C
   return all;
 }
 
+// QLoRA's base as the CPU computes with it: every projection the NF4 round trip of the stored one
+// (as load_weights does), read one tensor at a time.
+class Nf4RoundTrip final : public WeightSource {
+ public:
+  Nf4RoundTrip(std::unique_ptr<WeightSource> base, const CheckpointReader& ckpt) : base_(std::move(base)), ckpt_(ckpt) {}
+  Tensor embed() const override { return base_->embed(); }
+  Tensor final_norm() const override { return base_->final_norm(); }
+  Tensor lm_head() const override { return base_->lm_head(); }
+  Tensor norm(int64_t layer, bool post) const override { return base_->norm(layer, post); }
+  Tensor proj(int64_t layer, Proj p) const override {
+    Tensor t = base_->proj(layer, p);
+    if (!stored_quantized(ckpt_, layer, p)) nf4_dequantize(nf4_quantize(t.data.data(), t.shape, 64, true), t.data.data());
+    return t;
+  }
+
+ private:
+  std::unique_ptr<WeightSource> base_;
+  const CheckpointReader& ckpt_;
+};
+
+// LoRA and QLoRA on the CPU. Under dist.zero 3 with several ranks (FSDP-QLoRA, as Answer.AI's
+// fsdp_qlora shards the NF4 base): each rank keeps a piece of every unit of the frozen base (the
+// values the model computes with: for QLoRA the NF4 round trip, the same bits on every rank), a
+// unit is all-gathered just before it runs and dropped after, and the adapter, small, is data
+// parallel (whole on every rank, its gradients summed).
 class CpuBackend final : public TrainBackend {
  public:
   CpuBackend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora, const BackendOptions& opt)
       : cfg_(cfg),
         pipe_(opt.pipe),
-        weights_(load_weights(cfg, ckpt, opt.plan.method == Method::Qlora, opt)),
+        weights_(sharded(opt) ? LlamaWeights{} : load_weights(cfg, ckpt, opt.plan.method == Method::Qlora, opt)),
         lora_(opt.pipe ? lora.layers_only(opt.model.first_layer, stage_end(cfg, opt.model)) : lora),
         grads_(lora_.zeros_like()),
         settings_(opt.plan.adamw),
         opt_(lora_, opt.plan.adamw),
-        model_(cfg, weights_, &lora_, opt.model) {
+        table_(ParamTable::full(cfg)),
+        layout_(sharded(opt) ? std::make_unique<dist::Zero3Layout>(table_, cfg, opt.comm->rank(), opt.comm->world())
+                             : nullptr),
+        units_(layout_ ? make_units(cfg, ckpt, opt) : nullptr),
+        model_(cfg, weights_, &lora_, opt.model, units_.get()) {
     // Paging moves states between GPU and host memory; on the CPU both 8-bit choices are the same.
     if (opt.plan.optimizer != OptimizerKind::AdamW) adam8_ = std::make_unique<Adam8bitState>(lora_.num_parameters());
   }
-  std::string name() const override { return "cpu"; }
+  std::string name() const override {
+    return layout_ ? fmt::format("cpu, ZeRO-3 over {} ranks (the frozen base sharded, the adapter data parallel)",
+                                 layout_->world())
+                   : "cpu";
+  }
+  bool collective_forward() const override { return layout_ != nullptr; }
+  void forward_without_rows() override { units_->forward_without_rows(); }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
     return model_.forward_backward(b, scale, grads_, key);
   }
@@ -165,15 +202,27 @@ class CpuBackend final : public TrainBackend {
     unflatten(p, lora_);
   }
 
+  static bool sharded(const BackendOptions& o) { return o.plan.zero == 3 && o.comm && o.comm->world() > 1; }
+  std::unique_ptr<Zero3Units> make_units(const LlamaConfig& cfg, const CheckpointReader& ckpt, const BackendOptions& o) {
+    std::unique_ptr<WeightSource> src = checkpoint_source(cfg, ckpt);
+    if (o.plan.method == Method::Qlora) src = std::make_unique<Nf4RoundTrip>(std::move(src), ckpt);
+    return std::make_unique<Zero3Units>(cfg, table_, *layout_, *o.comm, *src, weights_, base_grads_);
+  }
+
   const LlamaConfig& cfg_;
   dist::Communicator* pipe_;  // the pipeline's stages, or nullptr
-  LlamaWeights weights_;
+  LlamaWeights weights_;      // the base (under ZeRO-3: the norms, and the unit being run)
   LoraParams lora_;   // the adapter being trained (under a pipeline, this stage's layers only)
   LoraParams grads_;  // same shapes
   AdamWSettings settings_;
   LoraAdamW opt_;
   std::unique_ptr<Adam8bitState> adam8_;  // adamw_8bit / paged_adamw_8bit
   int64_t t8_ = 0;
+  // ZeRO-3 (FSDP-QLoRA): the base's layout and this rank's pieces of it; nothing else.
+  ParamTable table_;
+  std::unique_ptr<dist::Zero3Layout> layout_;
+  LlamaWeights base_grads_;  // never written (the base is frozen); the gate's norm gradients
+  std::unique_ptr<Zero3Units> units_;
   LlamaCpu model_;  // reads the adapter through a reference to lora_
 };
 

@@ -208,6 +208,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
     fmt::print(log, "ftune: {} ranks ({} per node, launched by {}), {}\n", topo.world, topo.local_world, topo.launcher,
                plan.pipeline > 1 ? "pipeline parallel"
                : plan.zero == 0  ? "data parallel"
+               : plan.zero == 3 && plan.method != Method::Full
+                   ? "ZeRO stage 3 over the frozen base (FSDP-QLoRA style), the adapter data parallel"
                : plan.zero == 3
                    ? "ZeRO stage 3 (weights, gradients and optimizer state sharded)"
                    : fmt::format("ZeRO stage {} (optimizer state{} sharded)", plan.zero, plan.zero == 2 ? " and gradients" : ""));
