@@ -53,6 +53,7 @@ class StageBackend final : public TrainBackend {
     const auto t = Clock::now();
     const auto [sum, count] = m_.stage_forward(slot, b, in, out, train, scale, key);
     ctx_.synchronize();
+    if (const std::string where = m_.forward_overflow(); !where.empty()) fail("stage {}", where);
     compute_s += since(t);
     return {sum, count};
   }

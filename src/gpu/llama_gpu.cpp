@@ -97,14 +97,14 @@ std::string LlamaGpu::fit_advice(const LlamaConfig& cfg, const LoraSpec* spec, c
 LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const LoraSpec* spec,
                    const GpuModelOptions& opt)
     : ctx_(ctx),
-      sm_(sm),
       cfg_(cfg),
       spec_(spec ? *spec : LoraSpec{}),
       has_lora_(spec != nullptr),
       opt_(opt),
       dt_(opt.storage),
       esz_(static_cast<size_t>(cuda::storage_bytes(dt_))),
-      max_n_(opt.max_batch * opt.max_seq) {
+      max_n_(opt.max_batch * opt.max_seq),
+      sm_(sm) {
   if (opt.nf4 && dt_ == F32) fail("internal error: NF4 base weights dequantize into bf16 or fp16");
   if (opt.offload && !opt.checkpointing) fail("internal error: activation offload needs checkpointing");
   if (opt.full && (opt.nf4 || spec)) fail("internal error: full fine-tuning trains the base itself (no NF4, no adapter)");
@@ -303,6 +303,7 @@ void LlamaGpu::allocate() {
     xd_ = alloc_dt(N * widest), dxd_ = alloc(N * widest * 4);
   }
   norm_acc_ = alloc(8);
+  if (dt_ == cuda::Storage::F16) overflow_ = alloc(L * 3 * 4);
   if (opt_.full) allocate_full();
 }
 
@@ -328,7 +329,7 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
   if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::AdamW8bit) adam8_ = std::make_unique<DeviceAdamW8bit>(*ctx_, lora_n_);
   if (lora_n_ > 0 && opt_.optimizer == GpuOptimizer::PagedAdamW8bit)
     paged8_ = std::make_unique<PagedAdamW8bit>(*ctx_, lora_n_);
-  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_, &full_g_})
+  for (auto* b : {&lora_p_, &lora_g_, &lora_m_, &lora_v_, &lora_c_, &full_g_, &overflow_})
     if (b->data()) ctx_->zero(b->data(), b->bytes());
   std::vector<int32_t> pos(opt_.max_seq);
   for (int64_t i = 0; i < opt_.max_seq; ++i) pos[i] = static_cast<int32_t>(i);
@@ -479,6 +480,7 @@ std::pair<float*, size_t> LlamaGpu::gradient_buffer() const {
 }
 
 void LlamaGpu::zero_grads() {
+  if (overflow_.data()) ctx_->zero(overflow_.data(), overflow_.bytes());  // the counts cover one step's forwards
   if (lora_n_) ctx_->zero(lora_g_.data(), lora_n_ * 4);
   if (opt_.full) ctx_->zero(full_g_.data(), full_g_.bytes());
 }
@@ -703,6 +705,27 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   cuda::swiglu_forward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
   // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
   linear_fwd(l, Proj::Down, A.act.data(), A.h.data(), recompute ? nullptr : xbuf(l + 1), t(Proj::Down));
+  if (overflow_.data() && !recompute) {  // fp16: where activations first leave fp16's range
+    int* c = overflow_.as<int32_t>() + l * 3;
+    cuda::count_nonfinite(*ctx_, dt_, A.h.data(), n_ * H, c);
+    cuda::count_nonfinite(*ctx_, dt_, A.act.data(), n_ * I, c + 1);
+    cuda::count_nonfinite(*ctx_, dt_, xbuf(l + 1), n_ * H, c + 2);
+  }
+}
+
+std::string LlamaGpu::forward_overflow() const {
+  if (!overflow_.data()) return "";
+  ctx_->synchronize();
+  const auto c = overflow_.to_host<int32_t>(cfg_.num_hidden_layers * 3);
+  static const char* kWhere[] = {"attention output plus residual", "SwiGLU product (silu(gate) x up)",
+                                 "output (MLP plus residual)"};
+  for (int64_t l = l0_; l < l1_; ++l)
+    for (int k = 0; k < 3; ++k)
+      if (c[static_cast<size_t>(l * 3 + k)] > 0)
+        return fmt::format("fp16 overflow in the forward at layer {}: {} values of its {} went past 65504 to inf or "
+                           "NaN (loss scaling cannot help the forward; use train.precision bf16 on sm_80+ or fp32)",
+                           l, c[static_cast<size_t>(l * 3 + k)], kWhere[k]);
+  return "";
 }
 
 // dy_ holds dL/d(layer output) on entry and dL/d(layer input) on exit.

@@ -102,6 +102,9 @@ class LlamaGpu {
   bool first_stage() const { return l0_ == 0; }
   bool last_stage() const { return l1_ == cfg_.num_hidden_layers; }
   void zero_grads();
+  // fp16: where the forwards since zero_grads() first overflowed (a layer's attention residual, SwiGLU product or
+  // output went past 65504 to inf/NaN), as one line naming the layer; "" when none did or in bf16/fp32.
+  std::string forward_overflow() const;
   // The accumulated gradients (adapter or full) through `reduce` on the host, then back: the
   // host-staged gradient all-reduce of data parallelism.
   void reduce_gradients(const std::function<void(float*, size_t)>& reduce);
@@ -119,6 +122,12 @@ class LlamaGpu {
   std::string optimizer_description() const;
 
   int64_t lora_parameters() const { return lora_n_; }
+  // A pipeline stage: where its adapter starts in the whole model's flat layout (the layers'
+  // adapters lie in layer order, all of one size) and that layout's size.
+  std::pair<int64_t, int64_t> lora_place() const {
+    const int64_t per = lora_n_ / (l1_ - l0_);
+    return {per * l0_, per * cfg_.num_hidden_layers};
+  }
   // Full fine-tuning: the master weights as host tensors, and the accumulated gradients as one
   // host vector in the table's layout.
   void get_weights(LlamaWeights& w) const;
@@ -274,6 +283,7 @@ class LlamaGpu {
   cuda::DeviceBuffer dtb_;                               // [N, r] dt
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
   cuda::DeviceBuffer xd_, dxd_, norm_acc_;               // dropout: [N, max(H, I, Q)] dt and fp32; [1] f64
+  cuda::DeviceBuffer overflow_;                          // fp16: [L, 3] int32 non-finite counts (h, act, output)
   int64_t chunk_ = 0;                                    // lm_head rows per chunk
 
   // Full fine-tuning.

@@ -92,6 +92,10 @@ class GpuBackend final : public TrainBackend {
     float unscale = 1.0f;
     if (fp16()) {  // overflowed gradients: the step is skipped and the scale halved
       const double s = scaler_.scale();
+      if (!std::isfinite(norm)) {  // an overflow of the forward itself, not of the scaled gradients: say where
+        const std::string where = model_.forward_overflow();
+        if (!where.empty()) fail("rank {}: {}", rank_, where);
+      }
       if (!scaler_.update(std::isfinite(norm))) {
         model_.zero_grads();
         return {norm, true};
@@ -158,11 +162,21 @@ class GpuBackend final : public TrainBackend {
   }
   void forward_without_rows() override { model_.zero3_forward_without_rows(); }
   BackendState save_state() const override {
-    if (pipe_)
-      fail("checkpoint: GPU pipeline stages are not checkpointed in this version (train.save_every 0, or train.device "
-           "cpu)");
     BackendState s;
     model_.save_state(s);
+    if (pipe_) {  // the whole adapter's flat layout, each stage's part summed into zeros over the stages
+      if (s.f32.find("gpu.adam.m") == s.f32.end())
+        fail("checkpoint: 8-bit AdamW moments under dist.pipeline are not checkpointed in this version (use "
+             "train.optimizer adamw)");
+      const auto [off, total] = model_.lora_place();
+      for (const char* key : {"gpu.lora.p", "gpu.adam.m", "gpu.adam.v"}) {
+        std::vector<float> whole(static_cast<size_t>(total), 0.0f);
+        const std::vector<float>& part = s.f32_of(key, model_.lora_parameters());
+        std::copy(part.begin(), part.end(), whole.begin() + off);
+        pipe_->all_reduce_sum(whole.data(), whole.size());
+        s.f32[key] = std::move(whole);
+      }
+    }
     if (const dist::Zero3Layout* z = model_.zero3()) {  // whole tensors in the table's layout, as every stage saves
       for (const char* key : {"master", "adam.m", "adam.v"}) {
         std::vector<float> whole(static_cast<size_t>(model_.table().trainable_numel()));
@@ -183,6 +197,14 @@ class GpuBackend final : public TrainBackend {
         std::vector<float> local(static_cast<size_t>(z->local_numel()));
         dist::zero3_from_table(*z, s.f32_of(key, model_.table().trainable_numel()).data(), local.data());
         mine.f32[key] = std::move(local);
+      }
+      model_.load_state(mine);
+    } else if (pipe_) {  // this stage's part of the whole adapter's state
+      BackendState mine = s;
+      const auto [off, total] = model_.lora_place();
+      for (const char* key : {"gpu.lora.p", "gpu.adam.m", "gpu.adam.v"}) {
+        const std::vector<float>& whole = s.f32_of(key, total);
+        mine.f32[key] = std::vector<float>(whole.begin() + off, whole.begin() + off + model_.lora_parameters());
       }
       model_.load_state(mine);
     } else {

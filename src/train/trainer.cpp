@@ -257,9 +257,6 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   mopt.gradient_checkpointing = plan.checkpointing;
   if (plan.pipeline > 1) {  // this stage's layers, split by their weights' memory
     const bool gpu = plan.device == Device::Cuda || (plan.device == Device::Auto && gpu_available());
-    if (gpu && ts.save_every > 0)
-      fail("recipe: train.save_every with dist.pipeline on the GPU is not available in this version (its stages are "
-           "not checkpointed yet): set train.save_every 0");
     const double per_param = !gpu ? 4.0 : plan.method == Method::Qlora ? 0.5625 : 2.0;
     const std::vector<int64_t> bounds = dist::split_llama_layers(mcfg, plan.pipeline, per_param, gpu ? 2.0 : 4.0);
     mopt.first_layer = bounds[place.stage], mopt.end_layer = bounds[place.stage + 1];

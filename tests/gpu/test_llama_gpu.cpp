@@ -162,6 +162,47 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
     }
 }
 
+// fp16's forward overflow is found and named: layer 1's gate and up projections scaled by 600 make
+// its SwiGLU product pass 65504 (random N(0, 0.02) weights keep layer 0 and every other value far
+// inside fp16's range), so the report names layer 1 and the SwiGLU product; with the weights as
+// drawn there is nothing to report; bf16, whose range is fp32's, has no count at all.
+TEST(LlamaGpu, Fp16ForwardOverflowNamesTheLayer) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  LlamaConfig c;
+  c.vocab_size = 300;
+  c.hidden_size = 128;
+  c.intermediate_size = 192;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  LlamaWeights w = random_llama_weights(c, 5);
+  LoraSpec s;
+  s.r = 8;
+  s.alpha = 16;
+  s.targets.fill(true);
+  const LoraParams lora = nonzero_lora(c, s, 6);
+  Rng r(3);
+  std::vector<std::vector<int32_t>> ids(2);
+  for (auto& d : ids)
+    for (int i = 0; i < 40; ++i) d.push_back(static_cast<int32_t>(r.below(c.vocab_size)));
+  const Batch b = make_batch({&ids[0], &ids[1]}, {&ids[0], &ids[1]}, 0, 8);
+  auto run = [&](const LlamaWeights& wt, cuda::Storage st) {
+    LlamaGpu gpu(ctx, c, memory_source(wt).get(), &s, GpuModelOptions{b.batch, b.seq, st, false});
+    gpu.set_lora(lora);
+    gpu.forward_backward(b, 1.0f / static_cast<float>(b.count_targets()));
+    return gpu.forward_overflow();
+  };
+  EXPECT_EQ(run(w, cuda::Storage::F16), "");
+  for (Proj p : {Proj::Gate, Proj::Up})
+    for (float& x : w.layers[1].proj[static_cast<int>(p)].data) x *= 600.0f;
+  const std::string where = run(w, cuda::Storage::F16);
+  EXPECT_NE(where.find("fp16 overflow in the forward at layer 1: "), std::string::npos) << where;
+  EXPECT_NE(where.find("SwiGLU product"), std::string::npos) << where;
+  EXPECT_EQ(run(w, cuda::Storage::BF16), "");
+}
+
 // Checkpointing recomputes each layer with the same kernels and dropout masks (with offload, from
 // inputs that went to host memory and back): in fp32 the
 // gradients equal those of the run that kept every activation, bit for bit; in bf16 the flash

@@ -74,6 +74,14 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* acc) {
   if (threadIdx.x % 32 == 0) atomicAdd(acc, static_cast<double>(s));
 }
 
+template <typename T>
+__global__ void count_nonfinite_kernel(const T* x, int64_t n, int* count) {
+  int c = 0;
+  FT_GRID_STRIDE(i, n) c += isfinite(ld(x, i)) ? 0 : 1;
+  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+  if (threadIdx.x % 32 == 0 && c) atomicAdd(count, c);
+}
+
 }  // namespace
 
 void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y, int64_t n) {
@@ -141,6 +149,15 @@ void gather_rows(const Context& ctx, const float* table, const int32_t* idx, int
 void sum_squares(const Context& ctx, const float* x, int64_t n, double* acc) {
   if (n <= 0) return;
   sum_squares_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(x, n, acc);
+  FT_CUDA_LAUNCH();
+}
+
+void count_nonfinite(const Context& ctx, Storage s, const void* x, int64_t n, int* count) {
+  if (n <= 0) return;
+  dispatch(s, [&](auto* t) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    count_nonfinite_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(static_cast<const T*>(x), n, count);
+  });
   FT_CUDA_LAUNCH();
 }
 

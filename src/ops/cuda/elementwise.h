@@ -1,5 +1,5 @@
 // Small elementwise helpers on the GPU: storage conversion, LoRA dropout with the mask shared
-// with the CPU model (core/dropout_hash.h), random fills, row gathers and sums of squares.
+// with the CPU model (core/dropout_hash.h), random fills, row gathers, sums of squares and a count of non-finite values.
 #pragma once
 #include <cstdint>
 
@@ -31,5 +31,9 @@ void gather_rows(const Context& ctx, const float* table, const int32_t* idx, int
 
 // *acc (one double on the device) += sum of x[i]^2 over n fp32 elements.
 void sum_squares(const Context& ctx, const float* x, int64_t n, double* acc);
+
+// *count (one int on the device) += the elements of x[n] (storage s) that are infinite or NaN
+// (fp16's overflow past 65504 in the forward, where loss scaling cannot help).
+void count_nonfinite(const Context& ctx, Storage s, const void* x, int64_t n, int* count);
 
 }  // namespace ftune::cuda
