@@ -19,8 +19,12 @@ JOBS = {
                        "micro_batch_size": 1, "grad_accum": 4, "zero": 3, "gpus": 8, "memory": "180Gi"},
     "llama2-13b-full": {"model": "meta-llama/Llama-2-13b-hf", "method": "full", "nnodes": 3, "nproc_per_node": 8,
                         "micro_batch_size": 1, "grad_accum": 4, "zero": 3, "gpus": 8, "memory": "180Gi"},
+    # The layers split over the node's 8 GPUs (dist.pipeline), each held under a T4's 15 GiB; fp32
+    # AdamW moments for the small adapter, so that its checkpoints (8-bit ones are not taken under a
+    # pipeline) survive preemption.
     "llama2-70b-qlora": {"model": "meta-llama/Llama-2-70b-hf", "method": "qlora", "nnodes": 1, "nproc_per_node": 8,
-                         "micro_batch_size": 1, "grad_accum": 16, "zero": 0, "gpus": 8, "memory": "180Gi"},
+                         "micro_batch_size": 1, "grad_accum": 16, "zero": 0, "pipeline": 8, "optimizer": "adamw",
+                         "max_memory": "15GiB", "gpus": 8, "memory": "180Gi"},
 }
 
 
@@ -40,10 +44,12 @@ def recipe_for(job, model_dir, data_path, output_dir, max_steps=1000):
         "grace_s": 25,
     }
     if j["method"] == "qlora":
-        train["optimizer"] = "paged_adamw_8bit"
+        train["optimizer"] = j.get("optimizer", "paged_adamw_8bit")
+    if "max_memory" in j:
+        train["max_memory"] = j["max_memory"]
     recipe = {"model": model_dir, "output_dir": output_dir,
               "data": {"train": data_path, "max_seq_len": 2048},
-              "train": train, "dist": {"zero": j["zero"], "timeout_s": 900}}
+              "train": train, "dist": {"zero": j["zero"], "pipeline": j.get("pipeline", 1), "timeout_s": 900}}
     if j["method"] != "full":
         recipe["lora"] = {"r": 16, "alpha": 32, "target_modules": "all-linear"}
     return recipe

@@ -12,8 +12,9 @@ assert set(w.JOBS) == {"llama2-7b-full", "llama2-13b-full", "llama2-70b-qlora"}
 assert w.command_for("llama2-7b-full", "/w/r.yaml") == ["ftune", "train", "/w/r.yaml"]   # torchrun starts each rank
 assert w.command_for("llama2-70b-qlora", "/w/r.yaml") == ["ftune", "train", "/w/r.yaml", "--nproc-per-node", "8"]
 r = w.recipe_for("llama2-70b-qlora", "/m", "/d", "/o", max_steps=7)
-assert r["train"]["method"] == "qlora" and r["train"]["optimizer"] == "paged_adamw_8bit" and r["train"]["max_steps"] == 7
+assert r["train"]["method"] == "qlora" and r["train"]["optimizer"] == "adamw" and r["train"]["max_steps"] == 7
 assert r["lora"]["target_modules"] == "all-linear" and r["train"]["resume"] == "auto" and r["dist"]["zero"] == 0
+assert r["dist"]["pipeline"] == 8 and r["train"]["max_memory"] == "15GiB"  # the layers over the node's 8 GPUs
 f = w.recipe_for("llama2-13b-full", "/m", "/d", "/o")
 assert f["train"]["method"] == "full" and "lora" not in f and f["dist"]["zero"] == 3
 for job in w.JOBS:
@@ -32,14 +33,15 @@ if "$FTUNE" --version | grep "CPU only" >/dev/null; then
     "$FTUNE" plan "$WORK/llama2-7b-full.yaml" --gpu T4
 else
   # On a T4 QLoRA computes in fp16 (the NF4 base dequantized into fp16), so the QLoRA recipe plans
-  # there; the recipes carry this test's tiny model, so the fit itself says nothing of 70B.
-  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu T4 >"$WORK/t4-70b.txt" 2>&1
+  # there; the recipes carry this test's tiny model (4 layers: planned as a pipeline of 4, not 8),
+  # so the fit itself says nothing of 70B.
+  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu T4 --set dist.pipeline=4 >"$WORK/t4-70b.txt" 2>&1
   grep >/dev/null "^fits         yes" "$WORK/t4-70b.txt" && echo "ok   flyte: the QLoRA recipe plans on a T4 (fp16)" || {
     echo "FAIL flyte QLoRA recipe on a T4: $(tail -2 "$WORK/t4-70b.txt")"; fails=$((fails + 1)); }
   "$FTUNE" plan "$WORK/llama2-7b-full.yaml" --gpu T4 --ranks 24 >"$WORK/t4-7b.txt" 2>&1
   grep >/dev/null "^ranks        24 (the plan is per rank; dist.zero 3" "$WORK/t4-7b.txt" && echo "ok   flyte: the full fine-tuning recipe plans one of 24 T4 ranks under dist.zero 3" || {
     echo "FAIL flyte full recipe on 24 T4s: $(head -4 "$WORK/t4-7b.txt")"; fails=$((fails + 1)); }
-  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu A100-80GB --json >/dev/null 2>&1 && echo "ok   flyte: 70B QLoRA recipe plans on an A100" || {
+  "$FTUNE" plan "$WORK/llama2-70b-qlora.yaml" --gpu A100-80GB --set dist.pipeline=4 --json >/dev/null 2>&1 && echo "ok   flyte: 70B QLoRA recipe plans on an A100" || {
     echo "FAIL flyte 70B recipe plan"; fails=$((fails + 1)); }
   "$FTUNE" plan "$WORK/llama2-7b-full.yaml" --gpu A100-80GB --json >/dev/null 2>&1 && echo "ok   flyte: 7B full fine-tuning recipe (dist.zero 3) plans on an A100" || {
     echo "FAIL flyte 7B recipe plan: $("$FTUNE" plan "$WORK/llama2-7b-full.yaml" --gpu A100-80GB 2>&1 | tail -1)"; fails=$((fails + 1)); }
@@ -56,6 +58,17 @@ for c in llama2-7b-full-zero3 llama2-13b-full-zero3; do
       echo "FAIL configs/$c: $("$FTUNE" plan "$WORK/$c.yaml" --gpu T4 --ranks 24 2>&1 | tail -2)"; fails=$((fails + 1)); }
   fi
 done
+# The 8-T4 pipeline recipe, on this test's 4-layer model as a pipeline of 4 (every stage planned).
+sed "s#^model: .*#model: $WORK/model#; s#^  train: .*#  train: $WORK/d.jsonl#; s#^output_dir: .*#output_dir: $WORK/o-pp#" \
+  "$ROOT/configs/llama2-70b-qlora-8xt4.yaml" >"$WORK/pp.yaml"
+if "$FTUNE" --version | grep "CPU only" >/dev/null; then
+  expect_fail "configs/llama2-70b-qlora-8xt4" "^ftune: error: ftune plan: this ftune was built without CUDA" \
+    "$FTUNE" plan "$WORK/pp.yaml" --gpu T4 --ranks 4 --set dist.pipeline=4
+else
+  "$FTUNE" plan "$WORK/pp.yaml" --gpu T4 --ranks 4 --set dist.pipeline=4 2>&1 | grep >/dev/null "^pipeline     4 stages: layers 0-0" \
+    && echo "ok   configs/llama2-70b-qlora-8xt4 plans every stage" || {
+    echo "FAIL configs/llama2-70b-qlora-8xt4: $("$FTUNE" plan "$WORK/pp.yaml" --gpu T4 --set dist.pipeline=4 2>&1 | tail -2)"; fails=$((fails + 1)); }
+fi
 # sbatch: valid bash, then run with a stand-in srun that starts the tasks as Slurm would.
 bash -n "$D/slurm/ftune.sbatch" && echo "ok   sbatch script parses" || { echo "FAIL sbatch syntax"; fails=$((fails + 1)); }
 cat >"$WORK/srun" <<'SH'
