@@ -469,7 +469,10 @@ void LlamaGpu::reduce_gradients(const std::function<void(float*, size_t)>& reduc
   std::vector<float> host(n);
   FT_CUDA(cudaMemcpy(host.data(), g, n * 4, cudaMemcpyDeviceToHost));
   reduce(host.data(), n);
-  FT_CUDA(cudaMemcpy(g, host.data(), n * 4, cudaMemcpyHostToDevice));
+  // On the compute stream, so that the optimizer's kernels wait for it (a pageable cudaMemcpy may
+  // return before its DMA lands, and the context's streams do not wait for the legacy one).
+  FT_CUDA(cudaMemcpyAsync(g, host.data(), n * 4, cudaMemcpyHostToDevice, ctx_->stream()));
+  ctx_->synchronize();  // `host` goes away on return
 }
 
 std::pair<float*, size_t> LlamaGpu::gradient_buffer() const {
@@ -840,7 +843,10 @@ std::pair<double, int64_t> LlamaGpu::stage_forward(int64_t slot, const Batch& b,
   prepare(b);
   dropout_key_ = slot_key_[static_cast<size_t>(slot)];
   grad_scale_ = grad_scale;
-  if (!first_stage()) FT_CUDA(cudaMemcpy(xbuf(l0_), in, x_bytes(), cudaMemcpyHostToDevice));
+  // On the compute stream: a plain cudaMemcpy from pageable memory may return before its DMA ends,
+  // and the stream's kernels would not wait for it.
+  if (!first_stage())
+    FT_CUDA(cudaMemcpyAsync(xbuf(l0_), in, x_bytes(), cudaMemcpyHostToDevice, ctx_->stream()));
   forward_layers();
   if (!last_stage()) {
     ctx_->synchronize();
@@ -858,7 +864,8 @@ void LlamaGpu::stage_backward(int64_t slot, const Batch& b, const void* dout, vo
   prepare(b);  // the micro-batch's tables again (on the first stage its embedding: the same values)
   dropout_key_ = slot_key_[static_cast<size_t>(slot)];
   const size_t g = static_cast<size_t>(n_ * cfg_.hidden_size) * 4;
-  if (!last_stage()) FT_CUDA(cudaMemcpy(f(dy_), dout, g, cudaMemcpyHostToDevice));  // else head() left it
+  if (!last_stage())  // (on the compute stream, as the stage input above; on the last stage head() left it)
+    FT_CUDA(cudaMemcpyAsync(f(dy_), dout, g, cudaMemcpyHostToDevice, ctx_->stream()));
   for (int64_t l = l1_ - 1; l >= l0_; --l) layer_backward(l);
   if (!first_stage()) {
     ctx_->synchronize();

@@ -27,17 +27,17 @@ done
 "$FTUNE" plan "$WORK/r.yaml" --set dist.pipeline=2 --ranks 2 >"$WORK/plan" 2>&1 || true
 grep -q "pipeline     2 stages: layers 0-1 (.* GiB), layers 2-3 (.* GiB); 1F1B bubble 20.0%" "$WORK/plan" \
   && echo "ok   ftune plan shows each stage" || { echo "FAIL plan: $(cat "$WORK/plan")"; fails=$((fails + 1)); }
-# A pipeline's checkpoint holds the whole adapter's state (each stage's part summed into zeros):
+# (checkpoints at steps 2, 4 and 5; the two newest are kept.) A pipeline's checkpoint holds the whole adapter's state (each stage's part summed into zeros):
 # resumed under the pipeline it ends as the uninterrupted run, bit for bit, and on one rank too
 # (the same kernels on the same values: bit for bit above).
-"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ck" --set dist.pipeline=2 --set train.save_every=2 \
-  --nproc-per-node 2 2>"$WORK/logck" || { echo "FAIL checkpointed pipeline: $(tail -3 "$WORK/logck")"; fails=$((fails + 1)); }
+"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ck" --set train.method=lora --set dist.pipeline=2 \
+  --set train.max_memory=4GiB --set train.save_every=2 --nproc-per-node 2 2>"$WORK/logck" || { echo "FAIL checkpointed pipeline: $(tail -3 "$WORK/logck")"; fails=$((fails + 1)); }
 check "pipeline of 2 with checkpoints = without" "$WORK/pp2lora" "$WORK/ck" 0 0
-"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ckr" --set dist.pipeline=2 \
-  --resume "$WORK/ck/checkpoints/step-00000002" --nproc-per-node 2 2>"$WORK/logckr" \
+"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ckr" --set dist.pipeline=2 --set train.max_memory=4GiB \
+  --resume "$WORK/ck/checkpoints/step-00000004" --nproc-per-node 2 2>"$WORK/logckr" \
   || { echo "FAIL pipeline resume: $(tail -3 "$WORK/logckr")"; fails=$((fails + 1)); }
-check "pipeline of 2 resumed from step 2 = uninterrupted" "$WORK/ck" "$WORK/ckr" 0 0
-"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ckr1" --resume "$WORK/ck/checkpoints/step-00000002" \
+check "pipeline of 2 resumed from step 4 = uninterrupted" "$WORK/ck" "$WORK/ckr" 0 0
+"$FTUNE" train "$WORK/r.yaml" --set output_dir="$WORK/ckr1" --set train.max_memory=4GiB --resume "$WORK/ck/checkpoints/step-00000004" \
   2>"$WORK/logckr1" || { echo "FAIL 1-rank resume: $(tail -3 "$WORK/logckr1")"; fails=$((fails + 1)); }
 check "pipeline's checkpoint resumed on 1 rank = uninterrupted" "$WORK/ck" "$WORK/ckr1" 0 0
 finish
