@@ -64,10 +64,7 @@ class StageBackend final : public TrainBackend {
     compute_s += since(t);
   }
   StepResult step(double lr, double max_norm) override {
-    double sq = m_.grad_norm();
-    sq *= sq;
-    pipe_.all_reduce_sum(&sq, 1);
-    const double norm = std::sqrt(sq);
+    const double norm = dist::norm_over_ranks(m_.grad_norm(), &pipe_);
     m_.optimizer_step({static_cast<float>(lr), 0.9f, 0.999f, 1e-8f, 0.0f, ++t_},
                       static_cast<float>(clip_coefficient(norm, max_norm)));
     m_.zero_grads();
@@ -101,7 +98,7 @@ int run_rank(const Args& a, int r) {
   const auto timeout = std::chrono::milliseconds(1800 * 1000);
   auto store = dist::connect_store(topo, timeout);
   auto comm = dist::make_gloo_communicator(*store, r, a.stages, timeout);
-  const std::vector<int64_t> b = dist::split_llama_layers(cfg, a.stages, a.qlora ? 0.5625 : 2.0, 2.0);
+  const std::vector<int64_t> b = dist::split_llama_layers(cfg, a.stages, a.qlora, true);
   cuda::Context ctx;
   ctx.synchronize();
   const size_t before = process_device_memory(ctx.device());

@@ -5,6 +5,7 @@
 // arrive, so a rank that dies makes the others stop with an error instead of hanging.
 #pragma once
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -41,6 +42,15 @@ class Communicator {
   virtual void send_recv(const void* out, size_t out_bytes, void* in, size_t in_bytes, int peer) = 0;
   virtual void barrier() = 0;
 };
+
+// The L2 norm of a vector whose parts (of local norm `norm`) the ranks of `group` hold: the sum of
+// their squares over the group (the norm itself when the group is null or one rank).
+inline double norm_over_ranks(double norm, Communicator* group) {
+  if (!group || group->world() == 1) return norm;
+  double sq = norm * norm;
+  group->all_reduce_sum(&sq, 1);
+  return std::sqrt(sq);
+}
 
 // One rank: every collective is the identity.
 std::unique_ptr<Communicator> make_single_communicator();

@@ -44,8 +44,8 @@ std::vector<int64_t> split_layers(const std::vector<double>& layer_cost, double 
   return b;
 }
 
-std::vector<int64_t> split_llama_layers(const LlamaConfig& cfg, int stages, double bytes_per_param,
-                                        double head_bytes_per_param) {
+std::vector<int64_t> split_llama_layers(const LlamaConfig& cfg, int stages, bool nf4, bool gpu) {
+  const double bytes_per_param = !gpu ? 4.0 : nf4 ? 0.5625 : 2.0, head_bytes_per_param = gpu ? 2.0 : 4.0;
   const double H = static_cast<double>(cfg.hidden_size), I = static_cast<double>(cfg.intermediate_size);
   const double d = static_cast<double>(cfg.head_dim);
   const double layer = H * d * (2.0 * cfg.num_attention_heads + 2.0 * cfg.num_key_value_heads) + 3.0 * H * I;

@@ -26,10 +26,10 @@ PipelinePlace pipeline_place(int rank, int world, int stages);
 // layer_cost, plus first_extra on stage 0 (the embedding) and last_extra on the last (norm, head).
 std::vector<int64_t> split_layers(const std::vector<double>& layer_cost, double first_extra, double last_extra,
                                   int stages);
-// The split of a Llama model by weight memory: a layer's base weights at bytes_per_param (NF4 about
-// 0.56, bf16 2, fp32 4), the embedding and the lm_head in 16 bits (fp32 on the CPU: `head_bytes`).
-std::vector<int64_t> split_llama_layers(const LlamaConfig& cfg, int stages, double bytes_per_param,
-                                        double head_bytes_per_param);
+// The split of a Llama model by weight memory as its backend stores it: on the GPU the layers in
+// 16 bits, or NF4 codes and scales (about 0.56 bytes a parameter) with `nf4`, and the embedding and
+// lm_head in 16 bits; on the CPU everything in fp32 (QLoRA's base dequantized).
+std::vector<int64_t> split_llama_layers(const LlamaConfig& cfg, int stages, bool nf4, bool gpu);
 
 // Micro-batches in flight at once on `stage` (the activation slots it needs).
 int64_t pipeline_slots(int stages, int stage, int64_t micro_batches);

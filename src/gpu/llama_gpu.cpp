@@ -533,7 +533,7 @@ void LlamaGpu::optimizer_step(const cuda::AdamWStep& s, float grad_coef) {
   if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
 }
 
-void LlamaGpu::prepare(const Batch& b) {
+void LlamaGpu::prepare(const Batch& b, bool embed) {
   if (b.n() > max_n_ || b.seq > opt_.max_seq)
     fail("internal error: batch of {}x{} tokens exceeds the planned {}x{}", b.batch, b.seq, opt_.max_batch,
          opt_.max_seq);
@@ -550,7 +550,7 @@ void LlamaGpu::prepare(const Batch& b) {
   cuda::gather_rows(*ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
   cuda::gather_rows(*ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));
   if (opt_.full) prepare_full(b);
-  if (!first_stage()) return;  // the previous stage's output is the input
+  if (!embed || !first_stage()) return;  // the previous stage's output is the input
   if (offload_) offload_->before_write(0);
   cuda::embedding_forward(*ctx_, dt_, embed_w(), ids_.as<int32_t>(), n_, cfg_.hidden_size, cfg_.vocab_size, xbuf(0));
   if (offload_) offload_->after_write(0, xbuf(0), x_bytes());
@@ -861,7 +861,7 @@ std::pair<double, int64_t> LlamaGpu::stage_forward(int64_t slot, const Batch& b,
 void LlamaGpu::stage_backward(int64_t slot, const Batch& b, const void* dout, void* din) {
   FT_ASSERT(slot >= 0 && slot < opt_.slots && (last_stage() || dout) && (first_stage() || din));
   slot_ = slot;
-  prepare(b);  // the micro-batch's tables again (on the first stage its embedding: the same values)
+  prepare(b, false);  // the micro-batch's tables again; its layer inputs are the slot's
   dropout_key_ = slot_key_[static_cast<size_t>(slot)];
   const size_t g = static_cast<size_t>(n_ * cfg_.hidden_size) * 4;
   if (!last_stage())  // (on the compute stream, as the stage input above; on the last stage head() left it)

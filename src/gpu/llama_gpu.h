@@ -193,7 +193,9 @@ class LlamaGpu {
   }
   bool adapted(int p) const { return has_lora_ && spec_.targets[p]; }
   const void* weight(int64_t l, int p);  // the projection in dt_, dequantized into wbuf_ when NF4
-  void prepare(const Batch& b);
+  // The micro-batch's ids, targets, positions, documents and RoPE tables; with `embed` on the
+  // first stage also its embedding into the first layer's input.
+  void prepare(const Batch& b, bool embed = true);
   void linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t);
   void linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx, cuda::Storage dx_type,
                   float beta);

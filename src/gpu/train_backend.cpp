@@ -83,12 +83,9 @@ class GpuBackend final : public TrainBackend {
     model_.stage_backward(slot, b, dout, din);
   }
   StepResult step(double lr, double max_norm) override {
-    double norm = model_.grad_norm();
-    if (pipe_ && pipe_->world() > 1) {  // the other stages hold the rest of the gradient (an overflow
-      double sq = norm * norm;         // anywhere makes every stage skip)
-      pipe_->all_reduce_sum(&sq, 1);
-      norm = std::sqrt(sq);
-    }
+    // Under a pipeline the other stages hold the rest of the gradient (an overflow anywhere makes
+    // every stage skip).
+    double norm = dist::norm_over_ranks(model_.grad_norm(), pipe_);
     float unscale = 1.0f;
     if (fp16()) {  // overflowed gradients: the step is skipped and the scale halved
       const double s = scaler_.scale();

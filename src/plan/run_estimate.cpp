@@ -82,7 +82,7 @@ RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const Run
   e.gpu = gpu;
   if (plan.pipeline > 1) {  // every stage's plan; a rank must fit the largest
     const std::vector<int64_t> b =
-        dist::split_llama_layers(cfg, plan.pipeline, plan.method == Method::Qlora ? 0.5625 : 2.0, 2.0);
+        dist::split_llama_layers(cfg, plan.pipeline, plan.method == Method::Qlora, true);
     e.bubble = dist::pipeline_bubble(plan.pipeline, plan.grad_accum);
     for (int st = 0; st < plan.pipeline; ++st) {
       std::string advice;

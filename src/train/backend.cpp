@@ -3,8 +3,6 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
-
 #include "core/error.h"
 #include "optim/adamw8bit.h"
 #include "dist/zero.h"
@@ -48,17 +46,20 @@ void keep_stage_weights(const LlamaConfig& cfg, const ModelOptions& o, LlamaWeig
   if (l1 < L) w.final_norm = Tensor(), w.lm_head = Tensor();
 }
 
-// QLoRA on the CPU: every projection replaced by its NF4 round trip (double-quantized, blocks of
-// 64), the values the GPU dequantizes before each GEMM. A pipeline stage keeps its own weights only.
+// A projection replaced by its NF4 round trip (double-quantized, blocks of 64): the values the GPU
+// dequantizes before each GEMM.
+void nf4_round_trip(Tensor& t) { nf4_dequantize(nf4_quantize(t.data.data(), t.shape, 64, true), t.data.data()); }
+
+// QLoRA on the CPU: every projection as nf4_round_trip makes it (a bitsandbytes file's NF4 weights
+// come dequantized as they are). A pipeline stage keeps its own weights only.
 LlamaWeights load_weights(const LlamaConfig& cfg, const CheckpointReader& ckpt, bool nf4, const BackendOptions& opt) {
   LlamaWeights w = load_llama_weights(cfg, ckpt);  // NF4 weights of a bitsandbytes file come dequantized
   if (opt.pipe) keep_stage_weights(cfg, opt.model, w);
   if (nf4)
     for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
       for (int p = 0; p < kNumProj; ++p) {
-        if (w.layers[l].proj[p].empty() || stored_quantized(ckpt, l, static_cast<Proj>(p))) continue;
-        Tensor& t = w.layers[l].proj[p];
-        nf4_dequantize(nf4_quantize(t.data.data(), t.shape, 64, true), t.data.data());
+        if (!w.layers[l].proj[p].empty() && !stored_quantized(ckpt, l, static_cast<Proj>(p)))
+          nf4_round_trip(w.layers[l].proj[p]);
       }
   return w;
 }
@@ -88,7 +89,7 @@ class Nf4RoundTrip final : public WeightSource {
   Tensor norm(int64_t layer, bool post) const override { return base_->norm(layer, post); }
   Tensor proj(int64_t layer, Proj p) const override {
     Tensor t = base_->proj(layer, p);
-    if (!stored_quantized(ckpt_, layer, p)) nf4_dequantize(nf4_quantize(t.data.data(), t.shape, 64, true), t.data.data());
+    if (!stored_quantized(ckpt_, layer, p)) nf4_round_trip(t);
     return t;
   }
 
@@ -247,6 +248,7 @@ class CpuFullBackend final : public TrainBackend {
         grads_(zeros_like(weights_)),
         table_(opt.pipe ? ParamTable::stage(cfg, opt.model.first_layer, stage_end(cfg, opt.model))
                         : ParamTable::full(cfg)),
+        full_table_(ParamTable::full(cfg)),
         master_(static_cast<size_t>(table_.trainable_numel())),
         flat_grad_(master_.size()),
         zero_(opt.comm && opt.comm->world() > 1 ? opt.plan.zero : 0),
@@ -290,11 +292,7 @@ class CpuFullBackend final : public TrainBackend {
     grads_in_flat_ = false;
     double norm = zero_ == 2 ? dist::sharded_grad_norm(flat_grad_.data() + shard_.begin, shard_, P, *comm_)
                              : flat_grad_norm(flat_grad_.data(), P);
-    if (pipe_ && pipe_->world() > 1) {  // the other stages hold the rest of the gradient
-      double sq = norm * norm;
-      pipe_->all_reduce_sum(&sq, 1);
-      norm = std::sqrt(sq);
-    }
+    norm = dist::norm_over_ranks(norm, pipe_);  // the other stages hold the rest of the gradient
     const float coef = static_cast<float>(clip_coefficient(norm, max_norm));
     if (zero_) {  // this rank's part of the masters, then every rank's
       opt_.step(master_.data() + shard_.begin, flat_grad_.data() + shard_.begin, lr, coef);
@@ -333,9 +331,10 @@ class CpuFullBackend final : public TrainBackend {
       out = weights_;
       return;
     }
-    const ParamTable all = ParamTable::full(cfg_);
-    out = zeros_like(load_shapes());
-    scatter_trainable(all, whole(master_).data(), out);
+    out = LlamaWeights{};
+    out.layers.resize(static_cast<size_t>(cfg_.num_hidden_layers));
+    for (const ParamSpec& sp : full_table_.specs()) param_tensor(out, sp) = Tensor(sp.shape);
+    scatter_trainable(full_table_, whole(master_).data(), out);
   }
   BackendState save_state() const override {
     BackendState s;
@@ -355,7 +354,7 @@ class CpuFullBackend final : public TrainBackend {
   void load_state(const BackendState& s) override {
     const int64_t n = static_cast<int64_t>(master_.size());
     if (pipe_) {  // this stage's part of the whole model's state
-      master_ = own(s.f32_of("master", ParamTable::full(cfg_).trainable_numel()));
+      master_ = own(s.f32_of("master", full_table_.trainable_numel()));
       opt_.restore(own(s.f32_of("adam.m", -1)), own(s.f32_of("adam.v", -1)), s.int_of("adam.t"));
       scatter_trainable(table_, master_.data(), weights_);
       return;
@@ -371,48 +370,29 @@ class CpuFullBackend final : public TrainBackend {
   }
 
  private:
-  // Pipeline: a stage's flat buffer (table_'s layout) within the whole model's (ParamTable::full),
+  // Pipeline: a stage's flat buffer (table_'s layout) within the whole model's (full_table_'s),
   // summed over the stages (each adds its part to zeros), and this stage's part of a whole one.
+  // ParamTable::stage keeps full()'s specs in full()'s order, so spec i is the same tensor in both.
   std::vector<float> whole(const std::vector<float>& part) const {
     if (!pipe_) return part;
-    const ParamTable all = ParamTable::full(cfg_);
-    std::vector<float> out(static_cast<size_t>(all.trainable_numel()), 0.0f);
-    for (const ParamSpec* s : trained_) {
-      const ParamSpec* a = all.find(s->key);
-      std::copy_n(part.begin() + s->offset, s->numel(), out.begin() + a->offset);
+    std::vector<float> out(static_cast<size_t>(full_table_.trainable_numel()), 0.0f);
+    for (size_t i = 0; i < table_.specs().size(); ++i) {
+      const ParamSpec& sp = table_.specs()[i];
+      if (sp.trainable) std::copy_n(part.begin() + sp.offset, sp.numel(), out.begin() + full_table_.specs()[i].offset);
     }
     sum_over_stages(out, pipe_);
     return out;
   }
   std::vector<float> own(const std::vector<float>& all_values) const {
-    const ParamTable all = ParamTable::full(cfg_);
-    if (all_values.size() != static_cast<size_t>(all.trainable_numel()))
+    if (all_values.size() != static_cast<size_t>(full_table_.trainable_numel()))
       fail("checkpoint: the optimizer state holds {} values where this model has {} (a checkpoint of another model)",
-           all_values.size(), all.trainable_numel());
+           all_values.size(), full_table_.trainable_numel());
     std::vector<float> part(master_.size());
-    for (const ParamSpec* s : trained_) {
-      const ParamSpec* a = all.find(s->key);
-      std::copy_n(all_values.begin() + a->offset, s->numel(), part.begin() + s->offset);
+    for (size_t i = 0; i < table_.specs().size(); ++i) {
+      const ParamSpec& sp = table_.specs()[i];
+      if (sp.trainable) std::copy_n(all_values.begin() + full_table_.specs()[i].offset, sp.numel(), part.begin() + sp.offset);
     }
     return part;
-  }
-  // Zero tensors of every weight of the model (the whole model read back from a pipeline).
-  LlamaWeights load_shapes() const {
-    LlamaWeights w;
-    const int64_t H = cfg_.hidden_size;
-    w.embed = Tensor({cfg_.vocab_size, H});
-    w.final_norm = Tensor({H});
-    if (!cfg_.tie_word_embeddings) w.lm_head = Tensor({cfg_.vocab_size, H});
-    for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
-      LayerWeights& lw = w.layers.emplace_back();
-      lw.input_norm = Tensor({H});
-      lw.post_norm = Tensor({H});
-      for (int p = 0; p < kNumProj; ++p) {
-        const auto sh = proj_shape(cfg_, static_cast<Proj>(p));
-        lw.proj[p] = Tensor({sh[0], sh[1]});
-      }
-    }
-    return w;
   }
 
   const LlamaConfig& cfg_;
@@ -420,6 +400,7 @@ class CpuFullBackend final : public TrainBackend {
   LlamaWeights weights_;         // compute copy the model reads (a stage's weights only, under a pipeline)
   LlamaWeights grads_;           // same shapes, accumulated over the micro-batches of a step
   ParamTable table_;             // under a pipeline, the stage's part trains
+  ParamTable full_table_;        // every tensor trainable: the layout of checkpoints and outputs
   std::vector<const ParamSpec*> trained_;  // table_'s trainable specs
   std::vector<float> master_;    // [trainable] fp32 master weights
   std::vector<float> flat_grad_; // [trainable]
@@ -465,10 +446,13 @@ std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig&, const Ch
 bool gpu_available() { return false; }
 #endif
 
+bool runs_on_gpu(const RunPlan& plan) {
+  return plan.device == Device::Cuda || (plan.device == Device::Auto && gpu_available());
+}
+
 std::unique_ptr<TrainBackend> make_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt, const LoraParams& lora,
                                            const BackendOptions& opt) {
-  const Device device = opt.plan.device;
-  const bool gpu = device == Device::Cuda || (device == Device::Auto && gpu_available());
+  const bool gpu = runs_on_gpu(opt.plan);
   if (opt.plan.method == Method::Full) {
     if (gpu) return make_gpu_full_backend(cfg, ckpt, opt);
     if (opt.plan.zero == 3 && opt.comm && opt.comm->world() > 1) return make_cpu_zero3_backend(cfg, ckpt, opt);

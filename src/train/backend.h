@@ -120,5 +120,7 @@ std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const Che
 std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
                                                     const BackendOptions& opt);
 bool gpu_available();
+// Whether plan.device puts the run on the GPU (cuda, or auto with a GPU present).
+bool runs_on_gpu(const RunPlan& plan);
 
 }  // namespace ftune

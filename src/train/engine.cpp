@@ -67,17 +67,18 @@ StepOutcome Engine::step(MicroBatcher& batches, int64_t step, double lr, const A
     loss_sum = run_pipeline(step, index, scale);
     if (pipe_.data && pipe_.data->world() > 1) backend_.all_reduce_gradients(*pipe_.data);
     comm_->all_reduce_sum(&loss_sum, 1);  // the last stages' losses, to every rank
-  }
-  for (int64_t m = 0; m < total && !piped_; ++m) {
-    if (m > 0 && abort && any_rank(abort(m, total))) {
-      out.aborted = true;
-      return out;
+  } else {
+    for (int64_t m = 0; m < total; ++m) {
+      if (m > 0 && abort && any_rank(abort(m, total))) {
+        out.aborted = true;
+        return out;
+      }
+      loss_sum += backend_.forward_backward(micro_[m], scale, dropout_key(seed_, step, index[m])).loss_sum;
     }
-    loss_sum += backend_.forward_backward(micro_[m], scale, dropout_key(seed_, step, index[m])).loss_sum;
-  }
-  if (W > 1 && !piped_) {
-    backend_.all_reduce_gradients(*comm_);
-    comm_->all_reduce_sum(&loss_sum, 1);
+    if (W > 1) {
+      backend_.all_reduce_gradients(*comm_);
+      comm_->all_reduce_sum(&loss_sum, 1);
+    }
   }
   out.loss = out.targets > 0 ? loss_sum / static_cast<double>(out.targets) : 0.0;
   const StepResult r = backend_.step(lr, plan_.max_grad_norm);

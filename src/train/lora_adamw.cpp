@@ -36,12 +36,7 @@ double grad_norm(const LoraParams& grads) {
 }
 
 double clip_grad_norm(LoraParams& grads, double max_norm, dist::Communicator* sum_over) {
-  double norm = grad_norm(grads);
-  if (sum_over && sum_over->world() > 1) {
-    double sq = norm * norm;
-    sum_over->all_reduce_sum(&sq, 1);
-    norm = std::sqrt(sq);
-  }
+  const double norm = dist::norm_over_ranks(grad_norm(grads), sum_over);
   const double coef = clip_coefficient(norm, max_norm);
   if (coef < 1.0) {
     const float c = static_cast<float>(coef);

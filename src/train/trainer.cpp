@@ -256,9 +256,8 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
   mopt.max_seq = ((cfg.data.packing ? std::max(longest, cfg.data.max_seq_len) : longest) + m - 1) / m * m;
   mopt.gradient_checkpointing = plan.checkpointing;
   if (plan.pipeline > 1) {  // this stage's layers, split by their weights' memory
-    const bool gpu = plan.device == Device::Cuda || (plan.device == Device::Auto && gpu_available());
-    const double per_param = !gpu ? 4.0 : plan.method == Method::Qlora ? 0.5625 : 2.0;
-    const std::vector<int64_t> bounds = dist::split_llama_layers(mcfg, plan.pipeline, per_param, gpu ? 2.0 : 4.0);
+    const std::vector<int64_t> bounds =
+        dist::split_llama_layers(mcfg, plan.pipeline, plan.method == Method::Qlora, runs_on_gpu(plan));
     mopt.first_layer = bounds[place.stage], mopt.end_layer = bounds[place.stage + 1];
     mopt.slots = dist::pipeline_slots(plan.pipeline, place.stage, plan.grad_accum);
     std::string groups;

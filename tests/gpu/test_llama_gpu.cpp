@@ -107,17 +107,23 @@ TEST(LlamaGpu, MatchesHfFixturesInBf16) {
   check_fixtures(true, true, 5e-3, 5e-2);
 }
 
-TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
-  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  cuda::Context ctx;
+// A small grouped-query model with head_dim 64 (the flash kernels' size).
+LlamaConfig gqa_d64(int64_t layers) {
   LlamaConfig c;
   c.vocab_size = 300;
   c.hidden_size = 128;
   c.intermediate_size = 192;
-  c.num_hidden_layers = 2;
+  c.num_hidden_layers = layers;
   c.num_attention_heads = 4;
   c.num_key_value_heads = 2;
   c.head_dim = 64;
+  return c;
+}
+
+TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  const LlamaConfig c = gqa_d64(2);
   const LlamaWeights w = random_llama_weights(c, 5);
   LoraSpec s;
   s.r = 8;
@@ -169,14 +175,7 @@ TEST(LlamaGpu, PackedRowsMatchTheCpuModel) {
 TEST(LlamaGpu, Fp16ForwardOverflowNamesTheLayer) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   cuda::Context ctx;
-  LlamaConfig c;
-  c.vocab_size = 300;
-  c.hidden_size = 128;
-  c.intermediate_size = 192;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
+  const LlamaConfig c = gqa_d64(3);
   LlamaWeights w = random_llama_weights(c, 5);
   LoraSpec s;
   s.r = 8;
