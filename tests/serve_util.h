@@ -91,16 +91,14 @@ class LiveServer {
   std::thread thread_;
 };
 
-// Base (+ an adapter merged in), generated with the CPU decoder one row at a time.
+// Base (+ an adapter merged in), generated with the CPU decoder, the prompts batched together.
 inline std::vector<Generation> solo(const fs::path& model, const std::string& adapter,
                                     const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o,
                                     const Tokenizer* tok) {
   const LlamaConfig cfg = load_llama_config(model.string());
   LlamaWeights w = load_llama_weights(cfg, CheckpointReader(model.string()));
   if (!adapter.empty()) merge_adapter(w, load_peft_adapter(adapter, cfg));
-  size_t longest = 0;
-  for (const auto& p : prompts) longest = std::max(longest, p.size());
-  CpuDecoder dec(cfg, w, static_cast<int64_t>(prompts.size()), static_cast<int64_t>(longest) + o.max_new_tokens + 1);
+  BatchDecoder dec(cfg, w);
   return generate(dec, tok, prompts, o);
 }
 

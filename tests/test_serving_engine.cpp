@@ -123,7 +123,7 @@ TEST(BatchDecoder, RowsOfSeveralSequencesAndAdaptersGiveEachOnesLogits) {
   Rng rng(9);
   const auto p1 = random_ids(rng, 7, cfg.vocab_size), p2 = random_ids(rng, 5, cfg.vocab_size);
   BatchDecoder dec(cfg, w);
-  KvCache c1(cfg, 16), c2(cfg, 16);
+  CpuKvCache c1(cfg, 16), c2(cfg, 16);
   std::vector<DecodeRow> rows;
   for (int32_t t : p1) rows.push_back({&c1, t, nullptr, true});
   for (size_t i = 0; i < p2.size(); ++i) rows.push_back({&c2, p2[i], &lora, i + 1 == p2.size()});

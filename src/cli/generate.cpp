@@ -1,5 +1,6 @@
 // `ftune generate --model DIR [--adapter DIR] (--prompt TEXT | --input rows.jsonl) [options]`:
-// text from the model (with the adapter merged in), greedy or sampled, on the CPU with a KV cache.
+// text from the model and adapter, greedy or sampled, with a KV cache on the CPU or the GPU
+// (--device); every prompt of --input decoded together.
 // --prompt streams the completion to stdout; --input reads JSONL rows ({"prompt": text} or
 // {"input_ids": [...]}) and writes one JSON line per row ({"completion", "tokens", "finish_reason"}).
 #include <fmt/format.h>
@@ -9,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/decoder_choice.h"
 #include "core/error.h"
 #include "core/json_limits.h"
 #include "data/chat_template.h"
@@ -33,6 +35,7 @@ struct Args {
   bool ignore_eos = false, no_bos = false;
   std::string chat;  // a chat template's name, or "auto": the model's own
   std::string system;
+  DecoderChoice dec;
 };
 
 void run(const Args& a) {
@@ -40,10 +43,16 @@ void run(const Args& a) {
   if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0, got {}", a.max_new_tokens);
   if (a.temperature < 0) fail("--temperature must be >= 0, got {}", a.temperature);
   if (!(a.top_p > 0 && a.top_p <= 1)) fail("--top-p must be in (0, 1], got {}", a.top_p);
+  check_decoder_choice(a.dec);
   const LlamaConfig cfg = load_llama_config(a.model);
-  LlamaWeights w = load_llama_weights(cfg, CheckpointReader(a.model));
-  if (!a.adapter.empty()) {
-    merge_adapter(w, load_peft_adapter(a.adapter, cfg));
+  // The CPU merges the adapter into its fp32 weights (peft's merge_and_unload); the GPU keeps its
+  // base as loaded (bf16, fp16 or NF4) and applies the adapter unmerged, as peft's forward does.
+  LlamaWeights w;
+  LoraParams lora;
+  if (!a.adapter.empty()) lora = load_peft_adapter(a.adapter, cfg);
+  if (!a.dec.gpu()) {
+    w = load_llama_weights(cfg, CheckpointReader(a.model));
+    if (!a.adapter.empty()) merge_adapter(w, lora);
   }
   // The tokenizer: needed for text prompts and stop strings; rows of input_ids alone do without.
   std::unique_ptr<Tokenizer> tok;
@@ -111,25 +120,28 @@ void run(const Args& a) {
     }
     if (prompts.empty()) fail("{}: no rows", a.input);
   }
-  int64_t longest = 0;
-  for (const auto& p : prompts) longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
   GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
   o.stop = a.stop;
   if (!a.ignore_eos)
     for (int64_t e : cfg.eos_token_ids) o.eos_ids.push_back(static_cast<int32_t>(e));
-  CpuDecoder dec(cfg, w, static_cast<int64_t>(prompts.size()), longest + a.max_new_tokens + 1);
+  const std::unique_ptr<Decoder> dec = make_decoder(a.dec, cfg, a.model, &w);
+  BatchOptions bo;
+  bo.adapter = a.dec.gpu() && !a.adapter.empty() ? &lora : nullptr;
   if (!a.prompt.empty()) {  // one prompt: stream its text
-    const auto g = generate(dec, tok.get(), prompts, o, [](int64_t, const std::string& piece) {
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-    });
+    const auto g = generate(
+        *dec, tok.get(), prompts, o,
+        [](int64_t, const std::string& piece) {
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+        },
+        bo);
     std::fputc('\n', stdout);
     fmt::print(stderr, "ftune: {} tokens, finished by {}\n", g[0].tokens.size(), g[0].finish_reason);
     return;
   }
-  const auto gens = generate(dec, tok.get(), prompts, o);
+  const auto gens = generate(*dec, tok.get(), prompts, o, {}, bo);
   std::FILE* out = stdout;
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(nullptr, &std::fclose);
   if (!a.out.empty()) {
@@ -148,10 +160,10 @@ void run(const Args& a) {
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Generate text with a model and optionally an adapter (CPU, KV cache)");
+  auto* cmd = app.add_subcommand("generate", "Generate text with a model and optionally an adapter (CPU or GPU, KV cache)");
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Hugging Face model directory")->required();
-  cmd->add_option("--adapter", a->adapter, "PEFT adapter directory, merged into the model");
+  cmd->add_option("--adapter", a->adapter, "PEFT adapter directory (merged on the CPU, unmerged on the GPU)");
   cmd->add_option("--prompt", a->prompt, "Prompt text (the completion streams to stdout)");
   cmd->add_option("--input", a->input, "JSONL rows of {\"prompt\": text} or {\"input_ids\": [...]}");
   cmd->add_option("--out", a->out, "Where --input's results go (JSONL; default stdout)");
@@ -167,6 +179,7 @@ void add_generate_command(CLI::App& app) {
       ->expected(0, 1)
       ->default_str("auto");
   cmd->add_option("--system", a->system, "With --chat: a system message first");
+  add_decoder_options(cmd, a->dec);
   cmd->callback([a] { run(*a); });
 }
 

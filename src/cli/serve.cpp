@@ -1,5 +1,5 @@
 // `ftune serve --model BASE [--adapter NAME=DIR]... [--host H] [--port P]`: an OpenAI-compatible
-// HTTP server over one base model and several LoRA adapters, on the CPU (src/infer/ holds the
+// HTTP server over one base model and several LoRA adapters, on the CPU or the GPU (src/infer/ holds the
 // engine, the routes and the listener). SIGINT or SIGTERM stops it cleanly.
 #include <fmt/format.h>
 
@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/decoder_choice.h"
 #include "core/error.h"
 #include "infer/api.h"
 #include "infer/engine.h"
@@ -27,6 +28,7 @@ struct Args {
   std::vector<std::string> adapters;
   int port = 8000;
   EngineOptions engine;
+  DecoderChoice dec;
 };
 
 std::vector<AdapterSource> parse_adapters(const std::vector<std::string>& specs, const std::string& base_name) {
@@ -51,8 +53,11 @@ void run(const Args& a) {
   if (a.engine.max_adapters < 0) fail("--max-adapters must be >= 0, got {}", a.engine.max_adapters);
   if (a.engine.max_batch_tokens < 1) fail("--max-batch-tokens must be at least 1, got {}", a.engine.max_batch_tokens);
   if (a.engine.max_sequences < 1) fail("--max-sequences must be at least 1, got {}", a.engine.max_sequences);
+  check_decoder_choice(a.dec);
   const LlamaConfig cfg = load_llama_config(a.model);
-  LlamaWeights w = load_llama_weights(cfg, CheckpointReader(a.model));
+  // The CPU decodes from fp32 weights in memory; the GPU reads them onto the device itself.
+  LlamaWeights w;
+  if (!a.dec.gpu()) w = load_llama_weights(cfg, CheckpointReader(a.model));
   std::unique_ptr<Tokenizer> tok;
   try {
     tok = load_tokenizer(a.model);
@@ -61,9 +66,14 @@ void run(const Args& a) {
   }
   std::unique_ptr<ServingEngine> engine;
   try {
-    engine = std::make_unique<ServingEngine>(cfg, std::move(w), adapters, tok.get(), a.engine);
+    const DecoderChoice choice = a.dec;
+    const std::string dir = a.model;
+    engine = std::make_unique<ServingEngine>(
+        cfg, std::move(w), adapters, tok.get(), a.engine,
+        [choice, dir](const LlamaConfig& c, const LlamaWeights& base) { return make_decoder(choice, c, dir, &base); });
   } catch (const Error& e) {
-    fail("--{}", e.what());
+    const std::string m = e.what();  // the engine's adapter errors name the flag they came from
+    fail("{}{}", m.starts_with("adapter") ? "--" : "", m);
   }
   Api api(*engine, tok.get(), served_model(name, a.model, tok.get(), cfg, a.chat));
   Server server(api);
@@ -92,7 +102,7 @@ void run(const Args& a) {
 }  // namespace
 
 void add_serve_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("serve", "Serve a model and its adapters over an OpenAI-compatible HTTP API (CPU)");
+  auto* cmd = app.add_subcommand("serve", "Serve a model and its adapters over an OpenAI-compatible HTTP API (CPU or GPU)");
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Hugging Face model directory (the base)")->required();
   cmd->add_option("--adapter", a->adapters, "NAME=DIR: a PEFT adapter served as model NAME (repeatable)");
@@ -106,6 +116,7 @@ void add_serve_command(CLI::App& app) {
                   "Adapters held in memory at once (0, default: all); the others are read when asked for");
   cmd->add_option("--max-batch-tokens", a->engine.max_batch_tokens, "Prompt tokens fed per forward pass (default 512)");
   cmd->add_option("--max-sequences", a->engine.max_sequences, "Sequences decoded together (default 64)");
+  add_decoder_options(cmd, a->dec);
   cmd->callback([a] { run(*a); });
 }
 

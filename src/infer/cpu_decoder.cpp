@@ -15,11 +15,15 @@
 
 namespace ftune {
 
-KvCache::KvCache(const LlamaConfig& cfg, int64_t capacity)
-    : cap_(capacity), k_(static_cast<size_t>(cfg.num_hidden_layers * capacity * cfg.kv_dim())), v_(k_.size()) {}
+CpuKvCache::CpuKvCache(const LlamaConfig& cfg, int64_t capacity)
+    : KvCache(capacity), k_(static_cast<size_t>(cfg.num_hidden_layers * capacity * cfg.kv_dim())), v_(k_.size()) {}
 
 BatchDecoder::BatchDecoder(const LlamaConfig& cfg, const LlamaWeights& w)
     : cfg_(cfg), w_(w), inv_freq_(rope_inv_freq(cfg)) {}
+
+std::unique_ptr<KvCache> BatchDecoder::new_cache(int64_t capacity) {
+  return std::make_unique<CpuKvCache>(cfg_, capacity);
+}
 
 void BatchDecoder::project(const std::vector<DecodeRow>& rows, int64_t layer, Proj p, const float* x, float* y,
                            float beta) {
@@ -53,12 +57,16 @@ const std::vector<float>& BatchDecoder::forward(const std::vector<DecodeRow>& ro
   // before anything is written, so a refused batch leaves every cache as it was.
   pos_.resize(static_cast<size_t>(n));
   std::unordered_map<const KvCache*, int64_t> added;
+  caches_.resize(static_cast<size_t>(n));
   int64_t wanted = 0;
   for (int64_t r = 0; r < n; ++r) {
     const DecodeRow& row = rows[r];
     if (row.token < 0 || row.token >= V) fail("generation: token id {} is outside the vocabulary of {}", row.token, V);
-    const int64_t pos = row.cache->len_ + added[row.cache]++;
-    if (pos >= row.cache->cap_) fail("generation: a sequence reached its planned length of {} tokens", row.cache->cap_);
+    const int64_t pos = row.cache->length() + added[row.cache]++;
+    if (pos >= row.cache->capacity())
+      fail("generation: a sequence reached its planned length of {} tokens", row.cache->capacity());
+    caches_[r] = dynamic_cast<CpuKvCache*>(row.cache);
+    if (!caches_[r]) fail("generation: a KV cache of another decoder was given to the CPU decoder");
     pos_[r] = static_cast<int32_t>(pos);
     wanted += row.logits ? 1 : 0;
   }
@@ -81,18 +89,18 @@ const std::vector<float>& BatchDecoder::forward(const std::vector<DecodeRow>& ro
     cpu::rope_forward(q_.data(), cos_.data(), sin_.data(), n, heads, d);
     cpu::rope_forward(k_.data(), cos_.data(), sin_.data(), n, kvh, d);
     for (int64_t r = 0; r < n; ++r) {  // every row's key and value first: later rows attend to them
-      KvCache& c = *rows[r].cache;
-      const int64_t at = (l * c.cap_ + pos_[r]) * KV;
+      CpuKvCache& c = *caches_[r];
+      const int64_t at = (l * c.capacity() + pos_[r]) * KV;
       std::copy_n(k_.begin() + r * KV, KV, c.k_.begin() + at);
       std::copy_n(v_.begin() + r * KV, KV, c.v_.begin() + at);
     }
     // Causal attention of each row over its cache; a single decoding row wakes no thread team.
 #pragma omp parallel for schedule(dynamic) if (n > 1)
     for (int64_t r = 0; r < n; ++r) {
-      const KvCache& c = *rows[r].cache;
+      const CpuKvCache& c = *caches_[r];
       const int64_t pos = pos_[r];
-      const float* kc = c.k_.data() + l * c.cap_ * KV;
-      const float* vc = c.v_.data() + l * c.cap_ * KV;
+      const float* kc = c.k_.data() + l * c.capacity() * KV;
+      const float* vc = c.v_.data() + l * c.capacity() * KV;
       std::vector<float> scores(static_cast<size_t>(pos + 1));
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t g = h / (heads / kvh);
@@ -123,7 +131,7 @@ const std::vector<float>& BatchDecoder::forward(const std::vector<DecodeRow>& ro
     cpu::swiglu_forward(gate_.data(), up_.data(), gate_.data(), n * I);
     project(rows, l, Proj::Down, gate_.data(), x_.data(), 1.0f);
   }
-  for (int64_t r = 0; r < n; ++r) ++rows[r].cache->len_;
+  for (int64_t r = 0; r < n; ++r) rows[r].cache->advance(1);
   // The final norm and lm_head only for the rows that want logits (a prompt fed for its last
   // position alone needs one row of [V], not one per token).
   int64_t j = 0;
@@ -139,12 +147,14 @@ const std::vector<float>& BatchDecoder::forward(const std::vector<DecodeRow>& ro
 }
 
 CpuDecoder::CpuDecoder(const LlamaConfig& cfg, const LlamaWeights& w, int64_t rows, int64_t max_len)
-    : dec_(cfg, w), max_len_(max_len), caches_(static_cast<size_t>(rows), KvCache(cfg, max_len)) {}
+    : dec_(cfg, w), max_len_(max_len) {
+  for (int64_t r = 0; r < rows; ++r) caches_.push_back(dec_.new_cache(max_len));
+}
 
 const std::vector<float>& CpuDecoder::step(int64_t row, int32_t token) {
-  if (caches_[row].length() >= max_len_)
+  if (caches_[row]->length() >= max_len_)
     fail("generation: row {} reached the planned length of {} tokens", row, max_len_);
-  one_.assign(1, DecodeRow{&caches_[row], token, nullptr, true});
+  one_.assign(1, DecodeRow{caches_[row].get(), token, nullptr, true});
   return dec_.forward(one_);
 }
 

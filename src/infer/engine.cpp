@@ -27,7 +27,7 @@ struct ServingEngine::Live {
   const SequenceRequest* req;
   SequenceResult* res;
   std::shared_ptr<const LoraParams> adapter;
-  KvCache cache;
+  std::unique_ptr<KvCache> cache;
   Rng rng;
   size_t fed = 0;     // prompt tokens in the cache
   int32_t next = -1;  // the chosen token to feed next, once the prompt is in
@@ -55,8 +55,9 @@ TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int64_t
 }
 
 ServingEngine::ServingEngine(const LlamaConfig& cfg, LlamaWeights base, const std::vector<AdapterSource>& adapters,
-                             const Tokenizer* tok, const EngineOptions& o)
-    : cfg_(cfg), base_(std::move(base)), tok_(tok), opt_(o), order_(adapters), dec_(cfg_, base_) {
+                             const Tokenizer* tok, const EngineOptions& o, const DecoderFactory& make_decoder)
+    : cfg_(cfg), base_(std::move(base)), tok_(tok), opt_(o), order_(adapters),
+      dec_(make_decoder ? make_decoder(cfg_, base_) : std::make_unique<BatchDecoder>(cfg_, base_)) {
   if (opt_.max_batch_tokens < 1) fail("max_batch_tokens must be at least 1, got {}", opt_.max_batch_tokens);
   if (opt_.max_sequences < 1) fail("max_sequences must be at least 1, got {}", opt_.max_sequences);
   if (opt_.max_adapters < 0) fail("max_adapters must be >= 0, got {}", opt_.max_adapters);
@@ -143,6 +144,7 @@ bool ServingEngine::acquire(const std::string& name, std::shared_ptr<const LoraP
     }
     if (opt_.max_adapters > 0 && held >= opt_.max_adapters) {
       if (!victim) return false;
+      dec_->forget(victim->lora.get());
       victim->lora.reset();
     }
     slot.lora = std::make_shared<const LoraParams>(load_peft_adapter(slot.dir, cfg_));
@@ -174,7 +176,7 @@ void ServingEngine::admit() {
       }
       const int64_t cap = static_cast<int64_t>(req.prompt.size()) + std::max<int64_t>(req.gen.max_new_tokens, 1);
       live_.push_back(std::unique_ptr<Live>(new Live{next.first, &req, &job.results[next.second], std::move(adapter),
-                                                     KvCache(cfg_, cap), Rng(req.gen.sampling.seed, req.stream)}));
+                                                     dec_->new_cache(cap), Rng(req.gen.sampling.seed, req.stream)}));
     } catch (...) {
       fail_job(job, std::current_exception());
     }
@@ -230,15 +232,15 @@ void ServingEngine::step() {
     const SequenceRequest& r = *s->req;
     const size_t P = r.prompt.size();
     if (s->fed == P) {
-      rows_.push_back({&s->cache, s->next, s->adapter.get(), true});
+      rows_.push_back({s->cache.get(), s->next, s->adapter.get(), true});
       continue;
     }
     for (size_t i = s->fed; i < s->fed + static_cast<size_t>(s->take); ++i) {
       const bool want = (r.prompt_logprobs && i + 1 < P) || (i + 1 == P && r.gen.max_new_tokens > 0);
-      rows_.push_back({&s->cache, r.prompt[i], s->adapter.get(), want});
+      rows_.push_back({s->cache.get(), r.prompt[i], s->adapter.get(), want});
     }
   }
-  const std::vector<float>& logits = dec_.forward(rows_);
+  const std::vector<float>& logits = dec_->forward(rows_);
   const size_t V = static_cast<size_t>(cfg_.vocab_size);
   size_t at = 0;  // the next row of logits
   auto next_logits = [&] { return std::span<const float>(logits.data() + (at++) * V, V); };

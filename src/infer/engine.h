@@ -2,11 +2,12 @@
 // memory up to a limit, the others read back when a request asks for them), and one worker thread
 // that runs every sequence in flight as one batch per step (continuous batching): a sequence joins
 // at the next step, its prompt is fed in chunks, then one token per step until it ends. Sequences
-// of different adapters share each step's base GEMMs (BatchDecoder).
+// of different adapters share each step's base GEMMs (a Decoder: the CPU's or the GPU's).
 #pragma once
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,6 +25,10 @@
 #include "tokenizer/tokenizer.h"
 
 namespace ftune {
+
+// Makes the engine's decoder over its base weights (which outlive it); empty: the CPU's
+// BatchDecoder.
+using DecoderFactory = std::function<std::unique_ptr<Decoder>(const LlamaConfig&, const LlamaWeights&)>;
 
 struct AdapterSource {
   std::string name, dir;
@@ -72,7 +77,7 @@ class ServingEngine {
   // max_adapters they are dropped again and read back when asked for. `tok` (may be null) must
   // outlive the engine.
   ServingEngine(const LlamaConfig& cfg, LlamaWeights base, const std::vector<AdapterSource>& adapters,
-                const Tokenizer* tok, const EngineOptions& o);
+                const Tokenizer* tok, const EngineOptions& o, const DecoderFactory& make_decoder = {});
   ~ServingEngine();  // ends the worker; sequences still waiting fail
   ServingEngine(const ServingEngine&) = delete;
   ServingEngine& operator=(const ServingEngine&) = delete;
@@ -110,7 +115,7 @@ class ServingEngine {
   std::vector<AdapterSource> order_;
   std::map<std::string, Slot> slots_;  // keys fixed at construction; the slots' contents are the worker's
   // The worker's own state.
-  BatchDecoder dec_;
+  std::unique_ptr<Decoder> dec_;
   std::vector<std::unique_ptr<Live>> live_;
   std::vector<DecodeRow> rows_;
   std::vector<int32_t> scratch_;

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 namespace ftune {
 
@@ -37,18 +38,38 @@ bool extend(Generation& g, int32_t t, const Tokenizer* tok, const GenerateOption
   return false;
 }
 
-std::vector<Generation> generate(CpuDecoder& dec, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
+std::vector<Generation> generate(Decoder& dec, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
                                  const GenerateOptions& o,
-                                 const std::function<void(int64_t, const std::string&)>& stream) {
+                                 const std::function<void(int64_t, const std::string&)>& stream,
+                                 const BatchOptions& batch) {
   const int64_t rows = static_cast<int64_t>(prompts.size());
+  if (batch.prefill_tokens < 1) fail("generation: prefill_tokens must be at least 1, got {}", batch.prefill_tokens);
   std::vector<Generation> out(static_cast<size_t>(rows));
+  const size_t V = static_cast<size_t>(dec.vocab_size());
   std::vector<std::vector<float>> next(static_cast<size_t>(rows));
+  std::vector<std::unique_ptr<KvCache>> caches;
   std::vector<Rng> rngs;
   for (int64_t r = 0; r < rows; ++r) {
     if (prompts[r].empty()) fail("generation: prompt {} is empty (it needs at least one token, e.g. BOS)", r);
-    for (int32_t t : prompts[r]) next[r] = dec.step(r, t);
+    caches.push_back(dec.new_cache(static_cast<int64_t>(prompts[r].size()) + std::max<int64_t>(o.max_new_tokens, 1)));
     rngs.emplace_back(o.sampling.seed, static_cast<uint64_t>(r));
   }
+  // The prompts, prefill_tokens rows a forward; the logits of each prompt's last token kept.
+  std::vector<DecodeRow> feed;
+  std::vector<int64_t> owner;  // the prompt of each row that wants logits
+  auto run = [&] {
+    const std::vector<float>& logits = dec.forward(feed);
+    for (size_t j = 0; j < owner.size(); ++j) next[owner[j]].assign(logits.begin() + j * V, logits.begin() + (j + 1) * V);
+    feed.clear(), owner.clear();
+  };
+  for (int64_t r = 0; r < rows; ++r)
+    for (size_t i = 0; i < prompts[r].size(); ++i) {
+      const bool last = i + 1 == prompts[r].size();
+      feed.push_back({caches[r].get(), prompts[r][i], batch.adapter, last});
+      if (last) owner.push_back(r);
+      if (static_cast<int64_t>(feed.size()) == batch.prefill_tokens) run();
+    }
+  if (!feed.empty()) run();
   std::vector<bool> done(static_cast<size_t>(rows), o.max_new_tokens <= 0);
   std::vector<size_t> streamed(static_cast<size_t>(rows), 0);  // bytes of each row's text streamed
   for (int64_t r = 0; r < rows; ++r)
@@ -73,8 +94,11 @@ std::vector<Generation> generate(CpuDecoder& dec, const Tokenizer* tok, const st
         if (stable > streamed[r]) stream(r, g.text.substr(streamed[r], stable - streamed[r])), streamed[r] = stable;
       }
       if (done[r]) continue;
-      next[r] = dec.step(r, t);
+      feed.push_back({caches[r].get(), t, batch.adapter, true});
+      owner.push_back(r);
     }
+    if (feed.empty()) break;
+    run();
   }
   if (stream)  // the rows' held-back tails, now final
     for (int64_t r = 0; r < rows; ++r)

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "infer/cpu_decoder.h"
+#include "infer/decoder.h"
 #include "infer/sampler.h"
 #include "tokenizer/tokenizer.h"
 
@@ -34,10 +34,19 @@ struct Generation {
 // there. `tok` may be null (no text, no stop strings).
 bool extend(Generation& g, int32_t t, const Tokenizer* tok, const GenerateOptions& o);
 
-// `tok` may be null (token ids only). `stream(row, piece)`, when given, receives each row's text as
-// it grows (rows interleaved, one token at a time).
-std::vector<Generation> generate(CpuDecoder& dec, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
+struct BatchOptions {
+  const LoraParams* adapter = nullptr;  // applied unmerged to every row (nullptr: the base alone)
+  int64_t prefill_tokens = 2048;        // prompt tokens fed per forward (every prompt's, in order)
+};
+
+// Every prompt decoded together: the prompts fed in forwards of up to prefill_tokens rows, then
+// one forward per step with one row per unfinished prompt. `tok` may be null (token ids only).
+// `stream(row, piece)`, when given, receives each row's text as it grows (rows interleaved, one
+// token at a time). Row r samples from its own stream (seed, r), so a row's tokens do not depend
+// on the others'.
+std::vector<Generation> generate(Decoder& dec, const Tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
                                  const GenerateOptions& o,
-                                 const std::function<void(int64_t, const std::string&)>& stream = {});
+                                 const std::function<void(int64_t, const std::string&)>& stream = {},
+                                 const BatchOptions& batch = {});
 
 }  // namespace ftune

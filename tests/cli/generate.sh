@@ -50,4 +50,14 @@ printf '{"input_ids": [1, 99999]}\n' >"$WORK/oov.jsonl"
 expect_fail gen-oov "token id 99999 is outside the vocabulary of 512" "$FTUNE" generate --model "$WORK/model" --input "$WORK/oov.jsonl"
 expect_fail gen-no-tokenizer "no tokenizer found" \
   "$FTUNE" generate --model "$ROOT/tests/fixtures/hf/mha_untied/model" --prompt "hello"
+expect_fail gen-device "--device: expected cpu or gpu, got 'tpu'" "$FTUNE" generate --model "$WORK/model" --prompt a --device tpu
+expect_fail gen-dtype-cpu "--dtype and --nf4 are for --device gpu" "$FTUNE" generate --model "$WORK/model" --prompt a --nf4
+expect_fail gen-dtype "--dtype: expected bf16, fp16, fp32 or auto, got 'int8'" \
+  "$FTUNE" generate --model "$WORK/model" --prompt a --device gpu --dtype int8
+expect_fail gen-nf4-fp32 "--nf4: an NF4 base dequantizes into bf16 or fp16, not fp32" \
+  "$FTUNE" generate --model "$WORK/model" --prompt a --device gpu --dtype fp32 --nf4
+if ! "$FTUNE" --version | grep >/dev/null "CUDA"; then
+  expect_fail gen-no-cuda "--device gpu: this ftune was built without CUDA" \
+    "$FTUNE" generate --model "$WORK/model" --prompt a --device gpu
+fi
 finish
