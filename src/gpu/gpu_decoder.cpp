@@ -248,30 +248,35 @@ void GpuDecoder::reserve(int64_t n, int64_t wanted, int32_t max_pos) {
   auto dt = [&](int64_t e) { return cuda::DeviceBuffer(static_cast<size_t>(e * esz_)); };
   if (n > rows_cap_) {
     ctx_.synchronize();
+    graphs_.clear();  // they hold the old buffers' addresses
     rows_cap_ = std::max(n, 2 * rows_cap_);
     const int64_t c = rows_cap_;
     x_ = dt(c * H), n_ = dt(c * H), q_ = dt(c * Q), k_ = dt(c * KV), v_ = dt(c * KV), att_ = dt(c * Q);
     gate_ = dt(c * I), up_ = dt(c * I);
     rstd_ = cuda::DeviceBuffer(static_cast<size_t>(c) * 4);
     lse_ = cuda::DeviceBuffer(static_cast<size_t>(heads * c) * 4);
-    const size_t meta = align16(static_cast<size_t>(c) * 16) + align16(static_cast<size_t>(c) * 4) * 5 +
+    // As forward() lays them out: two pointer arrays, five int32 arrays, the two RoPE tables.
+    const size_t meta = 2 * align16(static_cast<size_t>(c) * 8) + 5 * align16(static_cast<size_t>(c) * 4) +
                         2 * align16(static_cast<size_t>(c * half) * 4);
     meta_ = cuda::DeviceBuffer(meta), meta_host_ = cuda::PinnedBuffer(meta);
     t_cap_ = 0;
   }
   if (n * max_r_ > t_cap_) {
     ctx_.synchronize();
+    graphs_.clear();
     t_cap_ = std::max<int64_t>(n * max_r_, 1);
     t_ = dt(t_cap_);
   }
   const int64_t attn = cuda::decode_attention_scratch_floats(n, heads, cfg_.head_dim, max_pos);
   if (attn > attn_cap_) {
     ctx_.synchronize();
+    graphs_.clear();
     attn_cap_ = std::max(attn, 2 * attn_cap_);
     attn_scratch_ = cuda::DeviceBuffer(static_cast<size_t>(attn_cap_) * 4);
   }
   if (wanted > wanted_cap_) {
     ctx_.synchronize();
+    graphs_.clear();
     wanted_cap_ = std::max(wanted, 2 * wanted_cap_);
     head_in_ = dt(wanted_cap_ * H), head_n_ = dt(wanted_cap_ * H);
     logits_dev_ = cuda::DeviceBuffer(static_cast<size_t>(wanted_cap_ * cfg_.vocab_size) * 4);
@@ -339,49 +344,95 @@ const std::vector<float>& GpuDecoder::forward(const std::vector<DecodeRow>& rows
   const auto* sel_d = reinterpret_cast<const int32_t*>(put(sel.data(), sel.size() * 4));
   const auto* cos_d = reinterpret_cast<const float*>(put(cos_h_.data(), static_cast<size_t>(n * half) * 4));
   const auto* sin_d = reinterpret_cast<const float*>(put(sin_h_.data(), static_cast<size_t>(n * half) * 4));
-  FT_CUDA(cudaMemcpyAsync(meta_.data(), hb, off, cudaMemcpyHostToDevice, ctx_.stream()));
-
+  FT_ASSERT(off <= meta_.bytes());
   const cuda::AttnShape shape{1, n, heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d))};
   const bool flash = prefill && dt_ != Storage::F32 && cuda::flash_attention_supported(ctx_, dt_, shape);
   flash_batches_ += flash ? 1 : 0;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_d, n, H, V, x_.data());
-  for (int64_t l = 0; l < L; ++l) {
-    const Layer& Ly = layers_[l];
-    cuda::rmsnorm_forward(ctx_, dt_, x_.data(), Ly.input_norm.as<float>(), n_.data(), rstd_.as<float>(), n, H, eps);
-    project(rows, l, Proj::Q, n_.data(), q_.data(), false);
-    project(rows, l, Proj::K, n_.data(), k_.data(), false);
-    project(rows, l, Proj::V, n_.data(), v_.data(), false);
-    cuda::rope_forward(ctx_, dt_, q_.data(), cos_d, sin_d, n, heads, d);
-    cuda::rope_forward(ctx_, dt_, k_.data(), cos_d, sin_d, n, kvh, d);
-    cuda::kv_cache_write(ctx_, dt_, dr, l, KV, k_.data(), v_.data());
-    if (flash)
-      cuda::flash_attention_forward(ctx_, dt_, shape, q_.data(), k_.data(), v_.data(), doc_d, att_.data(),
-                                    lse_.as<float>());
-    else
-      cuda::decode_attention(ctx_, dt_, dr, l, heads, kvh, d, shape.scale, q_.data(), att_.data(),
-                             attn_scratch_.as<float>());
-    project(rows, l, Proj::O, att_.data(), x_.data(), true);  // + residual
-    cuda::rmsnorm_forward(ctx_, dt_, x_.data(), Ly.post_norm.as<float>(), n_.data(), rstd_.as<float>(), n, H, eps);
-    project(rows, l, Proj::Gate, n_.data(), gate_.data(), false);
-    project(rows, l, Proj::Up, n_.data(), up_.data(), false);
-    cuda::swiglu_forward(ctx_, dt_, gate_.data(), up_.data(), gate_.data(), n * I);
-    project(rows, l, Proj::Down, gate_.data(), x_.data(), true);
+  // Every launch of the batch, from the upload of its per-row arrays to the download of its logits.
+  auto launch = [&] {
+    FT_CUDA(cudaMemcpyAsync(meta_.data(), hb, off, cudaMemcpyHostToDevice, ctx_.stream()));
+    cuda::embedding_forward(ctx_, dt_, embed_.data(), ids_d, n, H, V, x_.data());
+    for (int64_t l = 0; l < L; ++l) {
+      const Layer& Ly = layers_[l];
+      cuda::rmsnorm_forward(ctx_, dt_, x_.data(), Ly.input_norm.as<float>(), n_.data(), rstd_.as<float>(), n, H, eps);
+      project(rows, l, Proj::Q, n_.data(), q_.data(), false);
+      project(rows, l, Proj::K, n_.data(), k_.data(), false);
+      project(rows, l, Proj::V, n_.data(), v_.data(), false);
+      cuda::rope_forward(ctx_, dt_, q_.data(), cos_d, sin_d, n, heads, d);
+      cuda::rope_forward(ctx_, dt_, k_.data(), cos_d, sin_d, n, kvh, d);
+      cuda::kv_cache_write(ctx_, dt_, dr, l, KV, k_.data(), v_.data());
+      if (flash)
+        cuda::flash_attention_forward(ctx_, dt_, shape, q_.data(), k_.data(), v_.data(), doc_d, att_.data(),
+                                      lse_.as<float>());
+      else
+        cuda::decode_attention(ctx_, dt_, dr, l, heads, kvh, d, shape.scale, q_.data(), att_.data(),
+                               attn_scratch_.as<float>());
+      project(rows, l, Proj::O, att_.data(), x_.data(), true);  // + residual
+      cuda::rmsnorm_forward(ctx_, dt_, x_.data(), Ly.post_norm.as<float>(), n_.data(), rstd_.as<float>(), n, H, eps);
+      project(rows, l, Proj::Gate, n_.data(), gate_.data(), false);
+      project(rows, l, Proj::Up, n_.data(), up_.data(), false);
+      cuda::swiglu_forward(ctx_, dt_, gate_.data(), up_.data(), gate_.data(), n * I);
+      project(rows, l, Proj::Down, gate_.data(), x_.data(), true);
+    }
+    // The final norm and lm_head only for the rows that want logits.
+    if (wanted > 0) {
+      cuda::gather_row_bytes(ctx_, x_.data(), sel_d, wanted, H * esz_, head_in_.data());
+      cuda::rmsnorm_forward(ctx_, dt_, head_in_.data(), final_norm_.as<float>(), head_n_.data(), rstd_.as<float>(),
+                            wanted, H, eps);
+      const void* head = head_.data() ? head_.data() : embed_.data();
+      cuda::gemm(ctx_, wanted, V, H, 1.0f, {head_n_.data(), dt_, false}, {head, dt_, true}, 0.0f, logits_dev_.data(),
+                 Storage::F32);
+      FT_CUDA(cudaMemcpyAsync(logits_host_.as<float>(), logits_dev_.data(), static_cast<size_t>(wanted * V) * 4,
+                              cudaMemcpyDeviceToHost, ctx_.stream()));
+    }
+  };
+  // A decoding batch of a shape seen before runs as one CUDA graph: its launches recorded once
+  // and replayed (the per-row arrays are data in device memory, so the positions and caches may
+  // change; the shape is the rows, the logits wanted, the key chunks and the adapters' runs).
+  // The first batch of a shape runs as launched, so that cuBLASLt has planned its GEMMs (host
+  // work that must not happen inside a capture) before the second records it.
+  if (!opt_.graphs || flash) return launch(), finish(rows, wanted);
+  std::vector<int64_t> key = {n, wanted, (max_pos + cuda::kDecodeChunk) / cuda::kDecodeChunk};
+  for (int64_t b = 0; b < n;) {
+    int64_t e = b + 1;
+    while (e < n && rows[e].adapter == rows[b].adapter) ++e;
+    key.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(rows[b].adapter))), key.push_back(e - b);
+    b = e;
   }
-  // The final norm and lm_head only for the rows that want logits.
-  if (wanted > 0) {
-    cuda::gather_row_bytes(ctx_, x_.data(), sel_d, wanted, H * esz_, head_in_.data());
-    cuda::rmsnorm_forward(ctx_, dt_, head_in_.data(), final_norm_.as<float>(), head_n_.data(), rstd_.as<float>(),
-                          wanted, H, eps);
-    const void* head = head_.data() ? head_.data() : embed_.data();
-    cuda::gemm(ctx_, wanted, V, H, 1.0f, {head_n_.data(), dt_, false}, {head, dt_, true}, 0.0f, logits_dev_.data(),
-               Storage::F32);
-    FT_CUDA(cudaMemcpyAsync(logits_host_.as<float>(), logits_dev_.data(), static_cast<size_t>(wanted * V) * 4,
-                            cudaMemcpyDeviceToHost, ctx_.stream()));
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    if (graphs_.size() >= 64) graphs_.clear();  // shapes of other batch sizes and adapter mixes
+    graphs_.emplace(key, nullptr);
+    return launch(), finish(rows, wanted);
   }
+  if (!it->second) {
+    cudaGraph_t g = nullptr;
+    FT_CUDA(cudaStreamBeginCapture(ctx_.stream(), cudaStreamCaptureModeThreadLocal));
+    try {
+      launch();
+    } catch (...) {
+      cudaStreamEndCapture(ctx_.stream(), &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    FT_CUDA(cudaStreamEndCapture(ctx_.stream(), &g));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    FT_CUDA(err);
+    it->second = std::shared_ptr<void>(exec, [](void* x) { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(x)); });
+    ++graph_captures_;
+  }
+  FT_CUDA(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second.get()), ctx_.stream()));
+  ++graph_launches_;
+  return finish(rows, wanted);
+}
+
+const std::vector<float>& GpuDecoder::finish(const std::vector<DecodeRow>& rows, int64_t wanted) {
   ctx_.synchronize();
-  for (int64_t r = 0; r < n; ++r) rows[r].cache->advance(1);
-  logits_.assign(logits_host_.as<float>(), logits_host_.as<float>() + wanted * V);
+  for (const DecodeRow& r : rows) r.cache->advance(1);
+  logits_.assign(logits_host_.as<float>(), logits_host_.as<float>() + wanted * cfg_.vocab_size);
   return logits_;
 }
 

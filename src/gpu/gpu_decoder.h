@@ -27,6 +27,7 @@ namespace ftune {
 struct GpuDecoderOptions {
   cuda::Storage storage = cuda::Storage::BF16;  // weights, activations and caches
   bool nf4 = false;                             // the projections in NF4 (dequantized into `storage`)
+  bool graphs = true;                           // decoding batches replayed as CUDA graphs
 };
 
 class GpuKvCache : public KvCache {
@@ -48,11 +49,16 @@ class GpuDecoder : public Decoder {
   int64_t vocab_size() const override { return cfg_.vocab_size; }
   std::unique_ptr<KvCache> new_cache(int64_t capacity) override;
   const std::vector<float>& forward(const std::vector<DecodeRow>& rows) override;
-  void forget(const LoraParams* adapter) override { adapters_.erase(adapter); }
+  void forget(const LoraParams* adapter) override {
+    graphs_.clear();  // they may hold the adapter's buffers
+    adapters_.erase(adapter);
+  }
   size_t weight_bytes() const { return weight_bytes_; }  // the base weights on the device
   // The device bytes one sequence's cache of `capacity` positions takes.
   size_t cache_bytes(int64_t capacity) const;
   int64_t flash_batches() const { return flash_batches_; }  // forwards that ran the flash attention
+  int64_t graph_captures() const { return graph_captures_; }  // CUDA graphs recorded
+  int64_t graph_launches() const { return graph_launches_; }  // forwards replayed from one
 
  private:
   struct Nf4 {                      // one projection in NF4 (quant/nf4.h's Nf4Tensor on the device)
@@ -82,6 +88,8 @@ class GpuDecoder : public Decoder {
   // y[n, out] = x W^T (+ y when accumulate), then each run of rows with one adapter += its LoRA.
   void project(const std::vector<DecodeRow>& rows, int64_t l, Proj p, const void* x, void* y, bool accumulate);
   void reserve(int64_t n, int64_t wanted, int32_t max_pos);  // scratch for a batch of n rows
+  // After the batch's launches: waits for them, advances the caches, returns the logits.
+  const std::vector<float>& finish(const std::vector<DecodeRow>& rows, int64_t wanted);
   char* at(const cuda::DeviceBuffer& b, int64_t elem) const { return b.as<char>() + elem * esz_; }
 
   cuda::Context& ctx_;
@@ -96,7 +104,9 @@ class GpuDecoder : public Decoder {
   cuda::DeviceBuffer wbuf_, code2_;  // nf4: [max out*in] dequantized weight; [256] fp32 nested map
   std::map<const LoraParams*, Adapter> adapters_;
   int64_t max_r_ = 0;
-  int64_t flash_batches_ = 0;
+  int64_t flash_batches_ = 0, graph_captures_ = 0, graph_launches_ = 0;
+  // Decoding batches' CUDA graphs (cudaGraphExec_t) by shape; null: seen once, not yet recorded.
+  std::map<std::vector<int64_t>, std::shared_ptr<void>> graphs_;
   // Per-batch scratch, grown to the largest batch seen.
   int64_t rows_cap_ = 0, wanted_cap_ = 0, attn_cap_ = 0, t_cap_ = 0;
   cuda::DeviceBuffer x_, n_, q_, k_, v_, att_, gate_, up_, t_;  // [n, H|H|Q|KV|KV|Q|I|I|r] storage

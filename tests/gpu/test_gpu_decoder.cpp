@@ -225,6 +225,45 @@ TEST(GpuDecoder, AdaptersBatchedTogetherGiveWhatEachGivesAlone) {
   }
 }
 
+// Decoding steps replayed from CUDA graphs run the very kernels on the very values: the same
+// logits, bit for bit, as the launched ones, across a key-chunk boundary (a new graph) and with
+// sequences finishing (a smaller batch, another graph).
+TEST(GpuDecoder, GraphReplaysGiveTheLaunchedLogitsBitForBit) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  if (ctx.sm_version() < 80) GTEST_SKIP() << "bf16 needs sm_80";
+  const LlamaConfig cfg = gqa_config(64);
+  const LlamaWeights w = spread_weights(cfg, 31);
+  const LoraParams lora = nonzero_lora(cfg, 8, 7);
+  Rng rng(12);
+  const std::vector<std::vector<int32_t>> prompts = {random_ids(rng, 120, cfg.vocab_size),
+                                                     random_ids(rng, 100, cfg.vocab_size)};
+  std::vector<std::vector<float>> got[2];
+  int64_t launches = 0, captures = 0;
+  for (const bool graphs : {false, true}) {
+    GpuDecoderOptions o;
+    o.graphs = graphs;
+    GpuDecoder dec(ctx, cfg, memory_source(w).get(), o);
+    std::vector<std::unique_ptr<KvCache>> c;
+    std::vector<DecodeRow> rows;
+    for (const auto& p : prompts) {
+      c.push_back(dec.new_cache(200));
+      for (size_t j = 0; j < p.size(); ++j) rows.push_back({c.back().get(), p[j], &lora, j + 1 == p.size()});
+    }
+    dec.forward(rows);
+    for (int step = 0; step < 40; ++step) {
+      rows.clear();
+      for (size_t i = 0; i < c.size(); ++i)
+        if (i == 0 || step < 25) rows.push_back({c[i].get(), static_cast<int32_t>((step * 7 + i) % 500), &lora, true});
+      got[graphs].push_back(dec.forward(rows));
+    }
+    launches = dec.graph_launches(), captures = dec.graph_captures();
+  }
+  EXPECT_EQ(got[0], got[1]);
+  EXPECT_GE(captures, 3);   // 2 rows, then 2 rows past position 127, then 1 row
+  EXPECT_GE(launches, 30);  // every step but each shape's first and second
+}
+
 TEST(GpuDecoder, BadBatchesChangeNoCache) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
   cuda::Context ctx;
