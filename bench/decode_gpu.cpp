@@ -10,6 +10,7 @@
 // (bench/peer_generate.py reads the peer's the same way).
 //   bench_decode_gpu --shape llama2-7b [--dtype bf16|fp16] [--nf4] [--batch 1] [--prompt 512]
 //                    [--new 128] [--repeat 3] [--warmup 1] [--mode prefill|decode|both]
+//                    [--no-graphs] [--no-gemv]   (the decoder's CUDA graphs, its few-row projection kernel)
 #include <fmt/format.h>
 
 #include <chrono>
@@ -27,7 +28,7 @@ int main(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   std::string shape = "llama2-7b", dtype = "bf16", mode = "both";
   int64_t batch = 1, prompt = 512, gen = 128, repeat = 3, warmup = 1;
-  bool nf4 = false;
+  bool nf4 = false, graphs = true, gemv = true;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -44,6 +45,8 @@ int main(int argc, char** argv) {
       else if (a == "--repeat") repeat = std::stoll(val());
       else if (a == "--warmup") warmup = std::stoll(val());
       else if (a == "--nf4") nf4 = true;
+      else if (a == "--no-graphs") graphs = false;
+      else if (a == "--no-gemv") gemv = false;
       else fail("unknown option {}", a);
     }
     if (dtype != "bf16" && dtype != "fp16") fail("--dtype: bf16 or fp16, got {}", dtype);
@@ -54,14 +57,15 @@ int main(int argc, char** argv) {
     const size_t before = cuda::memory_in_use();
     GpuDecoderOptions o;
     o.storage = dtype == "fp16" ? cuda::Storage::F16 : cuda::Storage::BF16;
-    o.nf4 = nf4;
+    o.nf4 = nf4, o.graphs = graphs, o.gemv = gemv;
     GpuDecoder dec(ctx, cfg, nullptr, o, 1);
     Rng rng(7);
     std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(batch));
     for (auto& p : prompts)
       for (int64_t i = 0; i < prompt; ++i) p.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(cfg.vocab_size))));
     const int64_t V = cfg.vocab_size;
-    const std::string name = fmt::format("{}_{}{}_b{}_p{}", shape, dtype, nf4 ? "_nf4" : "", batch, prompt);
+    const std::string name = fmt::format("{}_{}{}_b{}_p{}{}{}", shape, dtype, nf4 ? "_nf4" : "", batch, prompt,
+                                         graphs ? "" : "_nographs", gemv ? "" : "_nogemv");
     auto beyond = [&](size_t b) { return static_cast<double>(b > before ? b - before : 0) / (1u << 30); };
     // One run: fresh caches, the prompts in one forward; then `steps` greedy steps (0: prefill only).
     auto run = [&](int64_t steps, double& prefill_s, double& decode_s) {

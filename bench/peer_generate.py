@@ -7,8 +7,8 @@ with the KV cache (logits_to_keep=1, as generate() computes them); decode is
 `model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)` on the same prompts, whose
 own prefill (a generate of one new token, timed alongside) is taken out:
 decode tokens/s = batch * (N - 1) / (t(N) - t(1)). --compile runs the static cache with the model's
-forward under torch.compile(mode="reduce-overhead"), as transformers documents for fast generation;
-compilation happens in the warmup runs and is not timed.
+forward compiled by generate() itself (torch.compile, mode "reduce-overhead": CUDA graphs), as
+transformers documents for fast generation; compilation happens in the warmup runs and is not timed.
 
 Memory: peer_sampled_peak_gib is the device memory in use (torch.cuda.mem_get_info(): total - free)
 read by a background thread every ~1 ms over the timed runs, less the reading before the model was
@@ -97,8 +97,11 @@ def main():
     mask = torch.ones_like(ids)
     kw = {}
     if args.compile:
+        # generate() compiles the decoding forward itself when the cache is static (its
+        # generation_config.compile_config: fullgraph, mode "reduce-overhead", i.e. CUDA graphs);
+        # wrapping model.forward in torch.compile by hand instead fails on this transformers
+        # ("accessing tensor output of CUDAGraphs that has been overwritten").
         kw["cache_implementation"] = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
     if args.compile and args.warmup < 2:
         args.warmup = 2  # the compiled graphs are recorded over the first runs
 

@@ -19,6 +19,7 @@
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/gemm.h"
+#include "ops/cuda/gemv.h"
 #include "ops/cuda/nf4.h"
 #include "ops/cuda/rmsnorm.h"
 #include "ops/cuda/rope.h"
@@ -222,7 +223,11 @@ void GpuDecoder::project(const std::vector<DecodeRow>& rows, int64_t l, Proj p, 
   const int pi = static_cast<int>(p);
   const auto [out, in] = proj_shape(cfg_, p);
   const int64_t n = static_cast<int64_t>(rows.size());
-  cuda::gemm(ctx_, n, out, in, 1.0f, {x, dt_, false}, {weight(l, pi), dt_, true}, accumulate ? 1.0f : 0.0f, y, dt_);
+  const void* W = weight(l, pi);
+  if (opt_.gemv && cuda::small_m_linear_supported(dt_, n, in, x, W))
+    cuda::small_m_linear(ctx_, dt_, x, W, y, n, in, out, accumulate);
+  else
+    cuda::gemm(ctx_, n, out, in, 1.0f, {x, dt_, false}, {W, dt_, true}, accumulate ? 1.0f : 0.0f, y, dt_);
   for (int64_t b = 0; b < n;) {
     const LoraParams* a = rows[b].adapter;
     int64_t e = b + 1;

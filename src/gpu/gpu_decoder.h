@@ -28,6 +28,7 @@ struct GpuDecoderOptions {
   cuda::Storage storage = cuda::Storage::BF16;  // weights, activations and caches
   bool nf4 = false;                             // the projections in NF4 (dequantized into `storage`)
   bool graphs = true;                           // decoding batches replayed as CUDA graphs
+  bool gemv = true;                             // base projections of <= 8 rows: ops/cuda/gemv.h
 };
 
 class GpuKvCache : public KvCache {

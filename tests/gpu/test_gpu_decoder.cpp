@@ -13,12 +13,15 @@
 #include "../greedy_goldens.h"
 #include "../test_util.h"
 #include "core/error.h"
+#include "core/dtype.h"
 #include "gpu/gpu_decoder.h"
 #include "infer/cpu_decoder.h"
 #include "infer/generate.h"
 #include "io/checkpoint.h"
 #include "io/peft_adapter.h"
 #include "ops/cuda/context.h"
+#include "ops/cuda/device_buffer.h"
+#include "ops/cuda/gemv.h"
 #include "quant/nf4.h"
 
 namespace ftune {
@@ -262,6 +265,53 @@ TEST(GpuDecoder, GraphReplaysGiveTheLaunchedLogitsBitForBit) {
   EXPECT_EQ(got[0], got[1]);
   EXPECT_GE(captures, 3);   // 2 rows, then 2 rows past position 127, then 1 row
   EXPECT_GE(launches, 30);  // every step but each shape's first and second
+}
+
+// The few-row projection kernel against fp32 on the same (rounded) inputs: only its output's
+// rounding (half an ulp: 2^-9 for bf16, 2^-12 for fp16, relative) and the order of its fp32 sums
+// differ. Shapes with a tail of the unrolled loop (in = 8 * 37) and a partial last block (out 37).
+TEST(GpuDecoder, SmallRowProjectionsAreFp32sWithinOutputRounding) {
+  if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  cuda::Context ctx;
+  Rng rng(5);
+  for (const Storage s : {Storage::BF16, Storage::F16})
+    for (const int64_t in : {64, 296, 4096})
+      for (const int64_t m : {1, 3, 8})
+        for (const bool acc : {false, true}) {
+          const int64_t out = 37;
+          auto round = [&](std::vector<float>& v, std::vector<uint16_t>& h) {
+            h.resize(v.size());
+            for (size_t i = 0; i < v.size(); ++i) {
+              h[i] = s == Storage::BF16 ? f32_to_bf16(v[i]) : f32_to_f16(v[i]);
+              v[i] = s == Storage::BF16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]);
+            }
+          };
+          std::vector<float> x(static_cast<size_t>(m * in)), w(static_cast<size_t>(out * in)),
+              y0(static_cast<size_t>(m * out));
+          for (auto* v : {&x, &w, &y0})
+            for (float& e : *v) e = rng.normal();
+          std::vector<uint16_t> xh, wh, yh;
+          round(x, xh), round(w, wh), round(y0, yh);
+          std::vector<float> want(y0.size());
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t o = 0; o < out; ++o) {
+              double d = acc ? y0[i * out + o] : 0.0;
+              for (int64_t k = 0; k < in; ++k) d += static_cast<double>(x[i * in + k]) * w[o * in + k];
+              want[i * out + o] = static_cast<float>(d);
+            }
+          auto X = cuda::DeviceBuffer::from(xh), W = cuda::DeviceBuffer::from(wh), Y = cuda::DeviceBuffer::from(yh);
+          ASSERT_TRUE(cuda::small_m_linear_supported(s, m, in, X.data(), W.data()));
+          cuda::small_m_linear(ctx, s, X.data(), W.data(), Y.data(), m, in, out, acc);
+          ctx.synchronize();
+          const auto got_h = Y.to_host<uint16_t>(y0.size());
+          std::vector<float> got(got_h.size());
+          for (size_t i = 0; i < got.size(); ++i) got[i] = s == Storage::BF16 ? bf16_to_f32(got_h[i]) : f16_to_f32(got_h[i]);
+          EXPECT_LT(testing::rel_err(got, want), s == Storage::BF16 ? 4e-3 : 5e-4)
+              << (s == Storage::BF16 ? "bf16" : "fp16") << " m " << m << " in " << in << " acc " << acc;
+        }
+  EXPECT_FALSE(cuda::small_m_linear_supported(Storage::BF16, 9, 64, nullptr, nullptr));
+  EXPECT_FALSE(cuda::small_m_linear_supported(Storage::F32, 1, 64, nullptr, nullptr));
+  EXPECT_FALSE(cuda::small_m_linear_supported(Storage::BF16, 1, 60, nullptr, nullptr));
 }
 
 TEST(GpuDecoder, BadBatchesChangeNoCache) {

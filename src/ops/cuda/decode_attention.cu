@@ -3,6 +3,8 @@
 // softmax (running max, sum and weighted values). The block's warps merge in shared memory and
 // write the chunk's (max, sum, values); a second kernel merges the chunks of each (row, head).
 #include <cfloat>
+#include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/decode_attention.h"
@@ -14,6 +16,7 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kMaxPer = 8;  // head_dim / 32 at most
+constexpr int kKeys = 4;    // keys a warp loads at once
 
 template <typename T>
 __global__ void kv_write_kernel(DecodeRows r, int64_t layer, int64_t kv_dim, const T* k, const T* v) {
@@ -21,10 +24,19 @@ __global__ void kv_write_kernel(DecodeRows r, int64_t layer, int64_t kv_dim, con
   const int64_t at = (layer * r.cap[row] + r.pos[row]) * kv_dim;
   T* ck = static_cast<T*>(r.k[row]) + at;
   T* cv = static_cast<T*>(r.v[row]) + at;
-  for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    ck[i] = k[row * kv_dim + i];
-    cv[i] = v[row * kv_dim + i];
+  const T* kr = k + row * kv_dim;
+  const T* vr = v + row * kv_dim;
+  const int64_t bytes = kv_dim * static_cast<int64_t>(sizeof(T));
+  const bool aligned = bytes % 16 == 0 && (reinterpret_cast<uintptr_t>(ck) | reinterpret_cast<uintptr_t>(cv) |
+                                           reinterpret_cast<uintptr_t>(kr) | reinterpret_cast<uintptr_t>(vr)) % 16 == 0;
+  if (aligned) {  // 16 bytes a thread
+    for (int64_t i = threadIdx.x; i < bytes / 16; i += blockDim.x) {
+      reinterpret_cast<uint4*>(ck)[i] = reinterpret_cast<const uint4*>(kr)[i];
+      reinterpret_cast<uint4*>(cv)[i] = reinterpret_cast<const uint4*>(vr)[i];
+    }
+    return;
   }
+  for (int64_t i = threadIdx.x; i < kv_dim; i += blockDim.x) ck[i] = kr[i], cv[i] = vr[i];
 }
 
 // scratch layout per (row, head, chunk): [d] weighted values, then max, then sum. Lane j holds
@@ -56,22 +68,40 @@ __global__ void __launch_bounds__(kWarps * 32) decode_chunk_kernel(DecodeRows r,
   float m = -FLT_MAX, l = 0.0f, acc[PER];
 #pragma unroll
   for (int i = 0; i < PER; ++i) acc[i] = 0.0f;
-  for (int t = first + warp; t <= last; t += kWarps) {
-    const T* kt = kl + t * kv_dim;
-    float s = 0.0f;
+  // Keys in groups of kKeys per warp, their loads issued together (independent, so in flight at
+  // once), then their dot products reduced and folded into the running softmax one by one.
+  for (int t0 = first + warp; t0 <= last; t0 += kWarps * kKeys) {
+    float kf[kKeys][PER], vf[kKeys][PER];
 #pragma unroll
-    for (int i = 0; i < PER; ++i)
-      if (i < own) s += qv[i] * ld(kt, i);
+    for (int u = 0; u < kKeys; ++u) {
+      const int t = t0 + u * kWarps;
+      const T* kt = kl + static_cast<int64_t>(t <= last ? t : last) * kv_dim;
+      const T* vt = vl + static_cast<int64_t>(t <= last ? t : last) * kv_dim;
 #pragma unroll
-    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-    const float mn = fmaxf(m, s);
-    const float corr = expf(m - mn), p = expf(s - mn);
-    const T* vt = vl + t * kv_dim;
-    l = l * corr + p;
+      for (int i = 0; i < PER; ++i) kf[u][i] = i < own ? ld(kt, i) : 0.0f, vf[u][i] = i < own ? ld(vt, i) : 0.0f;
+    }
+    float sc[kKeys];
 #pragma unroll
-    for (int i = 0; i < PER; ++i)
-      if (i < own) acc[i] = acc[i] * corr + p * ld(vt, i);
-    m = mn;
+    for (int u = 0; u < kKeys; ++u) {
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) s += qv[i] * kf[u][i];
+      sc[u] = s;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      if (t0 + u * kWarps > last) break;
+      const float mn = fmaxf(m, sc[u]);
+      const float corr = expf(m - mn), p = expf(sc[u] - mn);
+      l = l * corr + p;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * vf[u][i];
+      m = mn;
+    }
   }
   __shared__ float sm[kWarps], sl[kWarps], sacc[kWarps][PER * 32];
   if (lane == 0) sm[warp] = m, sl[warp] = l;
