@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <memory>
 #include <thread>
 
@@ -144,7 +145,14 @@ inline void write_random_adapter(const fs::path& model, const fs::path& like, co
   save_peft_adapter(out.string(), p, model.string());
 }
 
-// A tiny random model with the quickstart's SentencePiece tokenizer and a Llama 2 chat template.
+inline std::string read_text(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A tiny random model with the quickstart's SentencePiece tokenizer and Llama 2's chat template.
 inline fs::path tokenizer_model(const TempDir& dir) {
   LlamaConfig cfg = preset_config("tiny");
   cfg.vocab_size = 512;
@@ -155,9 +163,8 @@ inline fs::path tokenizer_model(const TempDir& dir) {
   std::ofstream(m / "tokenizer_config.json") << json{
       {"bos_token", "<s>"},
       {"eos_token", "</s>"},
-      {"chat_template",
-       "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-       "{% endif %}{% endfor %}"}}.dump();
+      {"chat_template", read_text(fs::path(FTUNE_SOURCE_DIR) / "tests/fixtures/chat_templates/llama2-chat.jinja")}}
+                                                  .dump();
   return m;
 }
 

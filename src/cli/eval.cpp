@@ -90,7 +90,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--format", a->format, "--data's row format, as data.format (default auto)")
       ->check(CLI::IsMember({"auto", "text", "alpaca", "messages", "prompt_completion", "input_ids"}));
   cmd->add_option("--template", a->template_name, "--data's prompt template, as data.template (default auto)")
-      ->check(CLI::IsMember({"auto", "llama2", "llama3", "llama3.1", "chatml", "alpaca"}));
+      ->check(CLI::IsMember({"auto", "llama2", "llama3", "llama3.1", "mistral", "chatml", "alpaca"}));
   cmd->add_option("--train-on", a->train_on, "Tokens scored: all (default) or completion, as data.train_on")
       ->check(CLI::IsMember({"all", "completion"}));
   cmd->add_option("--text-field", a->text_field, "The field of a text row (default text)");

@@ -71,7 +71,7 @@ void run(const Args& a) {
     chat = detect_chat_template(a.model);
     if (chat.empty())
       fail("{}: --chat auto: the model's tokenizer_config.json has no chat template ftune knows; name one: llama2, "
-           "llama3 or chatml",
+           "llama3, llama3.1, mistral or chatml",
            a.model);
   }
   auto encode = [&](const std::string& text) {
@@ -175,7 +175,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--stop", a->stop, "Stop when the text contains this string (repeatable)");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the model's EOS tokens");
   cmd->add_flag("--no-bos", a->no_bos, "Do not put BOS before text prompts");
-  cmd->add_option("--chat", a->chat, "Put text prompts in a chat template (llama2, llama3, chatml, or auto: the model's)")
+  cmd->add_option("--chat", a->chat,
+                  "Put text prompts in a chat template (llama2, llama3, llama3.1, mistral, chatml, or auto: the model's)")
       ->expected(0, 1)
       ->default_str("auto");
   cmd->add_option("--system", a->system, "With --chat: a system message first");

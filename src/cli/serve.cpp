@@ -48,8 +48,9 @@ std::vector<AdapterSource> parse_adapters(const std::vector<std::string>& specs,
 void run(const Args& a) {
   const std::string name = a.name.empty() ? a.model : a.name;
   const std::vector<AdapterSource> adapters = parse_adapters(a.adapters, name);
-  if (a.chat != "auto" && a.chat != "llama2" && a.chat != "llama3" && a.chat != "llama3.1" && a.chat != "chatml")
-    fail("--chat-template: expected llama2, llama3, llama3.1, chatml or auto, got '{}'", a.chat);
+  if (a.chat != "auto" && a.chat != "llama2" && a.chat != "llama3" && a.chat != "llama3.1" && a.chat != "mistral" &&
+      a.chat != "chatml")
+    fail("--chat-template: expected llama2, llama3, llama3.1, mistral, chatml or auto, got '{}'", a.chat);
   if (a.engine.max_adapters < 0) fail("--max-adapters must be >= 0, got {}", a.engine.max_adapters);
   if (a.engine.max_batch_tokens < 1) fail("--max-batch-tokens must be at least 1, got {}", a.engine.max_batch_tokens);
   if (a.engine.max_sequences < 1) fail("--max-sequences must be at least 1, got {}", a.engine.max_sequences);
@@ -110,7 +111,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--host", a->host, "Address to listen on (default 127.0.0.1)");
   cmd->add_option("--port", a->port, "Port (default 8000; 0: any free port, printed at start)");
   cmd->add_option("--chat-template", a->chat,
-                  "Chat template for /v1/chat/completions: llama2, llama3, chatml, or auto "
+                  "Chat template for /v1/chat/completions: llama2, llama3, llama3.1, mistral, chatml, or auto "
                   "(default: the model's own)");
   cmd->add_option("--max-adapters", a->engine.max_adapters,
                   "Adapters held in memory at once (0, default: all); the others are read when asked for");

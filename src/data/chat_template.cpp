@@ -82,6 +82,28 @@ void render_llama2(const Sample& s, Builder& b, const Tokenizer& tok) {
   }
 }
 
+// Mistral-7B-Instruct: <s>[INST] user [/INST]answer</s>[INST] ... with the contents as given (no
+// stripping), turns alternating user/assistant from a user turn, and no system role: a
+// conversation the template's own raise_exception refuses is refused here too.
+void render_mistral(const Sample& s, Builder& b, const Tokenizer& tok) {
+  for (size_t i = 0; i < s.turns.size(); ++i) {
+    const std::string& role = s.turns[i].role;
+    if (role != "user" && role != "assistant")
+      fail("data.template=mistral: the Mistral template has only user and assistant turns, not '{}'", role);
+    if ((role == "user") != (i % 2 == 0))
+      fail("data.template=mistral: the Mistral template needs turns alternating user/assistant from a user turn");
+  }
+  b.id(tok.bos_id(), "<s>", false);
+  for (const auto& t : s.turns) {
+    if (t.role == "user") {
+      b.text("[INST] " + t.content + " [/INST]", false);
+    } else {
+      b.text(t.content, true);
+      b.id(tok.eos_id(), "</s>", true);
+    }
+  }
+}
+
 void render_llama3(const Sample& s, Builder& b) {
   b.special("<|begin_of_text|>", false);
   for (const auto& t : s.turns) {
@@ -188,12 +210,14 @@ std::vector<Piece> render(const Sample& s, const TemplateOptions& opt, const Tok
     return b.out;
   }
   if (opt.name == "llama2") render_llama2(s, b, tok);
+  else if (opt.name == "mistral") render_mistral(s, b, tok);
   else if (opt.name == "llama3") render_llama3(s, b);
   else if (opt.name == "llama3.1") render_llama31(s, b);
   else if (opt.name == "chatml") render_chatml(s, b, tok);
   else if (opt.name == "alpaca") render_alpaca(s, b, tok, opt.add_bos);
   else if (opt.name == "custom") render_custom(s, b, tok, opt.custom, opt.add_bos);
-  else fail("data.template: unknown template '{}' (llama2, llama3, llama3.1, chatml, alpaca, custom)", opt.name);
+  else fail("data.template: unknown template '{}' (llama2, llama3, llama3.1, mistral, chatml, alpaca, custom)",
+            opt.name);
   return b.out;
 }
 
@@ -247,7 +271,7 @@ std::string detect_chat_template(const std::string& model_dir) {
   const std::string t = chat_template_source(model_dir);
   if (t.find("<|start_header_id|>") != std::string::npos)
     return t.find("Cutting Knowledge Date") != std::string::npos ? "llama3.1" : "llama3";
-  if (t.find("[INST]") != std::string::npos) return "llama2";
+  if (t.find("[INST]") != std::string::npos) return t.find("<<SYS>>") != std::string::npos ? "llama2" : "mistral";
   if (t.find("<|im_start|>") != std::string::npos) return "chatml";
   return "";
 }

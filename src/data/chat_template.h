@@ -19,7 +19,7 @@ struct Piece {
 };
 
 struct TemplateOptions {
-  std::string name = "auto";  // llama2, llama3, llama3.1, chatml, alpaca, custom (auto resolved by the caller)
+  std::string name = "auto";  // llama2, llama3, llama3.1, mistral, chatml, alpaca, custom (auto resolved by the caller)
   std::string custom;         // for "custom": text with {prompt} and {completion} (and optionally {system})
   bool train_on_all = false;  // false: only completions are trained
   bool add_bos = true, add_eos = true;  // for text rows
@@ -33,7 +33,7 @@ std::vector<Piece> render(const Sample& s, const TemplateOptions& opt, const Tok
 void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, const std::string& template_name,
                      std::vector<int32_t>* ids, std::vector<int32_t>* labels);
 
-// The template a model's tokenizer_config.json chat_template belongs to (llama3.1, llama3, llama2, chatml),
+// The template a model's tokenizer_config.json chat_template belongs to (llama3.1, llama3, llama2, mistral, chatml),
 // or "" when there is none or it is not one ftune knows.
 std::string detect_chat_template(const std::string& model_dir);
 // The chat_template text of a model's tokenizer_config.json (the Jinja source; of a list of

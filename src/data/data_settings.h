@@ -12,7 +12,7 @@ struct DataSettings {
   std::string format = "auto"; // auto, text, alpaca, messages, prompt_completion, input_ids
   std::string text_field = "text";
   std::vector<std::string> columns;       // renames "canonical=column"
-  std::string template_name = "auto";     // auto, llama2, llama3, chatml, alpaca, custom
+  std::string template_name = "auto";     // auto, llama2, llama3, llama3.1, mistral, chatml, alpaca, custom
   std::string custom_template;
   std::string train_on = "completion";    // completion or all
   std::string text_sample_by = "document";

@@ -364,7 +364,7 @@ std::vector<int32_t> Api::chat_prompt(const json& messages) const {
   if (model_.chat_template.empty())
     bad("messages",
         "messages: the model '{}' has no chat template ftune knows (start the server with --chat-template "
-        "llama2, llama3 or chatml)",
+        "llama2, llama3, llama3.1, mistral or chatml)",
         model_.name);
   if (!messages.is_array() || messages.empty()) bad("messages", "messages: expected a non-empty list of messages");
   std::vector<Turn> turns;
@@ -391,7 +391,11 @@ std::vector<int32_t> Api::chat_prompt(const json& messages) const {
     }
     turns.push_back({role, content});
   }
-  return chat_prompt_ids(model_.chat_template, turns, tok);
+  try {
+    return chat_prompt_ids(model_.chat_template, turns, tok);
+  } catch (const Error& e) {  // a conversation the template refuses (Mistral's: a system turn)
+    bad("messages", "messages: {}", e.what());
+  }
 }
 
 json Api::chat(const json& req) {

@@ -18,7 +18,7 @@ namespace ftune {
 // What the routes say about the base beside the engine.
 struct ServedModel {
   std::string name;                             // the base's name in requests and in /v1/models
-  std::string chat_template;                    // ftune's template for chat requests: llama2, llama3, chatml ("": none)
+  std::string chat_template;  // ftune's template for chat requests: llama2, llama3, llama3.1, mistral, chatml ("": none)
   std::string chat_template_source;             // tokenizer_config.json's Jinja text, for /tokenizer_info ("": none)
   std::string tokenizer_class;                  // tokenizer_config.json's, or "" when it names none
   std::string bos_token, eos_token, pad_token;  // the special tokens' strings ("": none)

@@ -79,7 +79,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "data.text_field", .field = FT_FIELD(data.text_field), .doc = "Field that holds the text of a `text` row (plain-text files put their text here)."},
       {.name = "data.columns", .field = FT_FIELD(data.columns), .doc = "Field renames, `name=column`: e.g. `[output=answer, instruction=question]` (names: text instruction input output system messages role content prompt completion input_ids labels)."},
       {.name = "data.template", .field = FT_FIELD(data.template_name), .doc = "Prompt template for instruction and chat rows; `auto` takes the model's tokenizer_config.json chat_template (Llama 2, Llama 3, Llama 3.1 with its dated default system turn, ChatML) and falls back to alpaca.",
-       .choices = {"auto", "llama2", "llama3", "llama3.1", "chatml", "alpaca", "custom"}},
+       .choices = {"auto", "llama2", "llama3", "llama3.1", "mistral", "chatml", "alpaca", "custom"}},
       {.name = "data.custom_template", .field = FT_FIELD(data.custom_template), .doc = "For data.template=custom: text with {prompt} and {completion} (and optionally {system}), e.g. `Q: {prompt} A: {completion}`."},
       {.name = "data.train_on", .field = FT_FIELD(data.train_on), .doc = "Tokens the loss is computed on: the `completion` (answers; instruction and chat rows) or `all`.",
        .choices = {"completion", "all"}},

@@ -76,7 +76,7 @@ expect_fail serve-adapter-mismatch "--adapter 'a': .*adapter_model\.safetensors:
   "$FTUNE" serve --model "$WORK/model" --adapter "a=$FIX/adapter"
 expect_fail serve-adapter-missing "--adapter 'a': .*$WORK/none" \
   "$FTUNE" serve --model "$WORK/model" --adapter "a=$WORK/none"
-expect_fail serve-chat-template "--chat-template: expected llama2, llama3, llama3.1, chatml or auto, got 'jinja'" \
+expect_fail serve-chat-template "--chat-template: expected llama2, llama3, llama3.1, mistral, chatml or auto, got 'jinja'" \
   "$FTUNE" serve --model "$WORK/model" --chat-template jinja
 expect_fail serve-batch "--max-batch-tokens must be at least 1, got 0" \
   "$FTUNE" serve --model "$WORK/model" --max-batch-tokens 0
