@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "error_util.h"
+#include "infer/cpu_decoder.h"
 #include "infer/eval.h"
 #include "io/checkpoint.h"
 #include "io/peft_adapter.h"
@@ -60,16 +61,23 @@ TEST(Eval, LoglikelihoodsAndPerplexityAreTransformers) {
       want.push_back(s), want_greedy.push_back(g);
       rows.push_back({ids[b], ids[b]});  // every token trained
     }
-    const std::vector<Loglikelihood> got = loglikelihoods(cfg, w, &lora, pairs);
-    for (size_t b = 0; b < got.size(); ++b) {
-      EXPECT_NEAR(got[b].logprob, want[b], kTol * static_cast<double>(pairs[b].second.size())) << b;
-      EXPECT_EQ(got[b].greedy, want_greedy[b]) << b;
+    // The training model's forward, and the decoder's (what `ftune eval --device gpu` runs, here the
+    // CPU's, with the adapter unmerged and each sequence fed in forwards of 3 tokens).
+    BatchDecoder dec(cfg, w);
+    for (const bool decoder : {false, true}) {
+      SCOPED_TRACE(decoder ? "decoder" : "training model");
+      const std::vector<Loglikelihood> got = decoder ? loglikelihoods(dec, &lora, pairs) : loglikelihoods(cfg, w, &lora, pairs);
+      for (size_t b = 0; b < got.size(); ++b) {
+        EXPECT_NEAR(got[b].logprob, want[b], kTol * static_cast<double>(pairs[b].second.size())) << b;
+        EXPECT_EQ(got[b].greedy, want_greedy[b]) << b;
+      }
+      // Two rows a pass: batching included.
+      const PerplexityResult p = decoder ? perplexity(dec, &lora, rows, 3) : perplexity(cfg, w, &lora, rows, 2);
+      EXPECT_EQ(p.examples, static_cast<int64_t>(ids.size()));
+      EXPECT_EQ(p.tokens, static_cast<int64_t>(ids.size()) * (T - 1));
+      EXPECT_NEAR(p.nll, want_nll, kTol * static_cast<double>(p.tokens));
+      EXPECT_NEAR(p.perplexity(), std::exp(want_nll / static_cast<double>(p.tokens)), 1e-4 * p.perplexity());
     }
-    const PerplexityResult p = perplexity(cfg, w, &lora, rows, 2);  // two rows a pass: batching included
-    EXPECT_EQ(p.examples, static_cast<int64_t>(ids.size()));
-    EXPECT_EQ(p.tokens, static_cast<int64_t>(ids.size()) * (T - 1));
-    EXPECT_NEAR(p.nll, want_nll, kTol * static_cast<double>(p.tokens));
-    EXPECT_NEAR(p.perplexity(), std::exp(want_nll / static_cast<double>(p.tokens)), 1e-4 * p.perplexity());
     ++cases;
   }
   EXPECT_EQ(cases, 5);
@@ -116,7 +124,7 @@ TEST(Eval, ChoicesPickTheArgmaxOfSumsAndOfSumsPerCharacter) {
     it.gold = static_cast<int64_t>(rng.below(it.choices.size()));
     items.push_back(it);
   }
-  const ChoiceResult r = score_choices(m.cfg, m.w, nullptr, *m.tok, items);
+  const ChoiceResult r = score_choices(items, loglikelihoods(m.cfg, m.w, nullptr, choice_pairs(*m.tok, items)));
   ASSERT_EQ(r.items, 6);
   int64_t right = 0, right_norm = 0, differ = 0;
   for (size_t q = 0; q < items.size(); ++q) {

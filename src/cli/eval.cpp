@@ -1,7 +1,7 @@
 // `ftune eval --model DIR [--adapter DIR] (--data FILE | --choices FILE.jsonl) [--out FILE.json]`:
 // perplexity over a dataset's trained tokens (any format ftune trains on, read as training reads
 // it), or accuracy on multiple-choice rows as lm-evaluation-harness computes acc and acc_norm; one
-// JSON object on stdout (and in --out).
+// JSON object on stdout (and in --out). --device gpu scores through the GPU decoder.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "cli/commands.h"
+#include "cli/decoder_choice.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "infer/eval.h"
@@ -25,6 +26,7 @@ struct Args {
   std::string text_field = "text";
   int64_t max_seq_len = 0, batch = 4;
   bool overwrite = false;
+  DecoderChoice dec;
 };
 
 // --out appears complete or not at all, and replaces a file only with --overwrite.
@@ -45,8 +47,13 @@ void write_result(const std::string& path, bool overwrite, const std::string& te
 void run_eval(const Args& a) {
   if (a.data.empty() == a.choices.empty()) fail("ftune eval: give one of --data (perplexity) or --choices (multiple choice)");
   if (a.batch < 1) fail("--batch must be >= 1, got {}", a.batch);
+  check_decoder_choice(a.dec);
   const LlamaConfig cfg = load_llama_config(a.model);
-  const LlamaWeights w = load_llama_weights(cfg, CheckpointReader(a.model));
+  // The CPU scores with the training model's forward; the GPU through its decoder (the weights
+  // read onto the device by it, the adapter unmerged).
+  LlamaWeights w;
+  if (!a.dec.gpu()) w = load_llama_weights(cfg, CheckpointReader(a.model));
+  const std::unique_ptr<Decoder> dec = a.dec.gpu() ? make_decoder(a.dec, cfg, a.model, nullptr) : nullptr;
   LoraParams lora;
   if (!a.adapter.empty()) lora = load_peft_adapter(a.adapter, cfg);
   const LoraParams* lp = a.adapter.empty() ? nullptr : &lora;
@@ -63,13 +70,14 @@ void run_eval(const Args& a) {
     if (a.format != "input_ids") tok = load_tokenizer(a.model);
     const DataSplit split = load_data(ds, tok.get(), cfg.vocab_size, a.model, 0);
     if (split.train.empty()) fail("{}: no example with a trained token to score", a.data);
-    const PerplexityResult r = perplexity(cfg, w, lp, split.train, a.batch);
+    const PerplexityResult r = dec ? perplexity(*dec, lp, split.train) : perplexity(cfg, w, lp, split.train, a.batch);
     j["task"] = "perplexity", j["data"] = a.data, j["examples"] = r.examples, j["tokens"] = r.tokens;
     j["loss"] = r.loss(), j["perplexity"] = r.perplexity();
   } else {
     const std::vector<ChoiceItem> items = load_choice_items(a.choices);
     const std::unique_ptr<Tokenizer> tok = load_tokenizer(a.model);
-    const ChoiceResult r = score_choices(cfg, w, lp, *tok, items);
+    const TokenPairs pairs = choice_pairs(*tok, items);
+    const ChoiceResult r = score_choices(items, dec ? loglikelihoods(*dec, lp, pairs) : loglikelihoods(cfg, w, lp, pairs));
     j["task"] = "multiple_choice", j["data"] = a.choices, j["items"] = r.items, j["acc"] = r.acc;
     j["acc_norm"] = r.acc_norm, j["picked"] = r.picked, j["picked_norm"] = r.picked_norm;
   }
@@ -98,6 +106,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--batch", a->batch, "Rows per forward pass for --data (default 4)")->check(CLI::PositiveNumber);
   cmd->add_option("--out", a->out, "Also write the JSON result here");
   cmd->add_flag("--overwrite", a->overwrite, "Replace --out if it exists");
+  add_decoder_options(cmd, a->dec);
   cmd->callback([a] { run_eval(*a); });
 }
 

@@ -36,6 +36,76 @@ PerplexityResult perplexity(const LlamaConfig& cfg, const LlamaWeights& w, const
   return r;
 }
 
+namespace {
+
+// log-softmax of `row` [V] at `target`, in double, and whether target is its (first) argmax.
+void add_token(Loglikelihood& ll, const float* row, int64_t V, int32_t target) {
+  const float mx = *std::max_element(row, row + V);
+  double s = 0.0;
+  for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<double>(row[v]) - mx);
+  ll.logprob += static_cast<double>(row[target]) - mx - std::log(s);
+  if (std::max_element(row, row + V) - row != target) ll.greedy = false;
+}
+
+// Feeds `ids` through `dec` in forwards of up to `chunk` rows (one fresh cache), asking for the
+// logits of the positions `want(p)` selects; `take(p, row)` receives each, in position order.
+template <typename Want, typename Take>
+void feed(Decoder& dec, const LoraParams* lora, const std::vector<int32_t>& ids, int64_t chunk, Want want, Take take) {
+  const int64_t n = static_cast<int64_t>(ids.size()), V = dec.vocab_size();
+  auto cache = dec.new_cache(std::max<int64_t>(n, 1));
+  std::vector<DecodeRow> rows;
+  std::vector<int64_t> asked;
+  for (int64_t b = 0; b < n; b += chunk) {
+    rows.clear(), asked.clear();
+    for (int64_t p = b; p < std::min(n, b + chunk); ++p) {
+      const bool w = want(p);
+      rows.push_back({cache.get(), ids[p], lora, w});
+      if (w) asked.push_back(p);
+    }
+    const std::vector<float>& logits = dec.forward(rows);
+    for (size_t j = 0; j < asked.size(); ++j) take(asked[j], logits.data() + static_cast<int64_t>(j) * V);
+  }
+}
+
+}  // namespace
+
+PerplexityResult perplexity(Decoder& dec, const LoraParams* lora, const std::vector<Example>& examples, int64_t chunk) {
+  FT_ASSERT(chunk >= 1);
+  PerplexityResult r;
+  const int64_t V = dec.vocab_size();
+  for (const Example& e : examples) {
+    const int64_t n = static_cast<int64_t>(e.ids.size());
+    // As the training loss: position p predicts labels[p + 1] (transformers' shift).
+    auto target = [&](int64_t p) { return p + 1 < n ? e.labels[static_cast<size_t>(p + 1)] : -100; };
+    feed(dec, lora, e.ids, chunk, [&](int64_t p) { return target(p) != -100; },
+         [&](int64_t p, const float* row) {
+           Loglikelihood ll{0.0, true};
+           add_token(ll, row, V, target(p));
+           r.nll -= ll.logprob;
+           ++r.tokens;
+         });
+    ++r.examples;
+  }
+  return r;
+}
+
+std::vector<Loglikelihood> loglikelihoods(Decoder& dec, const LoraParams* lora, const TokenPairs& pairs) {
+  std::vector<Loglikelihood> out;
+  const int64_t V = dec.vocab_size();
+  for (const auto& [ctx, cont] : pairs) {
+    if (cont.empty()) fail("a continuation encodes to no tokens after its context");
+    if (ctx.empty()) fail("a continuation needs a context of at least one token");
+    std::vector<int32_t> ids = ctx;
+    ids.insert(ids.end(), cont.begin(), cont.end() - 1);  // the last token is only predicted
+    const int64_t c = static_cast<int64_t>(ctx.size());
+    Loglikelihood ll{0.0, true};
+    feed(dec, lora, ids, 2048, [&](int64_t p) { return p >= c - 1; },
+         [&](int64_t p, const float* row) { add_token(ll, row, V, cont[static_cast<size_t>(p - (c - 1))]); });
+    out.push_back(ll);
+  }
+  return out;
+}
+
 std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenizer& tok, const std::string& context,
                                                                   const std::string& continuation) {
   std::string ctx = context, cont = continuation;
@@ -53,7 +123,7 @@ std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const Tokenize
 }
 
 std::vector<Loglikelihood> loglikelihoods(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora,
-                                          const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& pairs) {
+                                          const TokenPairs& pairs) {
   int64_t longest = 1;
   for (const auto& [c, x] : pairs) longest = std::max<int64_t>(longest, static_cast<int64_t>(c.size() + x.size()));
   ModelOptions o;
@@ -71,25 +141,24 @@ std::vector<Loglikelihood> loglikelihoods(const LlamaConfig& cfg, const LlamaWei
     const Tensor logits = model.logits(b);
     const int64_t V = cfg.vocab_size;
     Loglikelihood ll{0.0, true};
-    for (size_t k = 0; k < cont.size(); ++k) {
-      const float* row = logits.ptr() + static_cast<int64_t>(ctx.size() + k - 1) * V;  // predicts token ctx+k
-      const float mx = *std::max_element(row, row + V);
-      double s = 0.0;
-      for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<double>(row[v]) - mx);
-      ll.logprob += static_cast<double>(row[cont[k]]) - mx - std::log(s);
-      if (std::max_element(row, row + V) - row != cont[k]) ll.greedy = false;
-    }
+    for (size_t k = 0; k < cont.size(); ++k)  // the row of position ctx+k-1 predicts token ctx+k
+      add_token(ll, logits.ptr() + static_cast<int64_t>(ctx.size() + k - 1) * V, V, cont[k]);
     out.push_back(ll);
   }
   return out;
 }
 
-ChoiceResult score_choices(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora, const Tokenizer& tok,
-                           const std::vector<ChoiceItem>& items) {
-  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> pairs;
+TokenPairs choice_pairs(const Tokenizer& tok, const std::vector<ChoiceItem>& items) {
+  TokenPairs pairs;
   for (const ChoiceItem& it : items)
     for (const std::string& c : it.choices) pairs.push_back(encode_pair(tok, it.context, c));
-  const std::vector<Loglikelihood> lls = loglikelihoods(cfg, w, lora, pairs);
+  return pairs;
+}
+
+ChoiceResult score_choices(const std::vector<ChoiceItem>& items, const std::vector<Loglikelihood>& lls) {
+  size_t total = 0;
+  for (const ChoiceItem& it : items) total += it.choices.size();
+  FT_ASSERT(lls.size() == total);
   ChoiceResult r;
   size_t at = 0;
   int64_t right = 0, right_norm = 0;

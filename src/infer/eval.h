@@ -1,4 +1,4 @@
-// Evaluation on the CPU reference model: perplexity over a dataset's trained tokens, and
+// Evaluation: perplexity over a dataset's trained tokens, and
 // multiple-choice log-likelihood tasks scored as lm-evaluation-harness scores them (acc: the choice
 // with the highest summed log-probability of its continuation; acc_norm: the same divided by the
 // choice's length in characters).
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "infer/decoder.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -21,9 +22,14 @@ struct PerplexityResult {
   double perplexity() const;
 };
 
-// Every trained token of `examples` (labels != -100), in micro-batches of `batch` rows.
+// Every trained token of `examples` (labels != -100), in micro-batches of `batch` rows, through
+// the CPU reference model (the training model's forward).
 PerplexityResult perplexity(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora,
                             const std::vector<Example>& examples, int64_t batch);
+// The same through a decoder (the GPU's, `ftune eval --device gpu`): each example fed in forwards of
+// up to `chunk` tokens, the logits of the positions that predict a trained token read as they come.
+PerplexityResult perplexity(Decoder& dec, const LoraParams* lora, const std::vector<Example>& examples,
+                            int64_t chunk = 2048);
 
 // One question: a context and its choices, the gold index.
 struct ChoiceItem {
@@ -44,16 +50,20 @@ struct Loglikelihood {
   double logprob = 0.0;
   bool greedy = false;
 };
+using TokenPairs = std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>;
 std::vector<Loglikelihood> loglikelihoods(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora,
-                                          const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>>& pairs);
+                                          const TokenPairs& pairs);
+std::vector<Loglikelihood> loglikelihoods(Decoder& dec, const LoraParams* lora, const TokenPairs& pairs);
 
 struct ChoiceResult {
   int64_t items = 0;
   double acc = 0.0, acc_norm = 0.0;  // fractions of the items
   std::vector<int64_t> picked, picked_norm;  // per item
 };
-ChoiceResult score_choices(const LlamaConfig& cfg, const LlamaWeights& w, const LoraParams* lora, const Tokenizer& tok,
-                           const std::vector<ChoiceItem>& items);
+// Each item's choices scored by their log-likelihoods (from either function above).
+ChoiceResult score_choices(const std::vector<ChoiceItem>& items, const std::vector<Loglikelihood>& lls);
+// The (context, choice) token pairs of the items, in order.
+TokenPairs choice_pairs(const Tokenizer& tok, const std::vector<ChoiceItem>& items);
 
 // JSONL rows {"context": text, "choices": [text, ...], "gold": index} (the names lm-evaluation-
 // harness's multiple-choice tasks use); errors name the file and row.

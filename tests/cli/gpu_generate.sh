@@ -1,7 +1,8 @@
 # Generation and serving on the GPU: in fp32, `ftune generate --device gpu` gives the CPU's greedy
 # tokens with and without an adapter (the GPU applies it unmerged, the CPU merged), and the GPU
 # server's echo log-probabilities are the CPU server's; bf16 and an NF4 base generate every token
-# asked for. Skipped (visibly) without a GPU.
+# asked for; `ftune eval --device gpu --dtype fp32` gives the CPU's perplexity and picks. Skipped
+# (visibly) without a GPU.
 source "$(dirname "$0")/lib.bash" "$@"
 if ! "$FTUNE" --version | grep >/dev/null "CUDA" || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "skip: no CUDA backend or no GPU here"; finish; exit 0
@@ -59,5 +60,26 @@ b = json.load(open(sys.argv[2]))["choices"][0]["logprobs"]["token_logprobs"]
 assert len(a) == len(b) == 7 and a[0] is None and b[0] is None
 # fp32 both; log-softmax over 512 logits each within 1e-5 relative: 1e-4 absolute on log p.
 assert all(abs(x - y) < 1e-4 for x, y in zip(a[1:], b[1:])), (a, b)
+PY
+# ftune eval on both: a quickstart model (it has a tokenizer) and its data.
+make_model "$WORK/qs"
+head -12 "$ROOT/examples/quickstart/train.jsonl" >"$WORK/d.jsonl"
+printf '%s\n' '{"context": "Question: what is two and two?", "choices": [" four", " five", " a fish"], "gold": 0}' \
+  '{"context": "The sky is", "choices": [" blue", " green"], "gold": 0}' >"$WORK/c.jsonl"
+for dev in cpu gpu; do
+  extra=; [ "$dev" = gpu ] && extra="--device gpu --dtype fp32"
+  "$FTUNE" eval --model "$WORK/qs" --data "$WORK/d.jsonl" --max-seq-len 64 $extra >"$WORK/ppl_$dev.json" 2>"$WORK/e.err" \
+    || { echo "FAIL eval --data $dev: $(tail -2 "$WORK/e.err")"; fails=$((fails + 1)); }
+  "$FTUNE" eval --model "$WORK/qs" --choices "$WORK/c.jsonl" $extra >"$WORK/mc_$dev.json" 2>"$WORK/e.err" \
+    || { echo "FAIL eval --choices $dev: $(tail -2 "$WORK/e.err")"; fails=$((fails + 1)); }
+done
+python3 - "$WORK" <<'PY' && echo "ok   eval on the GPU (fp32) = on the CPU" || { echo "FAIL eval GPU vs CPU"; fails=$((fails + 1)); }
+import json, sys
+w = sys.argv[1]
+a, b = json.load(open(f"{w}/ppl_cpu.json")), json.load(open(f"{w}/ppl_gpu.json"))
+# fp32 both, per-token log-probabilities within 1e-5 relative: the summed loss within 1e-5 relative.
+assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (a, b)
+a, b = json.load(open(f"{w}/mc_cpu.json")), json.load(open(f"{w}/mc_gpu.json"))
+assert a["picked"] == b["picked"] and a["picked_norm"] == b["picked_norm"], (a, b)
 PY
 finish
