@@ -280,6 +280,30 @@ TEST(Server, TokenizerRoutesAndChat) {
   EXPECT_EQ(j["usage"]["completion_tokens"], want.tokens.size());
 }
 
+// A Mistral model (its chat_template detected): a conversation its template renders is answered; one
+// with a system turn, which the template's raise_exception refuses, is a 400 naming messages.
+TEST(Server, MistralTemplateRefusesASystemTurnWithA400) {
+  TempDir tmp("serve-mistral");
+  const fs::path model = tokenizer_model(tmp);
+  std::ofstream(model / "tokenizer_config.json")
+      << json{{"bos_token", "<s>"},
+              {"eos_token", "</s>"},
+              {"chat_template", read_text(fs::path(FTUNE_SOURCE_DIR) / "tests/fixtures/chat_templates/mistral-instruct.jinja")}}
+             .dump();
+  LiveServer srv(model, {});
+  const json user = {{"role", "user"}, {"content", "Tell me a story"}};
+  auto [ok, a] = srv.post("/v1/chat/completions", {{"model", "base"}, {"max_tokens", 2}, {"messages", {user}}});
+  EXPECT_EQ(ok, 200) << a.dump();
+  EXPECT_EQ(a["usage"]["prompt_tokens"], chat_prompt_ids("mistral", {{"user", "Tell me a story"}}, *srv.tok()).size());
+  auto [bad, e] = srv.post("/v1/chat/completions",
+                           {{"model", "base"},
+                            {"max_tokens", 2},
+                            {"messages", {{{"role", "system"}, {"content", "Be brief."}}, user}}});
+  EXPECT_EQ(bad, 400) << e.dump();
+  EXPECT_EQ(e["error"]["param"], "messages") << e.dump();
+  EXPECT_NE(e["error"]["message"].get<std::string>().find("only user and assistant turns"), std::string::npos) << e.dump();
+}
+
 // The real Llama 3 tokenizer (tokenizer.json, byte-level BPE, special tokens read in text) behind
 // the routes lm-eval's remote tokenizer uses, on a one-layer random model of its vocabulary.
 TEST(Server, RealLlama3TokenizerRoutes) {

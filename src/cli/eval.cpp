@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/decoder_choice.h"
+#include "cli/output_file.h"
 #include "core/error.h"
 #include "data/dataset.h"
 #include "infer/eval.h"
@@ -29,24 +30,10 @@ struct Args {
   DecoderChoice dec;
 };
 
-// --out appears complete or not at all, and replaces a file only with --overwrite.
-void write_result(const std::string& path, bool overwrite, const std::string& text) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) fail("--out {}: is a directory; name a .json file", path);
-  if (fs::exists(path, ec) && !overwrite) fail("--out {}: exists (pass --overwrite to replace it)", path);
-  const std::string tmp = path + ".partial";
-  {
-    std::ofstream f(tmp);
-    if (!(f << text)) fail("--out {}: cannot write", path);
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) fail("--out {}: cannot write ({})", path, ec.message());
-}
-
 void run_eval(const Args& a) {
   if (a.data.empty() == a.choices.empty()) fail("ftune eval: give one of --data (perplexity) or --choices (multiple choice)");
   if (a.batch < 1) fail("--batch must be >= 1, got {}", a.batch);
+  if (!a.out.empty()) check_output_file_path(a.out, a.overwrite, a.data.empty() ? a.choices : a.data);
   check_decoder_choice(a.dec);
   const LlamaConfig cfg = load_llama_config(a.model);
   // The CPU scores with the training model's forward; the GPU through its decoder (the weights
@@ -82,14 +69,14 @@ void run_eval(const Args& a) {
     j["acc_norm"] = r.acc_norm, j["picked"] = r.picked, j["picked_norm"] = r.picked_norm;
   }
   const std::string text = j.dump() + "\n";
-  if (!a.out.empty()) write_result(a.out, a.overwrite, text);
+  if (!a.out.empty()) write_output_file(a.out, a.overwrite, text);
   fmt::print("{}", text);
 }
 
 }  // namespace
 
 void add_eval_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("eval", "Perplexity on a dataset, or multiple-choice accuracy (acc, acc_norm), on the CPU");
+  auto* cmd = app.add_subcommand("eval", "Perplexity on a dataset, or multiple-choice accuracy (acc, acc_norm), on the CPU or GPU");
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->model, "Hugging Face model directory")->required();
   cmd->add_option("--adapter", a->adapter, "PEFT adapter directory");

@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/decoder_choice.h"
+#include "cli/output_file.h"
 #include "core/error.h"
 #include "core/json_limits.h"
 #include "data/chat_template.h"
@@ -32,7 +33,7 @@ struct Args {
   int64_t top_k = 0;
   uint64_t seed = 0;
   std::vector<std::string> stop;
-  bool ignore_eos = false, no_bos = false;
+  bool ignore_eos = false, no_bos = false, overwrite = false;
   std::string chat;  // a chat template's name, or "auto": the model's own
   std::string system;
   DecoderChoice dec;
@@ -40,6 +41,7 @@ struct Args {
 
 void run(const Args& a) {
   if (a.prompt.empty() == a.input.empty()) fail("generate: give one of --prompt TEXT or --input rows.jsonl");
+  if (!a.out.empty()) check_output_file_path(a.out, a.overwrite, a.input);
   if (a.max_new_tokens < 0) fail("--max-new-tokens must be >= 0, got {}", a.max_new_tokens);
   if (a.temperature < 0) fail("--temperature must be >= 0, got {}", a.temperature);
   if (!(a.top_p > 0 && a.top_p <= 1)) fail("--top-p must be in (0, 1], got {}", a.top_p);
@@ -142,19 +144,17 @@ void run(const Args& a) {
     return;
   }
   const auto gens = generate(*dec, tok.get(), prompts, o, {}, bo);
-  std::FILE* out = stdout;
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(nullptr, &std::fclose);
-  if (!a.out.empty()) {
-    file.reset(std::fopen(a.out.c_str(), "w"));
-    if (!file) fail("{}: cannot write", a.out);
-    out = file.get();
-  }
+  std::string text;
   for (size_t i = 0; i < gens.size(); ++i) {
     nlohmann::json j = {{"completion", gens[i].text}, {"tokens", gens[i].tokens}, {"finish_reason", gens[i].finish_reason},
                         {"prompt_tokens", prompts[i].size()}};
     if (!texts[i].empty()) j["prompt"] = texts[i];
-    fmt::print(out, "{}\n", j.dump());
+    text += j.dump() + "\n";
   }
+  if (a.out.empty())
+    fmt::print("{}", text);
+  else
+    write_output_file(a.out, a.overwrite, text);
 }
 
 }  // namespace
@@ -167,6 +167,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--prompt", a->prompt, "Prompt text (the completion streams to stdout)");
   cmd->add_option("--input", a->input, "JSONL rows of {\"prompt\": text} or {\"input_ids\": [...]}");
   cmd->add_option("--out", a->out, "Where --input's results go (JSONL; default stdout)");
+  cmd->add_flag("--overwrite", a->overwrite, "Replace --out if it exists");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Tokens to generate at most (default 64)");
   cmd->add_option("--temperature", a->temperature, "0 (default): greedy; above 0: sampling at this temperature");
   cmd->add_option("--top-k", a->top_k, "Sample among the k most likely tokens (0: all)");

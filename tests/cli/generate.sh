@@ -50,6 +50,16 @@ printf '{"input_ids": [1, 99999]}\n' >"$WORK/oov.jsonl"
 expect_fail gen-oov "token id 99999 is outside the vocabulary of 512" "$FTUNE" generate --model "$WORK/model" --input "$WORK/oov.jsonl"
 expect_fail gen-no-tokenizer "no tokenizer found" \
   "$FTUNE" generate --model "$ROOT/tests/fixtures/hf/mha_untied/model" --prompt "hello"
+# --out: an existing file is kept unless --overwrite; the input is never the output.
+echo keep >"$WORK/mine.jsonl"
+expect_fail gen-out-exists "--out .*mine\.jsonl: exists \(pass --overwrite to replace it\)" \
+  "$FTUNE" generate --model "$WORK/model" --input "$WORK/in.jsonl" --max-new-tokens 2 --out "$WORK/mine.jsonl"
+[ "$(cat "$WORK/mine.jsonl")" = keep ] && echo "ok   an existing --out is untouched" || { echo "FAIL --out was changed"; fails=$((fails + 1)); }
+"$FTUNE" generate --model "$WORK/model" --input "$WORK/in.jsonl" --max-new-tokens 2 --out "$WORK/mine.jsonl" --overwrite 2>/dev/null
+[ "$(wc -l <"$WORK/mine.jsonl")" -eq 2 ] && [ ! -e "$WORK/mine.jsonl.partial" ] && echo "ok   --overwrite replaces --out whole" \
+  || { echo "FAIL --overwrite"; fails=$((fails + 1)); }
+expect_fail gen-out-input "--out .*in\.jsonl: is the input file" \
+  "$FTUNE" generate --model "$WORK/model" --input "$WORK/in.jsonl" --max-new-tokens 2 --out "$WORK/in.jsonl" --overwrite
 expect_fail gen-device "--device: expected cpu or gpu, got 'tpu'" "$FTUNE" generate --model "$WORK/model" --prompt a --device tpu
 expect_fail gen-dtype-cpu "--dtype and --nf4 are for --device gpu" "$FTUNE" generate --model "$WORK/model" --prompt a --nf4
 expect_fail gen-dtype "--dtype: expected bf16, fp16, fp32 or auto, got 'int8'" \

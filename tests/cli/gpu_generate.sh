@@ -21,9 +21,9 @@ PY
 for ad in "" "--adapter $FIX/adapter"; do
   what=${ad:+with the adapter}
   "$FTUNE" generate --model "$FIX/model" $ad --input "$WORK/in.jsonl" --max-new-tokens 10 --ignore-eos \
-    --out "$WORK/cpu.jsonl" 2>"$WORK/cpu.err" || { echo "FAIL cpu: $(cat "$WORK/cpu.err")"; fails=$((fails + 1)); }
+    --out "$WORK/cpu.jsonl" --overwrite 2>"$WORK/cpu.err" || { echo "FAIL cpu: $(cat "$WORK/cpu.err")"; fails=$((fails + 1)); }
   "$FTUNE" generate --model "$FIX/model" $ad --input "$WORK/in.jsonl" --max-new-tokens 10 --ignore-eos \
-    --device gpu --dtype fp32 --out "$WORK/gpu.jsonl" 2>"$WORK/gpu.err" || { echo "FAIL gpu: $(cat "$WORK/gpu.err")"; fails=$((fails + 1)); }
+    --device gpu --dtype fp32 --out "$WORK/gpu.jsonl" --overwrite 2>"$WORK/gpu.err" || { echo "FAIL gpu: $(cat "$WORK/gpu.err")"; fails=$((fails + 1)); }
   python3 - "$WORK/cpu.jsonl" "$WORK/gpu.jsonl" <<'PY' && echo "ok   fp32 GPU greedy tokens = CPU's ${what:-base}" || { echo "FAIL fp32 tokens ${what:-base}"; fails=$((fails + 1)); }
 import json, sys
 a = [json.loads(l) for l in open(sys.argv[1])]
@@ -36,7 +36,7 @@ PY
 done
 for flags in "--dtype bf16" "--dtype fp16" "--nf4"; do
   "$FTUNE" generate --model "$FIX/model" --adapter "$FIX/adapter" --input "$WORK/in.jsonl" --max-new-tokens 10 \
-    --ignore-eos --device gpu $flags --out "$WORK/h.jsonl" 2>"$WORK/h.err" \
+    --ignore-eos --device gpu $flags --out "$WORK/h.jsonl" --overwrite 2>"$WORK/h.err" \
     && python3 -c "
 import json; rows = [json.loads(l) for l in open('$WORK/h.jsonl')]
 assert len(rows) == 4 and all(len(r['tokens']) == 10 for r in rows)" \
