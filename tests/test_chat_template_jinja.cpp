@@ -136,5 +136,56 @@ TEST(ChatTemplateJinja, DetectsEachFixture) {
   }
 }
 
+// The token ids: ftune's (its templates' pieces tokenized by its tokenizers, themselves checked
+// against Hugging Face tokenizers on text) against transformers' apply_chat_template with the real
+// tokenizers (tools/make_chat_template_goldens.py), for every conversation, whole and as a prompt.
+TEST(ChatTemplateJinja, TokenIdsAreTransformers) {
+  std::ifstream gf(kDir + "/golden_ids.json");
+  if (!gf)
+    GTEST_SKIP() << kDir << "/golden_ids.json is not made yet: run tools/make_chat_template_goldens.py where "
+                 << "transformers is installed";
+  const json golden = json::parse(gf);
+  const char* env = std::getenv("FTUNE_ASSETS");
+  const std::string assets = env && *env ? env : std::string(FTUNE_SOURCE_DIR) + "/build/assets";
+  const std::map<std::string, std::pair<std::string, std::string>> pairs = {
+      {"llama2-chat", {"llama2", "llama2-meta"}},
+      {"mistral-instruct", {"mistral", "tokenizer-llama2/package/models"}},
+      {"llama3-instruct", {"llama3", "tokenizer-llama3/package/models"}},
+      {"llama3.1-instruct", {"llama3.1", "tokenizer-llama3/package/models"}}};
+  std::ifstream cf(kDir + "/cases.json");
+  const json cases = json::parse(cf);
+  int compared = 0;
+  for (const auto& [fixture, p] : pairs) {
+    const auto& [name, dir] = p;
+    std::unique_ptr<Tokenizer> tok;
+    try {
+      tok = load_tokenizer(assets + "/" + dir);
+    } catch (const Error& e) {
+      ADD_FAILURE() << e.what() << ": run `bash scripts/fetch-assets.sh " << assets << "`";
+      continue;
+    }
+    for (const json& c : cases) {
+      const std::string where = fixture + " / " + c["name"].get<std::string>();
+      const json& want = golden["ids"][fixture][c["name"].get<std::string>()];
+      Sample s;
+      s.kind = Sample::Kind::Chat;
+      s.turns = turns_of(c["messages"]);
+      TemplateOptions o;
+      o.name = name;
+      if (want["train"].is_null()) {
+        EXPECT_THROW(render(s, o, *tok), Error) << where;
+        continue;
+      }
+      std::vector<int32_t> ids, labels;
+      tokenize_pieces(render(s, o, *tok), *tok, name, &ids, &labels);
+      EXPECT_EQ(ids, want["train"].get<std::vector<int32_t>>()) << where << " (training)";
+      s.turns.pop_back();
+      EXPECT_EQ(chat_prompt_ids(name, s.turns, *tok), want["prompt"].get<std::vector<int32_t>>()) << where << " (prompt)";
+      compared += 2;
+    }
+  }
+  EXPECT_GE(compared, 2 * 3 * static_cast<int>(cases.size()));
+}
+
 }  // namespace
 }  // namespace ftune
