@@ -51,6 +51,7 @@ size_t GpuDecoder::cache_bytes(int64_t capacity) const {
 
 std::unique_ptr<KvCache> GpuDecoder::new_cache(int64_t capacity) {
   if (capacity < 1 || capacity > (int64_t{1} << 30)) fail("generation: a cache of {} positions", capacity);
+  FT_CUDA(cudaSetDevice(ctx_.device()));  // a server's worker thread calls in, not the thread that built it
   size_t free = 0, total = 0;
   cuda::memory_info(free, total);
   const size_t need = cache_bytes(capacity);
@@ -296,6 +297,7 @@ const std::vector<float>& GpuDecoder::forward(const std::vector<DecodeRow>& rows
   const int64_t L = cfg_.num_hidden_layers, V = cfg_.vocab_size, half = d / 2;
   logits_.clear();
   if (n == 0) return logits_;
+  FT_CUDA(cudaSetDevice(ctx_.device()));  // as in new_cache
   // Positions, checked before anything is written, so that a refused batch leaves every cache as
   // it was; a batch is a prefill when every sequence in it starts at position 0 with its rows
   // together (then each sequence is one document of a flash attention over the batch).
