@@ -21,6 +21,7 @@
 #include "gpu/gpu_decoder.h"
 #include "infer/engine.h"
 #include "io/peft_adapter.h"
+#include "lora_bench.h"
 #include "model/presets.h"
 
 int main(int argc, char** argv) {
@@ -49,10 +50,7 @@ int main(int argc, char** argv) {
     fs::create_directories(tmp);
     std::vector<AdapterSource> sources;
     for (int64_t k = 0; k < n_adapters; ++k) {
-      LoraSpec s;
-      s.r = 16, s.alpha = 32;
-      s.targets.fill(true);
-      LoraParams lora = LoraParams::init(cfg, s, static_cast<uint64_t>(100 + k));
+      LoraParams lora = LoraParams::init(cfg, bench::all_projections(16, 32), static_cast<uint64_t>(100 + k));
       Rng r(static_cast<uint64_t>(k + 1));
       lora.for_each([&](const std::string& key, Tensor& t) {
         if (key.find("lora_B") != std::string::npos)

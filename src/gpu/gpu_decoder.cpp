@@ -36,6 +36,28 @@ constexpr int64_t kNf4Block = 64;  // bitsandbytes' default for QLoRA
 
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
+// Where forward() puts each per-row array in the staging buffers (16-byte aligned), for `rows` rows:
+// the cache pointers, the int32 arrays, the RoPE tables; `bytes` in all. reserve() sizes the buffers
+// with the same layout.
+struct MetaLayout {
+  size_t k, v, cap, pos, ids, doc, sel, cos, sin, bytes;
+};
+MetaLayout meta_layout(int64_t rows, int64_t half) {
+  MetaLayout m{};
+  size_t o = 0;
+  auto next = [&](size_t bytes) {
+    const size_t at = o;
+    o += align16(bytes);
+    return at;
+  };
+  const size_t n = static_cast<size_t>(rows);
+  m.k = next(n * 8), m.v = next(n * 8);
+  m.cap = next(n * 4), m.pos = next(n * 4), m.ids = next(n * 4), m.doc = next(n * 4), m.sel = next(n * 4);
+  m.cos = next(n * static_cast<size_t>(half) * 4), m.sin = next(n * static_cast<size_t>(half) * 4);
+  m.bytes = o;
+  return m;
+}
+
 std::string gib(size_t b) { return fmt::format("{:.2f} GiB", static_cast<double>(b) / (1u << 30)); }
 
 }  // namespace
@@ -219,32 +241,23 @@ const GpuDecoder::Adapter& GpuDecoder::adapter(const LoraParams* a) {
   return adapters_.emplace(a, std::move(d)).first->second;
 }
 
-void GpuDecoder::project(const std::vector<DecodeRow>& rows, int64_t l, Proj p, const void* x, void* y,
-                         bool accumulate) {
+void GpuDecoder::project(int64_t n, int64_t l, Proj p, const void* x, void* y, bool accumulate) {
   const int pi = static_cast<int>(p);
   const auto [out, in] = proj_shape(cfg_, p);
-  const int64_t n = static_cast<int64_t>(rows.size());
   const void* W = weight(l, pi);
   if (opt_.gemv && cuda::small_m_linear_supported(dt_, n, in, x, W))
     cuda::small_m_linear(ctx_, dt_, x, W, y, n, in, out, accumulate);
   else
     cuda::gemm(ctx_, n, out, in, 1.0f, {x, dt_, false}, {W, dt_, true}, accumulate ? 1.0f : 0.0f, y, dt_);
-  for (int64_t b = 0; b < n;) {
-    const LoraParams* a = rows[b].adapter;
-    int64_t e = b + 1;
-    while (e < n && rows[e].adapter == a) ++e;
-    if (a) {
-      const Adapter& d = adapters_.at(a);
-      if (d.a[l][pi] >= 0) {
-        const int64_t r = a->layers[l][pi].a.dim(0), m = e - b;
-        const char* xb = static_cast<const char*>(x) + b * in * esz_;
-        char* yb = static_cast<char*>(y) + b * out * esz_;
-        cuda::gemm(ctx_, m, r, in, 1.0f, {xb, dt_, false}, {at(d.flat, d.a[l][pi]), dt_, true}, 0.0f, t_.data(), dt_);
-        cuda::gemm(ctx_, m, out, r, d.scaling, {t_.data(), dt_, false}, {at(d.flat, d.b[l][pi]), dt_, true}, 1.0f, yb,
-                   dt_);
-      }
-    }
-    b = e;
+  for (const Run& run : runs_) {
+    if (!run.adapter || run.adapter->a[l][pi] < 0) continue;
+    const Adapter& d = *run.adapter;
+    const int64_t r = run.lora->layers[l][pi].a.dim(0), m = run.end - run.begin;
+    const char* xb = static_cast<const char*>(x) + run.begin * in * esz_;
+    char* yb = static_cast<char*>(y) + run.begin * out * esz_;
+    cuda::gemm(ctx_, m, r, in, 1.0f, {xb, dt_, false}, {at(d.flat, d.a[l][pi]), dt_, true}, 0.0f, t_.data(), dt_);
+    cuda::gemm(ctx_, m, out, r, d.scaling, {t_.data(), dt_, false}, {at(d.flat, d.b[l][pi]), dt_, true}, 1.0f, yb,
+               dt_);
   }
 }
 
@@ -261,9 +274,7 @@ void GpuDecoder::reserve(int64_t n, int64_t wanted, int32_t max_pos) {
     gate_ = dt(c * I), up_ = dt(c * I);
     rstd_ = cuda::DeviceBuffer(static_cast<size_t>(c) * 4);
     lse_ = cuda::DeviceBuffer(static_cast<size_t>(heads * c) * 4);
-    // As forward() lays them out: two pointer arrays, five int32 arrays, the two RoPE tables.
-    const size_t meta = 2 * align16(static_cast<size_t>(c) * 8) + 5 * align16(static_cast<size_t>(c) * 4) +
-                        2 * align16(static_cast<size_t>(c * half) * 4);
+    const size_t meta = meta_layout(c, half).bytes;
     meta_ = cuda::DeviceBuffer(meta), meta_host_ = cuda::PinnedBuffer(meta);
     t_cap_ = 0;
   }
@@ -320,38 +331,50 @@ const std::vector<float>& GpuDecoder::forward(const std::vector<DecodeRow>& rows
     doc[r] = docs - 1;
     prefill = prefill && p == k && (k == 0 || rows[r - 1].cache == row.cache);
     if (row.logits) sel.push_back(static_cast<int32_t>(r));
-    if (row.adapter) adapter(row.adapter);
+  }
+  // The runs of consecutive rows with one adapter, once for every projection of the batch (each
+  // adapter uploaded at its first use).
+  runs_.clear();
+  for (int64_t b = 0; b < n;) {
+    int64_t e = b + 1;
+    while (e < n && rows[e].adapter == rows[b].adapter) ++e;
+    runs_.push_back({b, e, rows[b].adapter ? &adapter(rows[b].adapter) : nullptr, rows[b].adapter});
+    b = e;
   }
   const int64_t wanted = static_cast<int64_t>(sel.size());
   reserve(n, wanted, max_pos);
   // The per-row arrays in one upload.
   ctx_.synchronize();  // the staging buffer is free again
   rope_tables(inv_freq_, pos.data(), n, cos_h_, sin_h_);
+  // The per-row arrays written straight into the pinned staging buffer, at meta_layout's places.
+  const MetaLayout m = meta_layout(n, half);
   char* hb = meta_host_.as<char>();
-  size_t off = 0;
-  auto put = [&](const void* src, size_t bytes) {
-    std::memcpy(hb + off, src, bytes);
-    const size_t at = off;
-    off += align16(bytes);
-    return meta_.as<char>() + at;
-  };
-  std::vector<void*> kp(static_cast<size_t>(n)), vp(static_cast<size_t>(n));
-  std::vector<int32_t> cap(static_cast<size_t>(n)), ids(static_cast<size_t>(n));
+  char* db = meta_.as<char>();
+  auto* kp = reinterpret_cast<void**>(hb + m.k);
+  auto* vp = reinterpret_cast<void**>(hb + m.v);
+  auto* cap = reinterpret_cast<int32_t*>(hb + m.cap);
+  auto* ids = reinterpret_cast<int32_t*>(hb + m.ids);
   for (int64_t r = 0; r < n; ++r)
     kp[r] = cache[r]->k_.data(), vp[r] = cache[r]->v_.data(), cap[r] = static_cast<int32_t>(cache[r]->capacity()),
     ids[r] = rows[r].token;
+  std::memcpy(hb + m.pos, pos.data(), pos.size() * 4);
+  std::memcpy(hb + m.doc, doc.data(), doc.size() * 4);
+  if (!sel.empty()) std::memcpy(hb + m.sel, sel.data(), sel.size() * 4);
+  std::memcpy(hb + m.cos, cos_h_.data(), static_cast<size_t>(n * half) * 4);
+  std::memcpy(hb + m.sin, sin_h_.data(), static_cast<size_t>(n * half) * 4);
   cuda::DecodeRows dr{};
-  dr.k = reinterpret_cast<void* const*>(put(kp.data(), kp.size() * 8));
-  dr.v = reinterpret_cast<void* const*>(put(vp.data(), vp.size() * 8));
-  dr.cap = reinterpret_cast<const int32_t*>(put(cap.data(), cap.size() * 4));
-  dr.pos = reinterpret_cast<const int32_t*>(put(pos.data(), pos.size() * 4));
+  dr.k = reinterpret_cast<void* const*>(db + m.k);
+  dr.v = reinterpret_cast<void* const*>(db + m.v);
+  dr.cap = reinterpret_cast<const int32_t*>(db + m.cap);
+  dr.pos = reinterpret_cast<const int32_t*>(db + m.pos);
   dr.rows = n, dr.max_pos = max_pos;
-  const auto* ids_d = reinterpret_cast<const int32_t*>(put(ids.data(), ids.size() * 4));
-  const auto* doc_d = reinterpret_cast<const int32_t*>(put(doc.data(), doc.size() * 4));
-  const auto* sel_d = reinterpret_cast<const int32_t*>(put(sel.data(), sel.size() * 4));
-  const auto* cos_d = reinterpret_cast<const float*>(put(cos_h_.data(), static_cast<size_t>(n * half) * 4));
-  const auto* sin_d = reinterpret_cast<const float*>(put(sin_h_.data(), static_cast<size_t>(n * half) * 4));
-  FT_ASSERT(off <= meta_.bytes());
+  const auto* ids_d = reinterpret_cast<const int32_t*>(db + m.ids);
+  const auto* doc_d = reinterpret_cast<const int32_t*>(db + m.doc);
+  const auto* sel_d = reinterpret_cast<const int32_t*>(db + m.sel);
+  const auto* cos_d = reinterpret_cast<const float*>(db + m.cos);
+  const auto* sin_d = reinterpret_cast<const float*>(db + m.sin);
+  const size_t off = m.bytes;
+  FT_ASSERT(off <= meta_.bytes());  // reserve() sized it for at least n rows
   const cuda::AttnShape shape{1, n, heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d))};
   const bool flash = prefill && dt_ != Storage::F32 && cuda::flash_attention_supported(ctx_, dt_, shape);
   flash_batches_ += flash ? 1 : 0;
@@ -363,9 +386,9 @@ const std::vector<float>& GpuDecoder::forward(const std::vector<DecodeRow>& rows
     for (int64_t l = 0; l < L; ++l) {
       const Layer& Ly = layers_[l];
       cuda::rmsnorm_forward(ctx_, dt_, x_.data(), Ly.input_norm.as<float>(), n_.data(), rstd_.as<float>(), n, H, eps);
-      project(rows, l, Proj::Q, n_.data(), q_.data(), false);
-      project(rows, l, Proj::K, n_.data(), k_.data(), false);
-      project(rows, l, Proj::V, n_.data(), v_.data(), false);
+      project(n, l, Proj::Q, n_.data(), q_.data(), false);
+      project(n, l, Proj::K, n_.data(), k_.data(), false);
+      project(n, l, Proj::V, n_.data(), v_.data(), false);
       cuda::rope_forward(ctx_, dt_, q_.data(), cos_d, sin_d, n, heads, d);
       cuda::rope_forward(ctx_, dt_, k_.data(), cos_d, sin_d, n, kvh, d);
       cuda::kv_cache_write(ctx_, dt_, dr, l, KV, k_.data(), v_.data());
@@ -375,12 +398,12 @@ const std::vector<float>& GpuDecoder::forward(const std::vector<DecodeRow>& rows
       else
         cuda::decode_attention(ctx_, dt_, dr, l, heads, kvh, d, shape.scale, q_.data(), att_.data(),
                                attn_scratch_.as<float>());
-      project(rows, l, Proj::O, att_.data(), x_.data(), true);  // + residual
+      project(n, l, Proj::O, att_.data(), x_.data(), true);  // + residual
       cuda::rmsnorm_forward(ctx_, dt_, x_.data(), Ly.post_norm.as<float>(), n_.data(), rstd_.as<float>(), n, H, eps);
-      project(rows, l, Proj::Gate, n_.data(), gate_.data(), false);
-      project(rows, l, Proj::Up, n_.data(), up_.data(), false);
+      project(n, l, Proj::Gate, n_.data(), gate_.data(), false);
+      project(n, l, Proj::Up, n_.data(), up_.data(), false);
       cuda::swiglu_forward(ctx_, dt_, gate_.data(), up_.data(), gate_.data(), n * I);
-      project(rows, l, Proj::Down, gate_.data(), x_.data(), true);
+      project(n, l, Proj::Down, gate_.data(), x_.data(), true);
     }
     // The final norm and lm_head only for the rows that want logits.
     if (wanted > 0) {
@@ -401,12 +424,8 @@ const std::vector<float>& GpuDecoder::forward(const std::vector<DecodeRow>& rows
   // work that must not happen inside a capture) before the second records it.
   if (!opt_.graphs || flash) return launch(), finish(rows, wanted);
   std::vector<int64_t> key = {n, wanted, (max_pos + cuda::kDecodeChunk) / cuda::kDecodeChunk};
-  for (int64_t b = 0; b < n;) {
-    int64_t e = b + 1;
-    while (e < n && rows[e].adapter == rows[b].adapter) ++e;
-    key.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(rows[b].adapter))), key.push_back(e - b);
-    b = e;
-  }
+  for (const Run& run : runs_)
+    key.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(run.lora))), key.push_back(run.end - run.begin);
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     if (graphs_.size() >= 64) graphs_.clear();  // shapes of other batch sizes and adapter mixes

@@ -86,8 +86,8 @@ class GpuDecoder : public Decoder {
   void upload(const std::vector<float>& v, cuda::DeviceBuffer& dst, bool as_storage);
   const void* weight(int64_t l, int p);  // the projection, dequantized into wbuf_ with nf4
   const Adapter& adapter(const LoraParams* a);
-  // y[n, out] = x W^T (+ y when accumulate), then each run of rows with one adapter += its LoRA.
-  void project(const std::vector<DecodeRow>& rows, int64_t l, Proj p, const void* x, void* y, bool accumulate);
+  // y[n, out] = x W^T (+ y when accumulate), then each of runs_ with an adapter += its LoRA.
+  void project(int64_t n, int64_t l, Proj p, const void* x, void* y, bool accumulate);
   void reserve(int64_t n, int64_t wanted, int32_t max_pos);  // scratch for a batch of n rows
   // After the batch's launches: waits for them, advances the caches, returns the logits.
   const std::vector<float>& finish(const std::vector<DecodeRow>& rows, int64_t wanted);
@@ -104,6 +104,12 @@ class GpuDecoder : public Decoder {
   std::vector<Layer> layers_;
   cuda::DeviceBuffer wbuf_, code2_;  // nf4: [max out*in] dequantized weight; [256] fp32 nested map
   std::map<const LoraParams*, Adapter> adapters_;
+  struct Run {                  // consecutive rows [begin, end) of the batch with one adapter
+    int64_t begin, end;
+    const Adapter* adapter;     // null: the base alone
+    const LoraParams* lora;
+  };
+  std::vector<Run> runs_;       // of the batch in forward()
   int64_t max_r_ = 0;
   int64_t flash_batches_ = 0, graph_captures_ = 0, graph_launches_ = 0;
   // Decoding batches' CUDA graphs (cudaGraphExec_t) by shape; null: seen once, not yet recorded.
