@@ -224,7 +224,7 @@ std::vector<Piece> render(const Sample& s, const TemplateOptions& opt, const Tok
 void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, const std::string& template_name,
                      std::vector<int32_t>* ids, std::vector<int32_t>* labels) {
   const bool dummy_prefix = tok.adds_dummy_prefix();
-  bool first_text = true;
+  bool first_text = true, after_text = false;
   for (const auto& p : pieces) {
     const size_t before = ids->size();
     if (p.special) {
@@ -235,11 +235,15 @@ void tokenize_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok, con
       ids->push_back(id);
     } else {
       // SentencePiece-style tokenizers mark a word start on every call; a piece that continues
-      // the text after a space must not get a second marker.
+      // the text after a space must not get a second marker: the marker stands for that space. One that continues text with no space between (Mistral's
+      // answer right after "[/INST]") gets no marker at all, as in one string.
       const bool drop_space = dummy_prefix && !first_text && p.text.starts_with(' ');
-      for (int32_t id : tok.encode(drop_space ? p.text.substr(1) : p.text)) ids->push_back(id);
+      const bool glued = dummy_prefix && after_text && !p.text.empty() && !p.text.starts_with(' ');
+      for (int32_t id : glued ? tok.encode_continuation(p.text) : tok.encode(drop_space ? p.text.substr(1) : p.text))
+        ids->push_back(id);
       first_text = false;
     }
+    after_text = !p.special;
     labels->resize(ids->size(), -100);
     if (p.trained)
       for (size_t i = before; i < ids->size(); ++i) (*labels)[i] = (*ids)[i];

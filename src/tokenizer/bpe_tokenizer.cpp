@@ -226,10 +226,10 @@ void BpeTokenizer::split_added(const std::string& text, size_t begin, size_t end
   if (last < end) out.push_back({last, end, -1});
 }
 
-void BpeTokenizer::encode_plain(std::string piece, bool at_start, std::vector<int32_t>& out) const {
+void BpeTokenizer::encode_plain(std::string piece, bool at_start, std::vector<int32_t>& out, bool continues) const {
   std::vector<PreToken> pieces;
   if (!normalizer_->empty()) {
-    normalizer_->apply(piece);
+    normalizer_->apply(piece, continues);
     if (has_normalized_added_) {
       std::vector<Segment> segs;
       split_added(piece, 0, piece.size(), normalized_added_, segs);
@@ -241,7 +241,8 @@ void BpeTokenizer::encode_plain(std::string piece, bool at_start, std::vector<in
           pieces.clear();
           out.push_back(segs[i].id);
         } else {
-          pieces.push_back({piece.substr(segs[i].begin, segs[i].end - segs[i].begin), at_start && segs[i].begin == 0});
+          pieces.push_back({piece.substr(segs[i].begin, segs[i].end - segs[i].begin), at_start && segs[i].begin == 0,
+                            continues && segs[i].begin == 0});
         }
       }
       pre_tokenizer_->apply(pieces);
@@ -250,12 +251,12 @@ void BpeTokenizer::encode_plain(std::string piece, bool at_start, std::vector<in
     }
   }
   if (piece.empty()) return;
-  pieces.push_back({std::move(piece), at_start});
+  pieces.push_back({std::move(piece), at_start, continues});
   if (!pre_tokenizer_->empty()) pre_tokenizer_->apply(pieces);
   for (const PreToken& p : pieces) model_->encode_word(p.text, out);
 }
 
-void BpeTokenizer::encode_into(const std::string& text, std::vector<int32_t>& out) const {
+void BpeTokenizer::encode_into(const std::string& text, std::vector<int32_t>& out, bool continues) const {
   const size_t bad = utf8_invalid_at(text);
   if (bad != std::string::npos) fail("{}: cannot encode text that is not valid UTF-8 (byte offset {})", path_, bad);
   std::vector<Segment> segs;
@@ -264,7 +265,7 @@ void BpeTokenizer::encode_into(const std::string& text, std::vector<int32_t>& ou
     if (s.id >= 0)
       out.push_back(s.id);
     else
-      encode_plain(text.substr(s.begin, s.end - s.begin), s.begin == 0, out);
+      encode_plain(text.substr(s.begin, s.end - s.begin), s.begin == 0, out, continues && s.begin == 0);
   }
 }
 
@@ -272,6 +273,13 @@ std::vector<int32_t> BpeTokenizer::encode(const std::string& text) const {
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 4);
   encode_into(text, out);
+  return out;
+}
+
+std::vector<int32_t> BpeTokenizer::encode_continuation(const std::string& text) const {
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 3 + 4);
+  encode_into(text, out, true);
   return out;
 }
 

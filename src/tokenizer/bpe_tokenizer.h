@@ -28,6 +28,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t eos_id() const override { return eos_id_; }
   int32_t token_id(const std::string& token) const override { return lookup(token); }
   bool adds_dummy_prefix() const override { return normalizer_->prepends() || pre_tokenizer_->prepends(); }
+  std::vector<int32_t> encode_continuation(const std::string& text) const override;
 
   // The token text of an id ("" for ids outside the vocabulary).
   std::string id_to_token(int32_t id) const override;
@@ -51,8 +52,9 @@ class BpeTokenizer final : public Tokenizer {
   using Buckets = std::array<std::vector<int>, 256>;
   void split_added(const std::string& text, size_t begin, size_t end, const Buckets& set,
                    std::vector<Segment>& out) const;
-  void encode_into(const std::string& text, std::vector<int32_t>& out) const;
-  void encode_plain(std::string piece, bool at_start, std::vector<int32_t>& out) const;
+  // `continues`: the text continues earlier text (no marker prepended to its start).
+  void encode_into(const std::string& text, std::vector<int32_t>& out, bool continues = false) const;
+  void encode_plain(std::string piece, bool at_start, std::vector<int32_t>& out, bool continues = false) const;
   int32_t lookup(const std::string& token) const;
 
   std::string path_;

@@ -1,5 +1,6 @@
 // Tokenizer of a model directory: SentencePiece `tokenizer.model` (Llama 1/2 and look-alikes)
 // through libsentencepiece.
+#include <algorithm>
 #include <sentencepiece_processor.h>
 
 #include <filesystem>
@@ -34,6 +35,16 @@ class SentencePieceTokenizer final : public Tokenizer {
     auto status = sp_.Encode(text, &ids);
     if (!status.ok()) fail("{}: cannot encode text ({})", path_, one_line(status));
     return {ids.begin(), ids.end()};
+  }
+
+  // libsentencepiece always adds its dummy prefix; as transformers' LlamaTokenizer does for text
+  // that must not start a word (legacy=False), the unknown piece goes first and its ids are dropped.
+  std::vector<int32_t> encode_continuation(const std::string& text) const override {
+    if (text.empty()) return {};
+    const std::string unk = sp_.IdToPiece(sp_.unk_id());
+    const std::vector<int32_t> lead = encode(unk), all = encode(unk + text);
+    if (all.size() < lead.size() || !std::equal(lead.begin(), lead.end(), all.begin())) return encode(text);
+    return {all.begin() + static_cast<ptrdiff_t>(lead.size()), all.end()};
   }
 
   std::string decode(const std::vector<int32_t>& ids) const override {

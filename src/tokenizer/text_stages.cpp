@@ -94,12 +94,12 @@ bool Normalizer::prepends() const {
   return false;
 }
 
-void Normalizer::apply(std::string& text) const {
+void Normalizer::apply(std::string& text, bool continues) const {
   for (const Step& s : steps_) {
     if (text.empty()) return;  // no normalizer adds text to an empty piece
-    if (s.kind == Step::Kind::Prepend)
-      text.insert(0, s.a);
-    else
+    if (s.kind == Step::Kind::Prepend) {
+      if (!continues) text.insert(0, s.a);
+    } else
       replace_all(text, s.a, s.b);
   }
 }
@@ -182,7 +182,8 @@ void PreTokenizer::apply(std::vector<PreToken>& pieces) const {
       const size_t produced_from = next.size();
       if (s.kind == Step::Kind::Metaspace) {
         replace_all(p.text, " ", s.replacement);
-        const bool prepend = s.prepend == Step::Prepend::Always || (s.prepend == Step::Prepend::First && p.at_start);
+        const bool prepend = !p.continues && (s.prepend == Step::Prepend::Always ||
+                                              (s.prepend == Step::Prepend::First && p.at_start));
         if (prepend && p.text.compare(0, s.replacement.size(), s.replacement) != 0) p.text.insert(0, s.replacement);
         if (!s.split) {
           next.push_back(std::move(p));
@@ -191,14 +192,14 @@ void PreTokenizer::apply(std::vector<PreToken>& pieces) const {
         // Each replacement char starts a new piece (it stays with the text after it).
         size_t begin = 0;
         for (size_t j = p.text.find(s.replacement, 1); j != std::string::npos; j = p.text.find(s.replacement, j + 1)) {
-          next.push_back({p.text.substr(begin, j - begin), p.at_start && begin == 0});
+          next.push_back({p.text.substr(begin, j - begin), p.at_start && begin == 0, p.continues && begin == 0});
           begin = j;
         }
-        if (begin < p.text.size()) next.push_back({p.text.substr(begin), p.at_start && begin == 0});
+        if (begin < p.text.size()) next.push_back({p.text.substr(begin), p.at_start && begin == 0, p.continues && begin == 0});
         continue;
       }
       if (s.kind == Step::Kind::ByteLevel && s.add_prefix_space && (p.text.empty() || p.text[0] != ' '))
-        p.text.insert(0, " ");
+        p.text = " " + p.text;
       if (!s.regex) {
         next.push_back(std::move(p));
       } else {

@@ -17,6 +17,7 @@ namespace ftune {
 struct PreToken {
   std::string text;
   bool at_start = false;
+  bool continues = false;  // it continues text the caller tokenized before: no Metaspace marker
 };
 
 // Length of the UTF-8 sequence starting with lead byte `b` (1 for stray bytes, so loops advance).
@@ -68,7 +69,8 @@ class Normalizer {
   bool empty() const { return steps_.empty(); }
   // Whether it puts a marker (Prepend) before every text.
   bool prepends() const;
-  void apply(std::string& text) const;
+  // `continues`: the text continues earlier text, so Prepend steps are skipped.
+  void apply(std::string& text, bool continues = false) const;
 
  private:
   struct Step;

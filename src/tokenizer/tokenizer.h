@@ -25,6 +25,10 @@ class Tokenizer {
   // prefix): template pieces after the first then drop one leading space, so that they
   // tokenize as they would in context.
   virtual bool adds_dummy_prefix() const { return false; }
+  // Ids of `text` as it tokenizes right after other text, with no word-boundary marker at its
+  // start (what Hugging Face tokenizers give a template's text that continues the text before it
+  // in one string); encode() where encode() adds none.
+  virtual std::vector<int32_t> encode_continuation(const std::string& text) const { return encode(text); }
 };
 
 // Loads the tokenizer of a model directory (tokenizer.model through libsentencepiece).
