@@ -12,13 +12,9 @@
 //                      [--rank 16] [--qlora] [--fp16] [--checkpointing] [--optimizer paged_adamw_8bit]
 //                      [--max-memory GIB] [--steps 10] [--warmup 1] [--port 29611]
 #include <fmt/format.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <thread>
 
 #include "core/error.h"
 #include "data/batcher.h"
@@ -28,6 +24,7 @@
 #include "gpu/llama_gpu.h"
 #include "gpu/process_memory.h"
 #include "lora_bench.h"
+#include "rank_processes.h"
 #include "model/presets.h"
 #include "train/backend.h"
 #include "train/engine.h"
@@ -82,59 +79,32 @@ class StageBackend final : public TrainBackend {
   int64_t t_ = 0;
 };
 
-struct Args {
-  std::string shape = "llama2-70b", optimizer = "paged_adamw_8bit";
-  int stages = 8, port = 29611;
-  int64_t seq = 2048, mb = 1, accum = 4, rank = 16, steps = 10, warmup = 1;
-  bool qlora = false, fp16 = false, ckpt = false;
-  double max_gib = 0;
+struct Args : bench::RankArgs {
+  bool qlora = false;
 };
 
 int run_rank(const Args& a, int r) {
   const LlamaConfig cfg = preset_config(a.shape);
-  dist::Topology topo;
-  topo.rank = r, topo.world = a.stages, topo.local_rank = r, topo.local_world = a.stages;
-  topo.master_port = a.port, topo.launcher = "bench";
-  const auto timeout = std::chrono::milliseconds(1800 * 1000);
-  auto store = dist::connect_store(topo, timeout);
-  auto comm = dist::make_gloo_communicator(*store, r, a.stages, timeout);
-  const std::vector<int64_t> b = dist::split_llama_layers(cfg, a.stages, a.qlora, true);
+  const bench::RankComm rc = bench::rank_comm(a, r);
+  dist::Communicator* comm = rc.comm.get();
+  const std::vector<int64_t> b = dist::split_llama_layers(cfg, a.ranks, a.qlora, true);
   cuda::Context ctx;
   ctx.synchronize();
   const size_t before = process_device_memory(ctx.device());
-  std::atomic<bool> done{false};
-  std::atomic<size_t> peak{before};
-  std::thread sampler([&] {
-    while (!done) {
-      peak = std::max(peak.load(), process_device_memory(ctx.device()));
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-  });
-  struct Joiner {  // an error below still stops and joins the sampler (and so reaches the message)
-    std::atomic<bool>& done;
-    std::thread& t;
-    ~Joiner() {
-      done = true;
-      if (t.joinable()) t.join();
-    }
-  } joiner{done, sampler};
+  bench::ProcessPeak peak(ctx.device());
   const LoraSpec spec = bench::all_projections(a.rank, 2.0 * static_cast<double>(a.rank));
   GpuModelOptions mo{a.mb, a.seq, a.fp16 ? cuda::Storage::F16 : cuda::Storage::BF16, a.ckpt, a.qlora,
                      gpu_optimizer(a.optimizer), false};
-  mo.first_layer = b[r], mo.end_layer = b[r + 1], mo.slots = dist::pipeline_slots(a.stages, r, a.accum);
+  mo.first_layer = b[r], mo.end_layer = b[r + 1], mo.slots = dist::pipeline_slots(a.ranks, r, a.accum);
   if (a.max_gib > 0) mo.memory_cap = static_cast<size_t>(a.max_gib * 1073741824.0) - before;
   LlamaGpu model(ctx, cfg, nullptr, &spec, mo, 1);
   bench::set_adapter(model, cfg, spec, 2);
   StageBackend backend(ctx, model, *comm);
   RunPlan plan;
-  plan.micro_batch = a.mb, plan.grad_accum = a.accum, plan.pipeline = a.stages;
-  PipelineComms pc{dist::pipeline_place(r, a.stages, a.stages), comm.get(), nullptr};
-  Engine engine(backend, plan, 7, comm.get(), &pc);
-  std::vector<Example> rows;
-  for (int i = 0; i < 64; ++i) {
-    const Batch rb = bench::random_batch(1, a.seq, cfg.vocab_size, 100 + static_cast<uint64_t>(i));
-    rows.push_back({rb.ids, rb.ids});
-  }
+  plan.micro_batch = a.mb, plan.grad_accum = a.accum, plan.pipeline = a.ranks;
+  PipelineComms pc{dist::pipeline_place(r, a.ranks, a.ranks), comm, nullptr};
+  Engine engine(backend, plan, 7, comm, &pc);
+  const std::vector<Example> rows = bench::random_rows(a.seq, cfg.vocab_size);
   MicroBatcher batches(rows, a.mb, false, 7, 0);
   double first = 0, last = 0;
   for (int64_t i = 0; i < a.warmup; ++i) first = engine.step(batches, i, 1e-4).loss;
@@ -143,17 +113,16 @@ int run_rank(const Args& a, int r) {
   const auto t0 = Clock::now();
   for (int64_t i = 0; i < a.steps; ++i) last = engine.step(batches, a.warmup + i, 1e-4).loss;
   const double secs = since(t0);
-  done = true;
-  sampler.join();  // (the joiner then has nothing to do)
+  const size_t peak_bytes = peak.stop();
   const double gib = 1073741824.0;
   fmt::print("{{\"bench\": \"pipeline_{}_{}_{}stages_seq{}_mb{}_accum{}\", \"stage\": {}, \"layers\": [{}, {}], "
              "\"planned_gib\": {:.3f}, \"measured_peak_gib\": {:.3f}, \"cap_gib\": {:.1f}, \"step_s\": {:.3f}, "
              "\"stage_compute_s_per_step\": {:.3f}, \"bubble\": {:.4f}, \"loss_first\": {:.4f}, \"loss_last\": {:.4f}, "
              "\"tok_s\": {:.1f}, \"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
-             a.qlora ? "qlora" : "lora", a.shape, a.stages, a.seq, a.mb, a.accum, r, b[r], b[r + 1],
-             static_cast<double>(model.planned_bytes()) / gib, static_cast<double>(peak - before) / gib, a.max_gib,
+             a.qlora ? "qlora" : "lora", a.shape, a.ranks, a.seq, a.mb, a.accum, r, b[r], b[r + 1],
+             static_cast<double>(model.planned_bytes()) / gib, static_cast<double>(peak_bytes - before) / gib, a.max_gib,
              secs / static_cast<double>(a.steps), backend.compute_s / static_cast<double>(a.steps),
-             dist::pipeline_bubble(a.stages, a.accum), first, last,
+             dist::pipeline_bubble(a.ranks, a.accum), first, last,
              static_cast<double>(a.steps * a.accum * a.mb * a.seq) / secs, a.steps, a.fp16 ? "fp16" : "bf16",
              a.optimizer);
   std::fflush(stdout);
@@ -167,52 +136,11 @@ int run_rank(const Args& a, int r) {
 int main(int argc, char** argv) {
   using namespace ftune;
   Args a;
-  try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string s = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) fail("{} needs a value", s);
-        return argv[++i];
-      };
-      if (s == "--shape") a.shape = val();
-      else if (s == "--stages") a.stages = std::stoi(val());
-      else if (s == "--seq") a.seq = std::stoll(val());
-      else if (s == "--micro-batch") a.mb = std::stoll(val());
-      else if (s == "--grad-accum") a.accum = std::stoll(val());
-      else if (s == "--rank") a.rank = std::stoll(val());
-      else if (s == "--steps") a.steps = std::stoll(val());
-      else if (s == "--warmup") a.warmup = std::stoll(val());
-      else if (s == "--optimizer") a.optimizer = val();
-      else if (s == "--max-memory") a.max_gib = std::stod(val());
-      else if (s == "--port") a.port = std::stoi(val());
-      else if (s == "--qlora") a.qlora = true;
-      else if (s == "--fp16") a.fp16 = true;
-      else if (s == "--checkpointing") a.ckpt = true;
-      else fail("unknown argument '{}'", s);
-    }
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "bench_pipeline_gpu: {}\n", e.what());
-    return 1;
-  }
-  // One process per stage; the parent waits for all of them.
-  std::vector<pid_t> kids;
-  for (int r = 0; r < a.stages; ++r) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      try {
-        _exit(run_rank(a, r));
-      } catch (const std::exception& e) {
-        fmt::print(stderr, "bench_pipeline_gpu: rank {}: {}\n", r, e.what());
-        _exit(1);
-      }
-    }
-    kids.push_back(pid);
-  }
-  int worst = 0;
-  for (pid_t k : kids) {
-    int st = 0;
-    waitpid(k, &st, 0);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) worst = 1;
-  }
-  return worst;
+  return bench::rank_main(argc, argv, "bench_pipeline_gpu", a, "--stages",
+                         [&](const std::string& s, const std::function<std::string()>&) {
+      if (s != "--qlora") return false;
+      a.qlora = true;
+      return true;
+                         },
+                         [&](int r) { return run_rank(a, r); });
 }

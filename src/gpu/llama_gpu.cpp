@@ -111,7 +111,9 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
   l0_ = opt.first_layer, l1_ = opt.end_layer < 0 ? cfg.num_hidden_layers : opt.end_layer;
   FT_ASSERT(0 <= l0_ && l0_ < l1_ && l1_ <= cfg.num_hidden_layers && opt.slots >= 1);
   const bool staged = l0_ > 0 || l1_ < cfg.num_hidden_layers || opt.slots > 1;
-  if (staged && (opt.full || opt.offload || opt.zero3_world > 0))
+  if (staged && opt.zero3_world > 0)
+    fail("internal error: dist.pipeline with dist.zero 3");
+  if (staged && (opt.full || opt.offload))
     fail("dist.pipeline on the GPU trains LoRA and QLoRA in this version, without train.offload_activations (full "
          "fine-tuning pipelines on train.device cpu)");
   slot_key_.assign(static_cast<size_t>(opt.slots), 0);
@@ -130,8 +132,8 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
     }
     if (cfg.tie_word_embeddings) head_off_ = embed_off_;  // the lm_head's gradient is the embedding's
   }
-  if (opt.zero3_world > 0) {
-    if (!opt.full) fail("internal error: ZeRO-3 shards full fine-tuning's weights");
+  if (opt.zero3_world > 0 && !opt.full) layout_sharded_base();
+  if (opt.zero3_world > 0 && opt.full) {
     z3_ = std::make_unique<dist::Zero3Layout>(table_, cfg, opt.zero3_rank, opt.zero3_world);
     for (int64_t u = 0; u < z3_->units(); ++u)
       z_max_piece_ = std::max(z_max_piece_, z3_->unit(u).piece);
@@ -223,8 +225,10 @@ void LlamaGpu::allocate() {
   const int64_t V = cfg_.vocab_size, L = cfg_.num_hidden_layers, r = spec_.r, d2 = cfg_.head_dim / 2;
   cat_ = MemCategory::Weights;
   final_norm_ = alloc(H * 4);
-  const bool whole = !z3_ || opt_.zero_whole_weights;  // the weights themselves on this rank
+  // the weights themselves on this rank (else pieces, gathered into one unit buffer)
+  const bool whole = (!z3_ || opt_.zero_whole_weights) && !base_sharded();
   if (z3_) allocate_zero3();
+  if (base_sharded()) allocate_sharded_base();
   if (whole) {  // a pipeline stage: the embedding on the first, the lm_head on the last (tied: the embedding)
     if (first_stage() || (last_stage() && cfg_.tie_word_embeddings)) embed_ = alloc_dt(V * H);
     if (last_stage() && !cfg_.tie_word_embeddings) head_ = alloc_dt(V * H);
@@ -313,7 +317,9 @@ void LlamaGpu::fill(const WeightSource* w, uint64_t seed) {
   const int64_t L = cfg_.num_hidden_layers, H = cfg_.hidden_size;
   if (opt_.full && !z3_)
     full_opt_ = make_full_optimizer(full_optimizer_kind(), *ctx_, table_.trainable_numel(), compute_slots());
-  if (z3_) {
+  if (base_sharded()) {
+    fill_sharded_base(w, seed);
+  } else if (z3_) {
     if (opt_.zero_whole_weights) fill_weights(w, seed);  // the same values fill_zero3 gives the pieces
     fill_zero3(w, seed);
   } else if (opt_.full && w) {  // the masters from the checkpoint, the compute copy from the masters
@@ -579,6 +585,7 @@ void LlamaGpu::upload_nf4(Nf4Weight& q, const Nf4Tensor& t) {
 }
 
 const void* LlamaGpu::weight(int64_t l, int p) {
+  if (base_sharded()) return sharded_weight(l, p);
   if (!opt_.nf4) return proj_w(l, p);
   const Nf4Weight& q = layers_[l].q4[p];
   auto [out, in] = proj_shape(cfg_, static_cast<Proj>(p));

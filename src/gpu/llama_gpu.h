@@ -52,9 +52,11 @@ struct GpuModelOptions {
   // memory (optimizer_offload); the dt weights are the compute copy it refreshes after each step.
   bool full = false;
   bool optimizer_offload = false;  // full only: masters and moments on the host, updated by the CPU
-  // dist.zero 3 (full only): this rank keeps its piece of every unit (dist/zero3.h): compute copy,
+  // dist.zero 3, full: this rank keeps its piece of every unit (dist/zero3.h): compute copy,
   // masters, moments and gradients; a unit's weights are all-gathered (set_zero3_comm) into one
   // unit buffer just before they are read, and its gradient reduce-scattered after its backward.
+  // With an adapter (FSDP-QLoRA): its piece of every unit of the frozen base, NF4 or the storage
+  // type (gpu/llama_sharded_base.cpp), gathered the same way; the adapter stays whole.
   int zero3_world = 0;  // 0: off
   int zero3_rank = 0;
   // dist.zero 1 and 2: the same pieces of gradients, masters and moments, but the weights stay
@@ -142,6 +144,11 @@ class LlamaGpu {
   std::vector<float> local_masters() const;
   // A rank with no rows while the others evaluate: the gathers of one forward, nothing computed.
   void zero3_forward_without_rows();
+  // dist.zero 3 with an adapter: the frozen base sharded. The bytes of the largest gathered unit,
+  // and this rank's pieces (one device allocation: ranks sharing a GPU map each other's).
+  bool base_sharded() const { return opt_.zero3_world > 0 && !opt_.full; }
+  size_t sharded_base_unit_bytes() const { return static_cast<size_t>(sb_max_padded_); }
+  std::pair<const void*, size_t> sharded_base_pieces() const { return {sb_pieces_.data(), sb_pieces_.bytes()}; }
   const GpuModelOptions& options() const { return opt_; }
   size_t planned_bytes() const { return planned_; }  // every device buffer the model holds
   const MemoryPlan& memory_plan() const { return plan_; }  // the same, per category, and the host's
@@ -239,6 +246,23 @@ class LlamaGpu {
   std::vector<ComputeSlot> zero3_slots() const;
   double zero3_grad_norm() const;
   void fill_weights(const WeightSource* w, uint64_t seed);
+  // The sharded frozen base (gpu/llama_sharded_base.cpp).
+  struct BaseUnit {     // 0: the embedding, 1 + l: layer l's projections, L + 1: the lm_head (empty when tied)
+    int64_t bytes = 0;  // the unit's own
+    int64_t piece = 0;  // bytes per rank: bytes / world rounded up to 256
+    int64_t local = 0;  // where this rank's piece starts in sb_pieces_
+  };
+  struct BasePlace {  // a projection's parts as byte offsets in its layer's unit (NF4; `w` alone otherwise)
+    int64_t w = 0, absmax_q = 0, absmax2 = 0, code2 = 0, offset = 0;
+  };
+  void layout_sharded_base();
+  void allocate_sharded_base();
+  void fill_sharded_base(const WeightSource* w, uint64_t seed);
+  const char* sb_gather(int64_t u);  // unit u's bytes, gathered into sb_unit_
+  const void* sharded_weight(int64_t l, int p);
+  void sharded_forward_without_rows();
+  void upload_bytes(void* dst, const void* src, size_t n);
+  void upload_range(const Tensor& t, char* dst, int64_t lo, int64_t hi);
 
   cuda::Context* ctx_;  // null in a plan-only object
   LlamaConfig cfg_;
@@ -308,6 +332,14 @@ class LlamaGpu {
   int64_t z_held_ = -1;       // the unit in z_buf_ (a tied lm_head counts as unit 0)
   int64_t z_grad_unit_ = -1;  // the unit whose gradient z_g_ holds
   std::vector<std::pair<int64_t, int64_t>> z_norm_local_;  // (table offset, local offset) of each norm
+
+  // The sharded frozen base (dist.zero 3 with an adapter; the gathers go through zcomm_).
+  std::vector<BaseUnit> sb_units_;             // [L + 2]
+  std::array<BasePlace, kNumProj> sb_place_{};  // the same in every layer
+  cuda::DeviceBuffer sb_pieces_;  // [sb_local_bytes_] bytes: this rank's piece of every unit
+  cuda::DeviceBuffer sb_unit_;    // [sb_max_padded_] bytes: the gathered unit
+  int64_t sb_local_bytes_ = 0, sb_max_padded_ = 0;
+  int64_t sb_held_ = -1;          // the unit in sb_unit_
 };
 
 }  // namespace ftune

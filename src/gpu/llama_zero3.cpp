@@ -139,12 +139,14 @@ float* LlamaGpu::grad_at(int64_t off) const {
 }
 
 const void* LlamaGpu::embed_w() {
+  if (base_sharded()) return sb_gather(0);
   if (!z3_ || opt_.zero_whole_weights) return embed_.data();
   z_gather(0);
   return z_buf_.data();
 }
 
 const void* LlamaGpu::head_w() {
+  if (base_sharded()) return sb_gather(cfg_.num_hidden_layers + 1);
   if (!z3_ || opt_.zero_whole_weights) return cfg_.tie_word_embeddings ? embed_.data() : head_.data();
   z_gather(z3_->head_unit());
   return z_buf_.data();
@@ -173,6 +175,7 @@ double LlamaGpu::zero3_grad_norm() const {
 // The gathers of loss(): the embedding, each layer, the lm_head (each skipped when the unit is
 // already held, which is the same on every rank: every rank has made the same calls).
 void LlamaGpu::zero3_forward_without_rows() {
+  if (base_sharded()) return sharded_forward_without_rows();
   FT_ASSERT(z3_);
   for (int64_t u = 0; u < z3_->units(); ++u) z_gather(u);
 }

@@ -18,7 +18,7 @@ MemoryPlan plan_gpu_memory(const LlamaConfig& cfg, const LoraSpec* spec, const R
                            const GpuSpec& gpu, std::string& fit_advice, const StageLayers& stage) {
   GpuModelOptions o = gpu_model_options(plan, plan.micro_batch, max_seq, gpu.sm, gpu.name);
   o.first_layer = stage.first, o.end_layer = stage.end, o.slots = stage.slots;
-  if (plan.method == Method::Full && plan.zero == 3 && plan.world > 1) o.zero3_world = plan.world;
+  if (plan.zero == 3 && plan.world > 1) o.zero3_world = plan.world;  // (full, or the frozen base of LoRA/QLoRA)
   const LoraSpec* s = plan.method == Method::Full ? nullptr : spec;
   if (plan.max_memory && static_cast<size_t>(plan.max_memory) > gpu.memory)
     fail("train.max_memory: {:.2f} GiB is more than the {:.2f} GiB a {} has", plan.max_memory / 1073741824.0,

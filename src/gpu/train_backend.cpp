@@ -4,6 +4,8 @@
 
 #include <bit>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "core/error.h"
 #include "gpu/llama_gpu.h"
@@ -50,16 +52,28 @@ class GpuBackend final : public TrainBackend {
       zcomm_ = make_zero3_comm(ctx_, *host_, nccl_.get(), model_.zero3_max_unit_bytes(), model_.zero3_max_piece());
       model_.set_zero3_comm(zcomm_.get());
     }
+    if (model_.base_sharded()) {  // FSDP-QLoRA: the frozen base's gathers (FTUNE_NO_CUDA_IPC=1: host-staged)
+      if (!opt.comm) single_ = dist::make_single_communicator();
+      host_ = opt.comm ? opt.comm : single_.get();
+      const auto [pieces, bytes] = model_.sharded_base_pieces();
+      const char* no_ipc = std::getenv("FTUNE_NO_CUDA_IPC");
+      zcomm_ = make_frozen_gather_comm(ctx_, *host_, nccl_.get(), pieces, bytes, model_.sharded_base_unit_bytes(),
+                                       !(no_ipc && *no_ipc && std::string(no_ipc) != "0"));
+      model_.set_zero3_comm(zcomm_.get());
+    }
   }
   std::string name() const override {
     const GpuModelOptions& o = model_.options();
-    return fmt::format("cuda ({}, sm_{}; {}{}{}{}{}; {})", ctx_.name(), ctx_.sm_version(),
+    return fmt::format("cuda ({}, sm_{}; {}{}{}{}{}; {}{})", ctx_.name(), ctx_.sm_version(),
                        o.storage == cuda::Storage::F16    ? "fp16, dynamic loss scaling"
                        : o.storage == cuda::Storage::BF16 ? "bf16"
                                                           : "fp32",
                        o.full ? ", full fine-tuning" : "", o.nf4 ? ", NF4 base" : "",
                        o.checkpointing ? ", checkpointed" : "", o.offload ? ", inputs offloaded" : "",
-                       model_.optimizer_description());
+                       model_.optimizer_description(),
+                       model_.base_sharded() ? fmt::format("; the frozen base sharded over {} ranks, gathered by {}",
+                                                           zcomm_->world(), frozen_gather_transport(*zcomm_))
+                                             : "");
   }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {
     // fp16: the gradients carry the loss scale until the step divides it out.
@@ -155,6 +169,7 @@ class GpuBackend final : public TrainBackend {
   }
   bool collective_state() const override { return model_.zero3() != nullptr || pipe_ != nullptr; }
   bool collective_forward() const override {
+    if (model_.base_sharded()) return zcomm_->world() > 1;
     return model_.zero3() && model_.zero3()->world() > 1 && !model_.options().zero_whole_weights;
   }
   void forward_without_rows() override { model_.zero3_forward_without_rows(); }
@@ -227,6 +242,8 @@ class GpuBackend final : public TrainBackend {
     FT_ASSERT(opt.plan.checkpointing == opt.model.gradient_checkpointing);
     GpuModelOptions o =
         gpu_model_options(opt.plan, opt.model.max_batch, opt.model.max_seq, ctx.sm_version(), ctx.name());
+    if (!full && opt.plan.zero == 3 && opt.topology.world > 1)  // FSDP-QLoRA: the frozen base in pieces
+      o.zero3_world = opt.topology.world, o.zero3_rank = opt.topology.rank;
     if (full && opt.plan.zero > 0 && opt.topology.world > 1) {  // ZeRO's pieces (stages 1 and 2: whole weights)
       o.zero3_world = opt.topology.world, o.zero3_rank = opt.topology.rank;
       o.zero_whole_weights = opt.plan.zero < 3;
@@ -293,10 +310,6 @@ std::unique_ptr<TrainBackend> make_gpu_full_backend(const LlamaConfig& cfg, cons
 std::unique_ptr<TrainBackend> make_gpu_backend(const LlamaConfig& cfg, const CheckpointReader& ckpt,
                                                const LoraParams& lora, const BackendOptions& opt) {
   if (!gpu_available()) fail("train.device=cuda: no CUDA device is visible");
-  if (opt.plan.zero == 3 && opt.topology.world > 1)
-    fail("dist.zero 3 with train.method {} (the frozen base sharded, FSDP-QLoRA style) runs on train.device cpu in "
-         "this version; on the GPU, split the model with dist.pipeline",
-         opt.plan.method == Method::Qlora ? "qlora" : "lora");
   return std::make_unique<GpuBackend>(cfg, ckpt, &lora, opt);
 }
 

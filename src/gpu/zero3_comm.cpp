@@ -1,4 +1,4 @@
-// ZeRO-3's device collectives over NCCL, host-staged Gloo, or one rank.
+// ZeRO-3's device collectives over NCCL, host-staged Gloo, CUDA IPC (the frozen base's gathers) or one rank.
 #include "gpu/zero3_comm.h"
 
 #include <cuda_runtime.h>
@@ -88,6 +88,63 @@ class HostStagedZero3Comm final : public Zero3CommBase {
   cuda::PinnedBuffer unit_, part_;
 };
 
+// Ranks sharing a GPU, frozen pieces: every rank maps every other rank's piece allocation once
+// (cudaIpcOpenMemHandle) and a gather copies the W pieces of a unit on its own stream. The
+// owners never write their pieces again and free them only when the run ends, after the last
+// collective every rank has passed with its reads synchronized (a loss or gradient sum).
+class IpcFrozenGather final : public Zero3CommBase {
+ public:
+  IpcFrozenGather(const cuda::Context& ctx, dist::Communicator& host, const void* own, std::vector<const char*> peers)
+      : Zero3CommBase(ctx, host, 0), own_(static_cast<const char*>(own)), peers_(std::move(peers)) {}
+  ~IpcFrozenGather() override {
+    cudaStreamSynchronize(ctx_.stream());
+    for (size_t r = 0; r < peers_.size(); ++r)
+      if (static_cast<int>(r) != host_.rank() && peers_[r]) cudaIpcCloseMemHandle(const_cast<char*>(peers_[r]));
+  }
+  void all_gather(const void* in, void* out, size_t bytes) override {
+    const ptrdiff_t off = static_cast<const char*>(in) - own_;
+    for (size_t r = 0; r < peers_.size(); ++r)
+      FT_CUDA(cudaMemcpyAsync(static_cast<char*>(out) + r * bytes, peers_[r] + off, bytes, cudaMemcpyDeviceToDevice,
+                              ctx_.stream()));
+  }
+  void reduce_scatter_add(const float*, float*, size_t) override {
+    fail("internal error: a reduce-scatter through the frozen base's gathers");
+  }
+
+ private:
+  const char* own_;
+  std::vector<const char*> peers_;  // [world] every rank's pieces in this process (own_ at this rank)
+};
+
+// Every rank's handle, opened; empty when any rank could not (all ranks then agree on the fallback).
+std::vector<const char*> open_peer_pieces(dist::Communicator& host, const void* own) {
+  const int W = host.world(), me = host.rank();
+  cudaIpcMemHandle_t mine{};
+  int ok = cudaIpcGetMemHandle(&mine, const_cast<void*>(own)) == cudaSuccess ? 1 : 0;
+  cudaGetLastError();  // (a failure here is answered by the fallback, not left for the next check)
+  std::vector<cudaIpcMemHandle_t> all(static_cast<size_t>(W));
+  host.all_gather_bytes(&mine, all.data(), std::vector<size_t>(static_cast<size_t>(W), sizeof(mine)));
+  std::vector<const char*> peers(static_cast<size_t>(W), nullptr);
+  peers[static_cast<size_t>(me)] = static_cast<const char*>(own);
+  if (ok)
+    for (int r = 0; r < W; ++r) {
+      if (r == me) continue;
+      void* p = nullptr;
+      if (cudaIpcOpenMemHandle(&p, all[static_cast<size_t>(r)], cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
+        cudaGetLastError();
+        ok = 0;
+        break;
+      }
+      peers[static_cast<size_t>(r)] = static_cast<const char*>(p);
+    }
+  double oks = ok;
+  host.all_reduce_sum(&oks, 1);
+  if (oks == W) return peers;
+  for (int r = 0; r < W; ++r)
+    if (r != me && peers[static_cast<size_t>(r)]) cudaIpcCloseMemHandle(const_cast<char*>(peers[static_cast<size_t>(r)]));
+  return {};
+}
+
 }  // namespace
 
 size_t zero3_host_staging_bytes(size_t max_unit_bytes, size_t max_piece, int world) {
@@ -101,6 +158,30 @@ std::unique_ptr<Zero3Comm> make_zero3_comm(const cuda::Context& ctx, dist::Commu
   if (nccl) return std::make_unique<NcclZero3Comm>(ctx, host, *nccl, max_piece);
   if (host.world() == 1) return std::make_unique<SingleZero3Comm>(ctx, host, max_piece);
   return std::make_unique<HostStagedZero3Comm>(ctx, host, max_unit_bytes, max_piece);
+}
+
+
+std::unique_ptr<Zero3Comm> make_frozen_gather_comm(const cuda::Context& ctx, dist::Communicator& host,
+                                                   NcclCommunicator* nccl, const void* pieces, size_t pieces_bytes,
+                                                   size_t max_unit_bytes, bool ipc) {
+  FT_ASSERT(pieces && pieces_bytes > 0);
+  ctx.synchronize();  // this rank's pieces are written
+  if (nccl) return std::make_unique<NcclZero3Comm>(ctx, host, *nccl, 0);
+  if (host.world() == 1) return std::make_unique<SingleZero3Comm>(ctx, host, 0);
+  double want = ipc ? 1 : 0;  // every rank asked for IPC
+  host.all_reduce_sum(&want, 1);
+  if (want == host.world()) {
+    std::vector<const char*> peers = open_peer_pieces(host, pieces);
+    if (!peers.empty()) return std::make_unique<IpcFrozenGather>(ctx, host, pieces, std::move(peers));
+  }
+  return std::make_unique<HostStagedZero3Comm>(ctx, host, max_unit_bytes, 0);
+}
+
+std::string frozen_gather_transport(const Zero3Comm& c) {
+  if (dynamic_cast<const NcclZero3Comm*>(&c)) return "nccl";
+  if (dynamic_cast<const IpcFrozenGather*>(&c)) return "cuda-ipc";
+  if (dynamic_cast<const HostStagedZero3Comm*>(&c)) return "host-staged";
+  return "single";
 }
 
 }  // namespace ftune

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <string>
 
 #include "dist/communicator.h"
 #include "ops/cuda/context.h"
@@ -37,5 +38,18 @@ size_t zero3_device_scratch_bytes(size_t max_piece);
 // host: the ranks' host collectives (also for sum()); nccl null: host-staged, or a device copy on one rank.
 std::unique_ptr<Zero3Comm> make_zero3_comm(const cuda::Context& ctx, dist::Communicator& host, NcclCommunicator* nccl,
                                            size_t max_unit_bytes, size_t max_piece);
+
+// The frozen base's gathers under dist.zero 3 with an adapter (gpu/llama_sharded_base.cpp): NCCL
+// when every rank has a GPU; ranks sharing a GPU read each other's pieces straight from device
+// memory through CUDA IPC (a rank's pieces are one allocation, written once before training and
+// never again, so a gather is W device copies with no handshake), or, with `ipc` false or where
+// IPC fails on any rank, through pinned host memory and Gloo; one rank: a device copy. `pieces`
+// [pieces_bytes]: this rank's, already filled on every rank (creating the comm is collective).
+// reduce_scatter_add is not for frozen weights: it fails.
+std::unique_ptr<Zero3Comm> make_frozen_gather_comm(const cuda::Context& ctx, dist::Communicator& host,
+                                                   NcclCommunicator* nccl, const void* pieces, size_t pieces_bytes,
+                                                   size_t max_unit_bytes, bool ipc);
+// What make_frozen_gather_comm chose: "nccl", "cuda-ipc", "host-staged" or "single".
+std::string frozen_gather_transport(const Zero3Comm& c);
 
 }  // namespace ftune

@@ -120,10 +120,15 @@ std::string format_estimate(const RunEstimate& e, const LlamaConfig& cfg, const 
   s += fmt::format("GPU          {} (sm_{}, {:.1f} GiB, {:.0f} dense TFLOP/s){}\n", e.gpu.name, e.gpu.sm, gib(e.gpu.memory),
                    e.gpu.dense_tflops, e.gpu_detected ? ", detected" : "");
   s += fmt::format("ranks        {} (the plan is per rank{})\n", plan.world,
-                   plan.zero == 3 && plan.world > 1 ? fmt::format("; dist.zero 3: 1/{} of the weights, gradients and "
-                                                                  "optimizer state, one unit gathered at a time",
-                                                                  plan.world)
-                                                    : "");
+                   plan.zero == 3 && plan.world > 1
+                       ? plan.method == Method::Full
+                             ? fmt::format("; dist.zero 3: 1/{} of the weights, gradients and optimizer state, one "
+                                           "unit gathered at a time",
+                                           plan.world)
+                             : fmt::format("; dist.zero 3: 1/{} of the frozen base, one unit gathered at a time; the "
+                                           "adapter data parallel",
+                                           plan.world)
+                       : "");
   s += fmt::format("tokens       {} per micro-batch ({} x {}), {} per step ({} micro-batches)\n", e.tokens_per_micro_batch,
                    plan.micro_batch, e.tokens_per_micro_batch / std::max<int64_t>(plan.micro_batch, 1),
                    e.tokens_per_step, plan.grad_accum);

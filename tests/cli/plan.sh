@@ -39,6 +39,17 @@ printf '{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
 "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set model="$WORK/m7" --set train.method=full >"$WORK/t4-7b.txt" 2>&1
 grep -q "^fits         no: the model needs .* GiB of device memory" "$WORK/t4-7b.txt" && echo "ok   7B on a T4 does not fit" || {
   echo "FAIL 7B on a T4"; cat "$WORK/t4-7b.txt"; fails=$((fails + 1)); }
+# FSDP-QLoRA: the seed's 70B QLoRA job on eight T4s capped at 15 GiB fits with dist.zero 3 (each rank
+# 1/8 of the frozen base) and not with the whole base on every rank.
+mkdir -p "$WORK/m70"
+printf '{"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64, "num_key_value_heads": 8, "num_hidden_layers": 80, "vocab_size": 32000, "rms_norm_eps": 1e-05, "max_position_embeddings": 4096}\n' >"$WORK/m70/config.json"
+plan70() { "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --ranks 8 --set model="$WORK/m70" --set train.method=qlora \
+  --set train.device=cuda --set train.precision=fp16 --set train.gradient_checkpointing=true --set train.micro_batch_size=1 \
+  --set train.grad_accum=1 --set data.max_seq_len=2048 --set train.optimizer=paged_adamw_8bit --set train.max_memory=15GiB "$@" 2>&1; }
+plan70 --set dist.zero=3 >"$WORK/z3.txt"; plan70 >"$WORK/z0.txt"
+grep -q "^fits         yes" "$WORK/z3.txt" && grep -q "dist.zero 3: 1/8 of the frozen base" "$WORK/z3.txt" \
+  && grep -q "^fits         no" "$WORK/z0.txt" && echo "ok   70B QLoRA fits eight 15 GiB T4s with dist.zero 3, not without" \
+  || { echo "FAIL 70B plans:"; cat "$WORK/z3.txt" "$WORK/z0.txt"; fails=$((fails + 1)); }
 # train.max_memory: the plan is held to the cap (the cap shows as the total's bound), and a cap over
 # what the GPU has is refused.
 "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set train.device=cuda --set train.max_memory=6GiB >"$WORK/t4-cap.txt" 2>&1

@@ -14,6 +14,7 @@
 #include "gpu/llama_gpu.h"
 #include "model/presets.h"
 #include "quant/nf4.h"
+#include "nf4_source.h"
 
 namespace ftune {
 namespace {
@@ -336,33 +337,6 @@ TEST(LlamaGpu, MatchesHfFixturesInFp16) {
   check_fixtures(false, false, 5e-3, 5e-2, true);
   check_fixtures(false, true, 5e-3, 5e-2, true);
 }
-
-// Weights that come already in NF4 (as from a bitsandbytes file), in layouts the GPU must take
-// as stored: blocks of 128 with nesting, and blocks of 64 with fp32 scales (no nesting).
-class Nf4Source final : public WeightSource {
- public:
-  Nf4Source(const LlamaWeights& w, int64_t blocksize, bool nested) : w_(w), inner_(memory_source(w)), bs_(blocksize), nested_(nested) {}
-  Tensor embed() const override { return inner_->embed(); }
-  Tensor final_norm() const override { return inner_->final_norm(); }
-  Tensor lm_head() const override { return inner_->lm_head(); }
-  Tensor norm(int64_t l, bool post) const override { return inner_->norm(l, post); }
-  Tensor proj(int64_t l, Proj p) const override {
-    Tensor t = inner_->proj(l, p);
-    nf4_dequantize(quantized(t), t.data.data());
-    return t;
-  }
-  bool proj_nf4(int64_t l, Proj p, Nf4Tensor& out) const override {
-    out = quantized(inner_->proj(l, p));
-    return true;
-  }
-
- private:
-  Nf4Tensor quantized(const Tensor& t) const { return nf4_quantize(t.data.data(), t.shape, bs_, nested_); }
-  const LlamaWeights& w_;
-  std::unique_ptr<WeightSource> inner_;
-  int64_t bs_;
-  bool nested_;
-};
 
 TEST(LlamaGpu, QloraTakesStoredNf4Layouts) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";

@@ -149,8 +149,10 @@ struct NestedScale {
   const float* absmax2;     // [ceil(nblocks/256)]
   const float* code2;       // [256]
   float offset;
+  const float* offset_at;   // [1] on the device, read instead of `offset` when set
   __device__ __forceinline__ float operator()(int64_t b) const {
-    return __fadd_rn(__fmul_rn(__ldg(code2 + __ldg(absmax_q + b)), __ldg(absmax2 + (b >> 8))), offset);
+    const float o = offset_at ? __ldg(offset_at) : offset;
+    return __fadd_rn(__fmul_rn(__ldg(code2 + __ldg(absmax_q + b)), __ldg(absmax2 + (b >> 8))), o);
   }
 };
 
@@ -306,7 +308,19 @@ void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* pack
                     const float* absmax2, float offset, const float* code2, int64_t n, int64_t blocksize, void* out) {
   check_blocksize("nf4_dequantize", blocksize, n);
   check_half_storage(out_storage);
-  const NestedScale sc{absmax_q, absmax2, code2, offset};
+  const NestedScale sc{absmax_q, absmax2, code2, offset, nullptr};
+  if (out_storage == Storage::F16)
+    launch_dequant<true>(ctx, packed, n, blocksize, sc, out);
+  else
+    launch_dequant<false>(ctx, packed, n, blocksize, sc, out);
+}
+
+void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const uint8_t* absmax_q,
+                    const float* absmax2, const float* offset_at, const float* code2, int64_t n, int64_t blocksize,
+                    void* out) {
+  check_blocksize("nf4_dequantize", blocksize, n);
+  check_half_storage(out_storage);
+  const NestedScale sc{absmax_q, absmax2, code2, 0.0f, offset_at};
   if (out_storage == Storage::F16)
     launch_dequant<true>(ctx, packed, n, blocksize, sc, out);
   else

@@ -42,6 +42,11 @@ void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* pack
                     const float* absmax2, float offset, const float* code2, int64_t n, int64_t blocksize, void* out);
 void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const float* absmax, int64_t n,
                     int64_t blocksize, void* out);
+// The nested form with the offset read from device memory (offset_at [1]): a sharded base keeps
+// each weight's offset beside its codes, so a rank that did not quantize it need not know it.
+void nf4_dequantize(const Context& ctx, Storage out_storage, const uint8_t* packed, const uint8_t* absmax_q,
+                    const float* absmax2, const float* offset_at, const float* code2, int64_t n, int64_t blocksize,
+                    void* out);
 
 // Random nested NF4 data made on the device from `seed`: packed [(n+1)/2] codes uniform over the
 // 16 values (NF4 bins hold equal mass of a normal, so real weights look the same), absmax_q
