@@ -19,6 +19,10 @@
 // --qlora: the projections in NF4 (random codes generated on the device), as `method: qlora`.
 // --optimizer adamw|adamw_8bit|paged_adamw_8bit: as train.optimizer. --offload: with
 // --checkpointing, layer inputs in pinned host memory (train.offload_activations).
+// --mlp-chunk N: the MLP's intermediate buffers for N tokens at a time (default: as `ftune train`
+// chooses, 8192 beyond 16384 tokens under checkpointing). --build-only: build the model (every
+// buffer of a step is allocated then, as planned) and report its memory, without training: for
+// lengths whose step outlasts the time at hand.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -27,6 +31,7 @@
 
 #include "core/error.h"
 #include "gpu/llama_gpu.h"
+#include "gpu/run_options.h"
 #include "lora_bench.h"
 #include "memory_peak.h"
 #include "model/presets.h"
@@ -36,6 +41,8 @@
 int main(int argc, char** argv) {
   using namespace ftune;
   std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
+  int64_t mlp_chunk = -1;  // -1: as ftune train chooses
+  bool build_only = false;
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
   bool ckpt = false, fp32 = false, fp16 = false, qlora = false, offload = false;
@@ -62,6 +69,8 @@ int main(int argc, char** argv) {
       else if (a == "--max-memory") max_gib = std::stod(val());
       else if (a == "--qlora") qlora = true;
       else if (a == "--offload") offload = true;
+      else if (a == "--mlp-chunk") mlp_chunk = std::stoll(val());
+      else if (a == "--build-only") build_only = true;
       else fail("unknown argument '{}'", a);
     }
     const LlamaConfig cfg = preset_config(shape);
@@ -74,8 +83,18 @@ int main(int argc, char** argv) {
     GpuModelOptions mo{mb, seq, fp32 ? cuda::Storage::F32 : fp16 ? cuda::Storage::F16 : cuda::Storage::BF16, ckpt, qlora,
                        opt, offload && ckpt};
     if (max_gib > 0) mo.memory_cap = static_cast<size_t>(max_gib * 1073741824.0) - before;
+    mo.mlp_chunk = mlp_chunk < 0 ? mlp_chunk_for(ckpt, mb * seq) : mlp_chunk;
     LlamaGpu model(ctx, cfg, nullptr, &spec, mo, 1);
     bench::set_adapter(model, cfg, spec, 2);
+    if (build_only) {
+      ctx.synchronize();
+      fmt::print("{{\"bench\": \"build_{}_{}_seq{}_mb{}_r{}\", \"planned_gib\": {:.3f}, \"in_use_gib\": {:.3f}, "
+                 "\"host_pinned_gib\": {:.2f}, \"mlp_chunk\": {}, \"cap_gib\": {:.1f}}}\n",
+                 qlora ? "qlora" : "lora", shape, seq, mb, rank, static_cast<double>(model.planned_bytes()) / 1073741824.0,
+                 static_cast<double>(cuda::memory_in_use() - before) / 1073741824.0,
+                 static_cast<double>(model.memory_plan().host_pinned) / 1073741824.0, mo.mlp_chunk, max_gib);
+      return 0;
+    }
     const Batch batch = bench::random_batch(mb, seq, cfg.vocab_size, 3);
     double first = 0, last = 0;
     int64_t t = 0;
@@ -101,10 +120,10 @@ int main(int argc, char** argv) {
     fmt::print(
         "{{\"bench\": \"{}_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
         "\"ftune_end_gib\": {:.2f}, \"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, "
-        "\"loss_last\": {:.4f}, \"steps\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
+        "\"loss_last\": {:.4f}, \"steps\": {}, \"step_s\": {:.2f}, \"mlp_chunk\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\"}}\n",
         qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : fp16 ? "_fp16" : "", gpu_name, tok_s,
         beyond(peak), beyond(end), static_cast<double>(model.planned_bytes()) / gib, tflops, first, last, steps,
-        fp32 ? "fp32" : fp16 ? "fp16" : "bf16", optimizer);
+        secs / static_cast<double>(steps), mo.mlp_chunk, fp32 ? "fp32" : fp16 ? "fp16" : "bf16", optimizer);
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());
     return 1;

@@ -277,7 +277,8 @@ void LlamaGpu::allocate() {
   for (Acts& A : acts_) {
     A.n1 = alloc_dt(N * H), A.q = alloc_dt(N * Q), A.k = alloc_dt(N * KV), A.v = alloc_dt(N * KV);
     A.att = alloc_dt(N * Q), A.h = alloc_dt(N * H), A.n2 = alloc_dt(N * H);
-    A.gate = alloc_dt(N * I), A.up = alloc_dt(N * I), A.act = alloc_dt(N * I);
+    const int64_t NI = mlp_chunked() ? opt_.mlp_chunk : N;  // the MLP's rows at a time
+    A.gate = alloc_dt(NI * I), A.up = alloc_dt(NI * I), A.act = alloc_dt(NI * I);
     A.rstd1 = alloc(N * 4), A.rstd2 = alloc(N * 4), A.lse = alloc(N * cfg_.num_attention_heads * 4);
     for (int p = 0; p < kNumProj; ++p)
       if (adapted(p)) A.t[p] = alloc_dt(N * r);
@@ -606,58 +607,61 @@ std::pair<const void*, const void*> LlamaGpu::lora_ab(int64_t l, int p) const {
 
 // y = x W^T (+ residual) + s * (drop(x) A^T) B^T, t = drop(x) A^T saved. y null: only t (the
 // recompute under checkpointing needs t but not the output).
-void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t) {
+void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t, int64_t rows,
+                          int64_t r0) {
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
+  const int64_t m = rows < 0 ? n_ : rows;
   if (y)
-    cuda::gemm(*ctx_, n_, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
+    cuda::gemm(*ctx_, m, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
                residual, y, dt_);
   if (!adapted(i)) return;
   const auto [A, B] = lora_ab(l, i);
   const void* xin = x;
   if (dropout_key_ && spec_.dropout > 0) {
     cuda::dropout_forward(*ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
-                          xd_.data(), n_ * in);
+                          xd_.data(), m * in, r0 * in);
     xin = xd_.data();
   }
-  cuda::gemm(*ctx_, n_, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
-  if (y) cuda::gemm(*ctx_, n_, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
+  cuda::gemm(*ctx_, m, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
+  if (y) cuda::gemm(*ctx_, m, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
 }
 
 // dx = beta * dx + dy W + (s dy B) A; dB += s dy^T t; dA += (s dy B)^T drop(x). The adapter's
 // terms that read x come first, so dx may be x's own buffer (the down projection's act).
 void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx,
-                          cuda::Storage dx_type, float beta) {
+                          cuda::Storage dx_type, float beta, int64_t rows, int64_t r0) {
   const int i = static_cast<int>(p);
   auto [out, in] = proj_shape(cfg_, p);
+  const int64_t m = rows < 0 ? n_ : rows;
   const void* W = weight(l, i);
   if (!adapted(i)) {
     // Full fine-tuning: dW += dy^T x, before dx is written (dx may be x's own buffer).
     if (opt_.full)
-      cuda::gemm(*ctx_, out, in, n_, 1.0f, {dy, dt_, true}, {x, dt_, false}, 1.0f, grad_at(layer_off_[l][i]), F32);
-    cuda::gemm(*ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
+      cuda::gemm(*ctx_, out, in, m, 1.0f, {dy, dt_, true}, {x, dt_, false}, 1.0f, grad_at(layer_off_[l][i]), F32);
+    cuda::gemm(*ctx_, m, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
     return;
   }
   const auto [A, B] = lora_ab(l, i);
   float* dA = f(lora_g_) + slots_[l][i].a;
   float* dB = f(lora_g_) + slots_[l][i].b;
   const float s = spec_.scaling();
-  cuda::gemm(*ctx_, out, spec_.r, n_, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
-  cuda::gemm(*ctx_, n_, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
+  cuda::gemm(*ctx_, out, spec_.r, m, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
+  cuda::gemm(*ctx_, m, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
   const bool drop = dropout_key_ && spec_.dropout > 0;
   const uint64_t key = drop ? dropout_key_for(dropout_key_, l, i) : 0;
   const float prob = static_cast<float>(spec_.dropout);
   if (drop) {
-    cuda::dropout_forward(*ctx_, dt_, key, prob, x, xd_.data(), n_ * in);  // the forward's dropped input again
+    cuda::dropout_forward(*ctx_, dt_, key, prob, x, xd_.data(), m * in, r0 * in);  // the forward's dropped input again
     x = xd_.data();
   }
-  cuda::gemm(*ctx_, spec_.r, in, n_, 1.0f, {dtb_.data(), dt_, true}, {x, dt_, false}, 1.0f, dA, F32);
-  cuda::gemm(*ctx_, n_, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
+  cuda::gemm(*ctx_, spec_.r, in, m, 1.0f, {dtb_.data(), dt_, true}, {x, dt_, false}, 1.0f, dA, F32);
+  cuda::gemm(*ctx_, m, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
   if (drop) {
-    cuda::gemm(*ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 0.0f, dxd_.data(), F32);
-    cuda::dropout_backward_add(*ctx_, key, prob, f(dxd_), dx_type, dx, n_ * in);
+    cuda::gemm(*ctx_, m, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 0.0f, dxd_.data(), F32);
+    cuda::dropout_backward_add(*ctx_, key, prob, f(dxd_), dx_type, dx, m * in, r0 * in);
   } else {
-    cuda::gemm(*ctx_, n_, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 1.0f, dx, dx_type);
+    cuda::gemm(*ctx_, m, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 1.0f, dx, dx_type);
   }
 }
 
@@ -697,7 +701,7 @@ void LlamaGpu::attention_bwd(const Acts& A) {
 void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   Acts& A = acts(l);
   const Layer& Ly = layers_[l];
-  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
+  const int64_t H = cfg_.hidden_size;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const void* x = xbuf(l);
   auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
@@ -710,17 +714,32 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   attention_fwd(A);
   linear_fwd(l, Proj::O, A.att.data(), x, A.h.data(), t(Proj::O));  // h = o(att) + x
   cuda::rmsnorm_forward(*ctx_, dt_, A.h.data(), f(Ly.post_norm), A.n2.data(), f(A.rstd2), n_, H, eps);
-  linear_fwd(l, Proj::Gate, A.n2.data(), nullptr, A.gate.data(), t(Proj::Gate));
-  linear_fwd(l, Proj::Up, A.n2.data(), nullptr, A.up.data(), t(Proj::Up));
-  cuda::swiglu_forward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), n_ * I);
-  // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
-  linear_fwd(l, Proj::Down, A.act.data(), A.h.data(), recompute ? nullptr : xbuf(l + 1), t(Proj::Down));
+  // A chunked MLP is recomputed chunk by chunk in the backward itself.
+  if (!(recompute && mlp_chunked())) {
+    const int64_t C = mlp_chunked() ? opt_.mlp_chunk : n_;
+    for (int64_t r0 = 0; r0 < n_; r0 += C) mlp_forward(l, recompute, r0, std::min(C, n_ - r0));
+  }
   if (overflow_.data() && !recompute) {  // fp16: where activations first leave fp16's range
     int* c = overflow_.as<int32_t>() + l * 3;
     cuda::count_nonfinite(*ctx_, dt_, A.h.data(), n_ * H, c);
-    cuda::count_nonfinite(*ctx_, dt_, A.act.data(), n_ * I, c + 1);
     cuda::count_nonfinite(*ctx_, dt_, xbuf(l + 1), n_ * H, c + 2);
   }
+}
+
+void LlamaGpu::mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m) {
+  Acts& A = acts(l);
+  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
+  auto t = [&](Proj p) -> void* { return A.t[static_cast<int>(p)].data() ? dt(A.t[static_cast<int>(p)], r0 * spec_.r) : nullptr; };
+  const char* n2 = dt(A.n2, r0 * H);
+  linear_fwd(l, Proj::Gate, n2, nullptr, A.gate.data(), t(Proj::Gate), m, r0);
+  linear_fwd(l, Proj::Up, n2, nullptr, A.up.data(), t(Proj::Up), m, r0);
+  cuda::swiglu_forward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), m * I);
+  // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
+  linear_fwd(l, Proj::Down, A.act.data(), dt(A.h, r0 * H),
+             recompute ? nullptr : static_cast<char*>(xbuf(l + 1)) + r0 * H * static_cast<int64_t>(esz_),
+             t(Proj::Down), m, r0);
+  if (overflow_.data() && !recompute)  // fp16: the SwiGLU product's count, chunk by chunk
+    cuda::count_nonfinite(*ctx_, dt_, A.act.data(), m * I, overflow_.as<int32_t>() + l * 3 + 1);
 }
 
 std::string LlamaGpu::forward_overflow() const {
@@ -752,11 +771,22 @@ void LlamaGpu::layer_backward(int64_t l) {
   };
   const void* dyo = dy_op();
   // Buffers reused in place: d act overwrites act (linear_bwd reads x before it writes dx), and
-  // the gate/up gradients overwrite gate/up (read and written element by element).
-  linear_bwd(l, Proj::Down, A.act.data(), t(Proj::Down), dyo, A.act.data(), dt_, 0.0f);
-  cuda::swiglu_backward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), n_ * I);
-  linear_bwd(l, Proj::Gate, A.n2.data(), t(Proj::Gate), A.gate.data(), dn_.data(), F32, 0.0f);
-  linear_bwd(l, Proj::Up, A.n2.data(), t(Proj::Up), A.up.data(), dn_.data(), F32, 1.0f);
+  // the gate/up gradients overwrite gate/up (read and written element by element). A chunked MLP
+  // is recomputed and differentiated chunk by chunk of rows.
+  const int64_t C = mlp_chunked() ? opt_.mlp_chunk : n_;
+  for (int64_t r0 = 0; r0 < n_; r0 += C) {
+    const int64_t m = std::min(C, n_ - r0);
+    if (mlp_chunked()) mlp_forward(l, true, r0, m);
+    auto tc = [&](Proj p) -> const void* {
+      return A.t[static_cast<int>(p)].data() ? dt(A.t[static_cast<int>(p)], r0 * spec_.r) : nullptr;
+    };
+    const char* n2 = dt(A.n2, r0 * H);
+    float* dn = f(dn_) + r0 * H;
+    linear_bwd(l, Proj::Down, A.act.data(), tc(Proj::Down), static_cast<const char*>(dyo) + r0 * H * static_cast<int64_t>(esz_), A.act.data(), dt_, 0.0f, m, r0);
+    cuda::swiglu_backward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), m * I);
+    linear_bwd(l, Proj::Gate, n2, tc(Proj::Gate), A.gate.data(), dn, F32, 0.0f, m, r0);
+    linear_bwd(l, Proj::Up, n2, tc(Proj::Up), A.up.data(), dn, F32, 1.0f, m, r0);
+  }
   if (opt_.full) norm_grad(f(dn_), A.h.data(), f(A.rstd2), layer_off_[l][kNumProj + 1]);
   cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H);  // dy = dL/dh
   dyo = dy_op();

@@ -46,6 +46,11 @@ struct GpuModelOptions {
                      // dequantized into the storage (bf16, or fp16 on GPUs without bf16) before each GEMM
   GpuOptimizer optimizer = GpuOptimizer::AdamW;  // the adapter's: fp32 moments, 8-bit, or 8-bit paged
   bool offload = false;  // with checkpointing: layer inputs in pinned host memory (3 on the device)
+  // With checkpointing: the MLP's intermediate activations (gate, up, SwiGLU) for this many tokens
+  // at a time, recomputed chunk by chunk in the backward (0, or >= the tokens: all at once). The
+  // MLP works token by token, so this changes only the order of the adapter's gradient sums; it
+  // cuts the longest per-token buffers (3 x intermediate_size values) for long sequences.
+  int64_t mlp_chunk = 0;
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
   // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
   // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host
@@ -178,7 +183,8 @@ class LlamaGpu {
     std::array<Nf4Weight, kNumProj> q4;             // with nf4
   };
   struct Acts {  // one layer's saved activations (all layers, or one reused under checkpointing)
-    cuda::DeviceBuffer n1, q, k, v, att, h, n2, gate, up, act;  // [N, H|Q|KV|I] storage dt_
+    cuda::DeviceBuffer n1, q, k, v, att, h, n2, gate, up, act;  // [N, H|Q|KV|I] storage dt_ (gate, up,
+                                                                // act: [mlp_chunk, I] when chunked)
     cuda::DeviceBuffer rstd1, rstd2, lse;                       // [N], [N], [B, heads, T] fp32
     std::array<cuda::DeviceBuffer, kNumProj> t;                 // [N, r] x A^T, storage dt_
   };
@@ -203,10 +209,17 @@ class LlamaGpu {
   // The micro-batch's ids, targets, positions, documents and RoPE tables; with `embed` on the
   // first stage also its embedding into the first layer's input.
   void prepare(const Batch& b, bool embed = true);
-  void linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t);
+  // rows: of x, y, t, dy, dx (-1: the micro-batch's), of which x's first is row r0 of the
+  // micro-batch (for the dropout mask).
+  void linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t, int64_t rows = -1,
+                  int64_t r0 = 0);
   void linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx, cuda::Storage dx_type,
-                  float beta);
+                  float beta, int64_t rows = -1, int64_t r0 = 0);
   void layer_forward(int64_t l, bool recompute);
+  bool mlp_chunked() const { return opt_.checkpointing && opt_.mlp_chunk > 0 && opt_.mlp_chunk < max_n_; }
+  // Rows [r0, r0 + m) through the MLP: gate, up, SwiGLU (in the chunk buffers) and, unless
+  // recomputing, the layer's output.
+  void mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m);
   void layer_backward(int64_t l);
   void attention_fwd(Acts& A);
   void attention_bwd(const Acts& A);

@@ -5,6 +5,10 @@
 
 namespace ftune {
 
+namespace {
+constexpr int64_t kMlpChunkAbove = 16384, kMlpChunk = 8192;  // tokens
+}  // namespace
+
 GpuModelOptions gpu_model_options(const RunPlan& p, int64_t max_batch, int64_t max_seq, int sm,
                                   const std::string& gpu_name) {
   const bool has_bf16 = sm >= 80;
@@ -26,9 +30,14 @@ GpuModelOptions gpu_model_options(const RunPlan& p, int64_t max_batch, int64_t m
                          : p.optimizer == OptimizerKind::PagedAdamW8bit ? GpuOptimizer::PagedAdamW8bit
                                                                         : GpuOptimizer::AdamW;
   GpuModelOptions g{max_batch, max_seq, storage, p.checkpointing, qlora, o, p.offload_activations};
+  g.mlp_chunk = mlp_chunk_for(p.checkpointing, max_batch * max_seq);
   g.full = p.method == Method::Full;
   g.optimizer_offload = g.full && p.optimizer_offload;
   return g;
+}
+
+int64_t mlp_chunk_for(bool checkpointing, int64_t tokens) {
+  return checkpointing && tokens > kMlpChunkAbove ? kMlpChunk : 0;
 }
 
 }  // namespace ftune

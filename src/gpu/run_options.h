@@ -13,4 +13,9 @@ namespace ftune {
 GpuModelOptions gpu_model_options(const RunPlan& p, int64_t max_batch, int64_t max_seq, int sm,
                                   const std::string& gpu_name);
 
+// GpuModelOptions::mlp_chunk for micro-batches of `tokens`: under checkpointing, beyond 16384
+// tokens the MLP's gate, up and SwiGLU buffers (3 x intermediate_size values a token, the largest
+// per-token buffers) hold 8192 tokens at a time; otherwise 0 (all at once).
+int64_t mlp_chunk_for(bool checkpointing, int64_t tokens);
+
 }  // namespace ftune

@@ -30,16 +30,16 @@ __global__ void f32_to_bf16x8_kernel(const float4* x, uint4* y, int64_t n8) {
 }
 
 template <typename T>
-__global__ void dropout_kernel(uint64_t key, float p, const T* x, T* out, int64_t n) {
+__global__ void dropout_kernel(uint64_t key, float p, const T* x, T* out, int64_t n, int64_t first) {
   const float s = 1.0f / (1.0f - p);
-  FT_GRID_STRIDE(i, n) st(out, i, dropout_keep(key, static_cast<uint64_t>(i), p) ? ld(x, i) * s : 0.0f);
+  FT_GRID_STRIDE(i, n) st(out, i, dropout_keep(key, static_cast<uint64_t>(first + i), p) ? ld(x, i) * s : 0.0f);
 }
 
 template <typename T>
-__global__ void dropout_backward_kernel(uint64_t key, float p, const float* dxd, T* dx, int64_t n) {
+__global__ void dropout_backward_kernel(uint64_t key, float p, const float* dxd, T* dx, int64_t n, int64_t first) {
   const float s = 1.0f / (1.0f - p);
   FT_GRID_STRIDE(i, n) {
-    if (dropout_keep(key, static_cast<uint64_t>(i), p)) st(dx, i, ld(dx, i) + dxd[i] * s);
+    if (dropout_keep(key, static_cast<uint64_t>(first + i), p)) st(dx, i, ld(dx, i) + dxd[i] * s);
   }
 }
 
@@ -105,21 +105,23 @@ void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y,
   FT_CUDA_LAUNCH();
 }
 
-void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n) {
+void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n,
+                     int64_t first) {
   if (n <= 0) return;
   dispatch(s, [&](auto* t) {
     using T = std::remove_pointer_t<decltype(t)>;
-    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const T*>(x), static_cast<T*>(out), n);
+    dropout_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, static_cast<const T*>(x), static_cast<T*>(out), n,
+                                                               first);
   });
   FT_CUDA_LAUNCH();
 }
 
 void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, Storage dxs, void* dx,
-                          int64_t n) {
+                          int64_t n, int64_t first) {
   if (n <= 0) return;
   dispatch(dxs, [&](auto* t) {
     using T = std::remove_pointer_t<decltype(t)>;
-    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<T*>(dx), n);
+    dropout_backward_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(key, p, dxd, static_cast<T*>(dx), n, first);
   });
   FT_CUDA_LAUNCH();
 }

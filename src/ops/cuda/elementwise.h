@@ -11,11 +11,13 @@ namespace ftune::cuda {
 // y[n] (storage ys) = x[n] (storage xs), rounded to nearest when narrowing.
 void convert(const Context& ctx, Storage xs, const void* x, Storage ys, void* y, int64_t n);
 
-// out[n] = x * mask / (1 - p), x and out in storage s.
-void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n);
+// out[n] = x * mask / (1 - p), x and out in storage s; x[0] is element `first` of the masked
+// tensor (a chunk of its rows).
+void dropout_forward(const Context& ctx, Storage s, uint64_t key, float p, const void* x, void* out, int64_t n,
+                     int64_t first = 0);
 // dx[n] (storage dxs) += dxd[n] (fp32) * mask / (1 - p).
 void dropout_backward_add(const Context& ctx, uint64_t key, float p, const float* dxd, Storage dxs, void* dx,
-                          int64_t n);
+                          int64_t n, int64_t first = 0);
 
 // p[n] (storage s) = mean + std * N(0, 1), a counter-based draw from (seed, index): the same
 // values on every run and device (random weights for benchmarks). `first`: the index of p[0] in
