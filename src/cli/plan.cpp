@@ -16,7 +16,7 @@ void add_plan_command(CLI::App& app) {
   struct Args {
     std::string recipe, gpu;
     std::vector<std::string> sets;
-    bool json = false;
+    bool json = false, longest = false;
     int ranks = 1;
   };
   auto a = std::make_shared<Args>();
@@ -30,6 +30,9 @@ void add_plan_command(CLI::App& app) {
                   "rank holds 1/N of the weights, gradients and optimizer state")
       ->check(CLI::Range(1, 65536));
   cmd->add_flag("--json", a->json, "Print the plan as one JSON object");
+  cmd->add_flag("--longest", a->longest,
+                "Also find the longest data.max_seq_len whose plan fits the GPU (and train.max_memory), at the "
+                "recipe's micro-batch size");
   cmd->callback([a] {
     const TrainConfig cfg = load_train_config(a->recipe, a->sets);
     RunPlan plan = make_run_plan(cfg, a->recipe);
@@ -44,10 +47,18 @@ void add_plan_command(CLI::App& app) {
     const LoraSpec spec = lora_spec(cfg.lora);
     RunEstimate e = estimate_run(mcfg, plan.method == Method::Full ? nullptr : &spec, plan, cfg.data.max_seq_len, gpu);
     e.gpu_detected = detected;
-    if (a->json)
-      fmt::print("{}\n", estimate_json(e));
-    else
+    const LoraSpec* sp = plan.method == Method::Full ? nullptr : &spec;
+    const int64_t longest = a->longest ? longest_fitting_seq(mcfg, sp, plan, gpu) : -1;
+    if (a->json) {
+      std::string j = estimate_json(e);
+      if (longest >= 0) j.insert(j.size() - 1, fmt::format(", \"longest_seq\": {}", longest));
+      fmt::print("{}\n", j);
+    } else {
       fmt::print("{}", format_estimate(e, mcfg, plan, cfg.model));
+      if (longest >= 0)
+        fmt::print("longest      {} tokens a row fit{} (micro-batch {}; the model's positions go to {})\n", longest,
+                   longest == 0 ? " (not even one)" : "", plan.micro_batch, mcfg.max_position_embeddings);
+    }
   });
 }
 

@@ -111,6 +111,19 @@ RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const Run
   return e;
 }
 
+int64_t longest_fitting_seq(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, const GpuSpec& gpu,
+                            int64_t cap) {
+  auto fits = [&](int64_t seq) { return estimate_run(cfg, spec, plan, seq, gpu).fit_advice.empty(); };
+  if (!fits(1)) return 0;
+  if (fits(cap)) return cap;
+  int64_t lo = 1, hi = cap;  // fits(lo), !fits(hi)
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
 std::string format_estimate(const RunEstimate& e, const LlamaConfig& cfg, const RunPlan& plan, const std::string& model) {
   auto gib = [](size_t b) { return static_cast<double>(b) / kGiB; };
   std::string s;

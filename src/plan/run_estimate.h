@@ -63,6 +63,11 @@ struct RunEstimate {
 // The plan of a run on `gpu` (CUDA builds; the others fail naming the missing CUDA backend).
 RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, int64_t max_seq,
                          const GpuSpec& gpu);
+// The longest rows (max_seq_len) whose plan still fits `gpu` (and train.max_memory): a binary
+// search over the plan, which grows with the length; 0 when not even one token fits, and `cap`
+// when `cap` tokens fit.
+int64_t longest_fitting_seq(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, const GpuSpec& gpu,
+                            int64_t cap = int64_t{1} << 23);
 // The detected GPU, when this build has CUDA and a device is visible.
 bool detect_gpu(GpuSpec& out);
 

@@ -50,6 +50,14 @@ plan70 --set dist.zero=3 >"$WORK/z3.txt"; plan70 >"$WORK/z0.txt"
 grep -q "^fits         yes" "$WORK/z3.txt" && grep -q "dist.zero 3: 1/8 of the frozen base" "$WORK/z3.txt" \
   && grep -q "^fits         no" "$WORK/z0.txt" && echo "ok   70B QLoRA fits eight 15 GiB T4s with dist.zero 3, not without" \
   || { echo "FAIL 70B plans:"; cat "$WORK/z3.txt" "$WORK/z0.txt"; fails=$((fails + 1)); }
+# --longest: the longest rows that fit, found by the plan; one token more does not fit.
+n=$(plan70 --set dist.zero=3 --longest --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["longest_seq"])')
+if [ "${n:-0}" -gt 2048 ] && plan70 --set dist.zero=3 --set data.max_seq_len=$n | grep -q "^fits         yes" \
+  && plan70 --set dist.zero=3 --set data.max_seq_len=$((n + 1)) | grep -q "^fits         no"; then
+  echo "ok   --longest: $n tokens fit, $((n + 1)) do not"
+else
+  echo "FAIL --longest gave '$n'"; fails=$((fails + 1))
+fi
 # train.max_memory: the plan is held to the cap (the cap shows as the total's bound), and a cap over
 # what the GPU has is refused.
 "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set train.device=cuda --set train.max_memory=6GiB >"$WORK/t4-cap.txt" 2>&1
