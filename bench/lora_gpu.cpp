@@ -22,7 +22,8 @@
 // --mlp-chunk N: the MLP's intermediate buffers for N tokens at a time (default: as `ftune train`
 // chooses, 8192 beyond 16384 tokens under checkpointing). --build-only: build the model (every
 // buffer of a step is allocated then, as planned) and report its memory, without training: for
-// lengths whose step outlasts the time at hand.
+// lengths whose step outlasts the time at hand. --deterministic: train.deterministic (the attention
+// backward's dQ in a fixed order).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
   using namespace ftune;
   std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
   int64_t mlp_chunk = -1;  // -1: as ftune train chooses
-  bool build_only = false;
+  bool build_only = false, deterministic = false;
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
   bool ckpt = false, fp32 = false, fp16 = false, qlora = false, offload = false;
@@ -71,6 +72,7 @@ int main(int argc, char** argv) {
       else if (a == "--offload") offload = true;
       else if (a == "--mlp-chunk") mlp_chunk = std::stoll(val());
       else if (a == "--build-only") build_only = true;
+      else if (a == "--deterministic") deterministic = true;
       else fail("unknown argument '{}'", a);
     }
     const LlamaConfig cfg = preset_config(shape);
@@ -84,6 +86,7 @@ int main(int argc, char** argv) {
                        opt, offload && ckpt};
     if (max_gib > 0) mo.memory_cap = static_cast<size_t>(max_gib * 1073741824.0) - before;
     mo.mlp_chunk = mlp_chunk < 0 ? mlp_chunk_for(ckpt, mb * seq) : mlp_chunk;
+    mo.deterministic = deterministic;
     LlamaGpu model(ctx, cfg, nullptr, &spec, mo, 1);
     bench::set_adapter(model, cfg, spec, 2);
     if (build_only) {

@@ -26,7 +26,7 @@ const std::vector<std::string> kAllKeys = {
     "data.train", "data.format", "data.text_field", "data.max_seq_len", "data.overflow", "data.add_bos",
     "data.add_eos",
     "data.packing", "data.pad_to_multiple_of", "data.columns", "data.template", "data.custom_template", "data.train_on", "data.text_sample_by",
-    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer", "train.offload_activations", "train.optimizer_offload", "train.max_memory",
+    "data.val", "data.val_fraction", "data.strict", "train.eval_every", "train.device", "train.precision", "train.optimizer", "train.offload_activations", "train.deterministic", "train.optimizer_offload", "train.max_memory",
     "train.method", "train.micro_batch_size", "train.grad_accum", "train.max_steps", "train.lr", "train.schedule",
     "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay", "train.beta1", "train.beta2", "train.eps",
     "train.max_grad_norm", "train.seed", "train.gradient_checkpointing", "train.shuffle", "train.log_every",

@@ -301,7 +301,7 @@ void LlamaGpu::allocate() {
   delta_ = alloc(N * cfg_.num_attention_heads * 4);
   const cuda::AttnShape biggest{opt_.max_batch, opt_.max_seq, cfg_.num_attention_heads, cfg_.num_key_value_heads,
                                 cfg_.head_dim, 1.0f};
-  attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest)) * 4)
+  attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest, flash_options())) * 4)
                                      : cuda::DeviceBuffer();
   if (has_lora_ && spec_.dropout > 0) {
     const int64_t widest = std::max({H, I, Q});
@@ -692,7 +692,8 @@ void LlamaGpu::attention_bwd(const Acts& A) {
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
   if (use_flash(as))
     cuda::flash_attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
-                                   datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_));
+                                   datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_),
+                                   flash_options());
   else
     cuda::attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
                              datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_));

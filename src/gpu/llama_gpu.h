@@ -17,6 +17,7 @@
 #include "model/lora.h"
 #include "model/weights.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/flash_attention.h"
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/storage.h"
@@ -51,6 +52,7 @@ struct GpuModelOptions {
   // MLP works token by token, so this changes only the order of the adapter's gradient sums; it
   // cuts the longest per-token buffers (3 x intermediate_size values) for long sequences.
   int64_t mlp_chunk = 0;
+  bool deterministic = false;  // the flash attention backward's dQ in a fixed order (FlashOptions)
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
   // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
   // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host
@@ -226,6 +228,11 @@ class LlamaGpu {
   void head(bool backward);
   double read_loss();
   bool use_flash(const cuda::AttnShape& a) const;
+  cuda::FlashOptions flash_options() const {
+    cuda::FlashOptions o;
+    o.deterministic = opt_.deterministic;
+    return o;
+  }
   cuda::AttnShape attn_shape() const;  // of the current micro-batch
   std::pair<const void*, const void*> lora_ab(int64_t l, int p) const;
   Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : slot_ * (l1_ - l0_) + (l - l0_)]; }

@@ -31,6 +31,7 @@ GpuModelOptions gpu_model_options(const RunPlan& p, int64_t max_batch, int64_t m
                                                                         : GpuOptimizer::AdamW;
   GpuModelOptions g{max_batch, max_seq, storage, p.checkpointing, qlora, o, p.offload_activations};
   g.mlp_chunk = mlp_chunk_for(p.checkpointing, max_batch * max_seq);
+  g.deterministic = p.deterministic;
   g.full = p.method == Method::Full;
   g.optimizer_offload = g.full && p.optimizer_offload;
   return g;

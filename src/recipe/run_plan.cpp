@@ -77,6 +77,7 @@ RunPlan make_run_plan(const TrainConfig& cfg, const std::string& label) {
   p.device = parse_choice("train.device", t.device, kDevices);
   p.checkpointing = t.gradient_checkpointing;
   p.offload_activations = t.offload_activations;
+  p.deterministic = t.deterministic;
   p.optimizer_offload = t.optimizer_offload;
   p.adamw = {t.beta1, t.beta2, t.eps, t.weight_decay};
   p.max_grad_norm = t.max_grad_norm;

@@ -24,6 +24,7 @@ struct RunPlan {
   Device device = Device::Cpu;
   bool checkpointing = false;        // train.gradient_checkpointing
   bool offload_activations = false;  // train.offload_activations (needs checkpointing)
+  bool deterministic = false;        // train.deterministic
   bool optimizer_offload = false;    // train.optimizer_offload (full fine-tuning on the GPU)
   AdamWSettings adamw;               // betas, eps, weight decay
   double max_grad_norm = 1.0;        // <= 0: no clipping

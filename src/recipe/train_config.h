@@ -40,6 +40,7 @@ struct TrainSettings {
   uint64_t seed = 42;
   bool gradient_checkpointing = false;
   bool offload_activations = false;  // checkpointed layer inputs in pinned host memory (GPU)
+  bool deterministic = false;        // GPU: attention's backward sums in a fixed order (bitwise repeatable)
   bool optimizer_offload = false;    // full fine-tuning on the GPU: masters and moments on the host
   std::string max_memory;            // GPU memory cap per rank ("15GiB", "16000MB"); empty = the GPU's
   bool shuffle = true;

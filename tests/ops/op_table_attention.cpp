@@ -124,8 +124,11 @@ TEST(GpuOps, Attention) {
 struct Flash {
   Dtype dt;
   bool turing = false;
-  cuda::FlashOptions options() const { return cuda::FlashOptions{turing}; }
-  std::string name() const { return std::string(dtype_name(dt)) + (turing ? " sm75-path" : ""); }
+  bool deterministic = false;  // dQ's adds in key-block order
+  cuda::FlashOptions options() const { return cuda::FlashOptions{turing, deterministic}; }
+  std::string name() const {
+    return std::string(dtype_name(dt)) + (turing ? " sm75-path" : "") + (deterministic ? " deterministic" : "");
+  }
 };
 
 bool flash_usable(const cuda::Context& ctx, const Flash& f, const Case& c) {
@@ -144,7 +147,7 @@ Outputs flash_attention(const cuda::Context& ctx, const Flash& f, const Case& c,
   auto q = upload(f.dt, t.at("q")), k = upload(f.dt, t.at("k")), v = upload(f.dt, t.at("v")),
        dout = upload(f.dt, t.at("dout"));
   cuda::DeviceBuffer out(nq * 2), dq(nq * 2), dk(nk * 2), dv(nk * 2), lse(nl * 4), delta(nl * 4),
-      scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a)) * 4);
+      scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a, f.options())) * 4);
   cuda::flash_attention_forward(ctx, s, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), f.options());
   cuda::flash_attention_backward(ctx, s, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), dout.data(),
                                  dq.data(), dk.data(), dv.data(), delta.as<float>(), scratch.as<float>(), f.options());
@@ -256,6 +259,48 @@ TEST(GpuOps, FlashAttentionSm75PathMatchesDefault) {
   run_cases(ctx, rows);
 }
 
+// Deterministic mode, on every shape, path and storage: against the fp32 reference with the
+// default's bounds, each output bit-identical on a second launch (the harness runs it twice); and
+// against the default mode on the same inputs: the forward, dk and dv bit for bit (nothing of theirs
+// changes), dq within the reordering of its fp32 sums (1e-3 relative: a few 16-bit roundings moved
+// by one unit; the default's own sums come in an unordered way).
+OpCase flash_deterministic_vs_default_case(const cuda::Context& ctx, const Flash& base, const Case& c) {
+  OpCase op;
+  Flash det = base;
+  det.deterministic = true;
+  op.name = "flash_attention " + describe(c) + " " + det.name() + " vs default";
+  op.dtype = base.dt;
+  add_inputs(op, c);
+  op.reference = [&ctx, base, c](const Tensors& t) { return flash_attention(ctx, base, c, t); };
+  op.launch = [det, c](const cuda::Context& ctx, const Tensors& t) { return flash_attention(ctx, det, c, t); };
+  op.checks = {{"out", 0, "the forward is not changed"},
+               {"lse", 0, "the forward is not changed"},
+               {"dq", 1e-3, "the same fp32 shares summed in key-block order instead of the atomics' order: ~1e-4"},
+               {"dk", 0, "dK is kept in registers either way"},
+               {"dv", 0, "dV is kept in registers either way"}};
+  return op;
+}
+
+TEST(GpuOps, FlashAttentionDeterministic) {
+  FTUNE_SKIP_WITHOUT_CUDA();
+  cuda::Context ctx;
+  int variants = 0;
+  for (const Flash& base : {Flash{Dtype::BF16, false}, Flash{Dtype::F16, false}, Flash{Dtype::F16, true}}) {
+    if (!flash_usable(ctx, base, Case{1, 1, 1, 1, 128, 0})) continue;
+    ++variants;
+    Flash det = base;
+    det.deterministic = true;
+    std::vector<OpCase> rows;
+    for (const Case& c : flash_shapes()) {
+      rows.push_back(flash_case(ctx, det, c));
+      rows.back().deterministic = true;
+      if (c.seq > 1 && c.max_doc != 1) rows.push_back(flash_deterministic_vs_default_case(ctx, base, c));
+    }
+    run_cases(ctx, rows);
+  }
+  if (variants == 0) GTEST_SKIP() << "flash attention not supported on " << ctx.name();
+}
+
 struct Event {
   cudaEvent_t e = nullptr;
   Event() { FT_CUDA(cudaEventCreate(&e)); }
@@ -270,7 +315,8 @@ TEST(GpuOps, FlashAttentionLlamaShapeAndSpeed) {
   cuda::Context ctx;
   const Case c{4, 2048, 32, 32, 128, 0};
   int timed = 0;
-  for (const Flash& f : {Flash{Dtype::BF16, false}, Flash{Dtype::F16, false}, Flash{Dtype::F16, true}}) {
+  for (const Flash& f : {Flash{Dtype::BF16, false}, Flash{Dtype::BF16, false, true}, Flash{Dtype::F16, false},
+                         Flash{Dtype::F16, true}}) {
     if (!flash_usable(ctx, f, c)) {
       std::printf("flash %s not supported on %s\n", f.name().c_str(), ctx.name().c_str());
       continue;
@@ -284,7 +330,7 @@ TEST(GpuOps, FlashAttentionLlamaShapeAndSpeed) {
     const Floats host = round_to(f.dt, testing::randn(nq, 7));
     auto bq = upload(f.dt, host), bk = upload(f.dt, host), bv = upload(f.dt, host), bdo = upload(f.dt, host);
     cuda::DeviceBuffer bo(nq * 2), bdq(nq * 2), bdk(nq * 2), bdv(nq * 2), lse(nl * 4), delta(nl * 4),
-        scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a)) * 4);
+        scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a, f.options())) * 4);
     auto fwd = [&] {
       cuda::flash_attention_forward(ctx, s, a, bq.data(), bk.data(), bv.data(), nullptr, bo.data(), lse.as<float>(),
                                     f.options());

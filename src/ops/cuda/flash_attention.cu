@@ -105,7 +105,9 @@ void flash_attention_forward(const Context& ctx, Storage s, const AttnShape& a, 
   });
 }
 
-int64_t flash_attention_scratch_floats(const AttnShape& a) { return a.batch * a.seq * a.heads * a.head_dim; }
+int64_t flash_attention_scratch_floats(const AttnShape& a, const FlashOptions& o) {
+  return a.batch * a.seq * a.heads * a.head_dim + (o.deterministic ? a.batch * a.heads * ((a.seq + 31) / 32) : 0);
+}
 
 void flash_attention_backward(const Context& ctx, Storage s, const AttnShape& a, const void* q, const void* k,
                               const void* v, const int32_t* doc, const void* out, const float* lse, const void* dout,
@@ -121,6 +123,7 @@ void flash_attention_backward(const Context& ctx, Storage s, const AttnShape& a,
     p.out = static_cast<const E*>(out), p.dout = static_cast<const E*>(dout), p.doc = doc;
     p.dq = static_cast<E*>(dq), p.dk = static_cast<E*>(dk), p.dv = static_cast<E*>(dv);
     p.lse = const_cast<float*>(lse), p.delta = delta, p.dq_acc = scratch;
+    p.sem = o.deterministic ? reinterpret_cast<int*>(scratch + a.batch * a.seq * a.heads * a.head_dim) : nullptr;
     flash::launch_backward<E, decltype(turing)::value>(ctx, p, a.batch, a.head_dim, doc != nullptr);
   });
 }

@@ -24,7 +24,8 @@ struct Args {
   const int32_t* doc;
   E *o, *dq, *dk, *dv;
   float *lse, *delta, *dq_acc;
-  int T, H, KV;
+  int* sem;  // deterministic backward: [B, H, nqb] counters of the key blocks done with each query block
+  int T, H, KV, nqb;
   float scale, c;  // c = scale * log2(e): scores in log2 units
 };
 

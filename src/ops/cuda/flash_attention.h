@@ -15,6 +15,10 @@ struct FlashOptions {
   // The sm_75 code path (mma m16n8k8, synchronous tile loads, smaller tiles) even on sm_80+, where it
   // is otherwise never chosen: lets tests on a newer GPU check the code a T4 runs.
   bool turing = false;
+  // The backward's dQ with each key block's share added in a fixed order (key blocks ascending,
+  // each waiting on a counter for the one before), so repeated runs give the same bits; without it
+  // the shares go in by unordered atomic adds, as in FlashAttention-2 (faster, not repeatable).
+  bool deterministic = false;
 };
 
 // True when the flash kernels handle this storage and shape on this device: bf16 on sm_80+ or fp16
@@ -31,8 +35,9 @@ bool flash_attention_supported(const Context& ctx, Storage s, const AttnShape& a
 void flash_attention_forward(const Context& ctx, Storage s, const AttnShape& a, const void* q, const void* k,
                              const void* v, const int32_t* doc, void* out, float* lse, const FlashOptions& o = {});
 
-// Floats of fp32 scratch flash_attention_backward needs: the dq accumulator, [B*T, heads, d].
-int64_t flash_attention_scratch_floats(const AttnShape& a);
+// Floats of fp32 scratch flash_attention_backward needs: the dq accumulator, [B*T, heads, d], and
+// with o.deterministic the int32 counters [B, heads, ceil(T / 32)] after it.
+int64_t flash_attention_scratch_floats(const AttnShape& a, const FlashOptions& o = {});
 
 // dq: [B*T, heads, d], dk/dv: [B*T, kv_heads, d] (storage s), all overwritten; out and lse are what
 // flash_attention_forward (or attention_forward on the same values) wrote; delta: [B, heads, T]

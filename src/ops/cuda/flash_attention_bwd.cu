@@ -1,6 +1,11 @@
 // FlashAttention-2 backward on mma.sync tensor cores, bf16 or fp16 storage: P is recomputed from
 // the forward's lse, dK and dV stay in fp32 registers over all query blocks, dQ goes to an fp32
 // accumulator by atomic adds; P and dS are rounded to the storage type only as mma inputs.
+// Deterministic mode (p.sem set) orders those adds: a counter per (batch, head, query block) says
+// how many key blocks are done with it, and key block z adds its share (or passes) only when the
+// counter reads z, then counts itself. Key blocks are the grid's slowest dimension, so every block a
+// CTA waits for was dispatched before it (in-order dispatch, which FlashAttention-3's
+// deterministic backward relies on too) and the lowest unfinished one never waits.
 #include <climits>
 #include <cstdint>
 
@@ -13,6 +18,26 @@ namespace ftune::cuda::flash {
 namespace {
 
 using namespace mma_tiles;  // ops/cuda/mma_tiles.cuh
+
+__device__ __forceinline__ int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Deterministic mode: the whole CTA waits until `counter` reads `turn`.
+__device__ __forceinline__ void wait_turn(const int* counter, int turn) {
+  if (threadIdx.x == 0)
+    while (load_acquire(counter) != turn) __nanosleep(64);
+  __syncthreads();
+}
+
+// ... and, after its adds, counts itself: every thread's adds are ordered before the increment.
+__device__ __forceinline__ void end_turn(int* counter) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) atomicAdd(counter, 1);
+}
 
 // delta_i = dO_i . O_i, one warp per (token, head).
 template <typename E, int D>
@@ -237,7 +262,12 @@ __global__ void __launch_bounds__(Bwd<D, kTuring>::kThreads, 1) bwd_kernel(Args<
       const bool any = __syncthreads_or(!skip);
       if constexpr (!kAsync)
         if (it + 1 < total) load_q(it + 1, 0);
-      if (!any) continue;
+      int* turn = p.sem ? p.sem + (int64_t(b) * p.H + h) * p.nqb + q0 / kBr : nullptr;
+      if (turn) wait_turn(turn, blockIdx.z);
+      if (!any) {
+        if (turn) end_turn(turn);
+        continue;
+      }
       // dQ[16 queries of mq, kDq dims of dh] += dS K over the kBc keys, added into dq_acc.
       float acc[kDq / 8][4] = {};
 #pragma unroll
@@ -260,7 +290,17 @@ __global__ void __launch_bounds__(Bwd<D, kTuring>::kThreads, 1) bwd_kernel(Args<
 #pragma unroll
         for (int nt = 0; nt < kDq / 8; ++nt) red_add2(dst + nt * 8, acc[nt][2 * hf], acc[nt][2 * hf + 1]);
       }
+      if (turn) end_turn(turn);
     }
+    // Deterministic mode: the query blocks after this key block's last one (packed documents end
+    // its range early) are passed too, so that the key blocks after it find their turn.
+    if (p.sem)
+      for (int hh = 0; hh < group; ++hh)
+        for (int qb = qb_first + nq; qb < p.nqb; ++qb) {
+          int* turn = p.sem + (int64_t(b) * p.H + kh * group + hh) * p.nqb + qb;
+          wait_turn(turn, blockIdx.z);
+          end_turn(turn);
+        }
 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -283,10 +323,13 @@ void backward_d(const Context& ctx, const Args<E>& p, int64_t batch) {
   delta_kernel<E, D><<<static_cast<unsigned>((rows + 7) / 8), 256, 0, ctx.stream()>>>(p, rows);
   FT_CUDA_LAUNCH();
   ctx.zero(p.dq_acc, static_cast<size_t>(n) * sizeof(float));
+  Args<E> q = p;
+  q.nqb = (p.T + B::kBr - 1) / B::kBr;
+  if (q.sem) ctx.zero(q.sem, static_cast<size_t>(batch * p.H * q.nqb) * sizeof(int));
   auto* kernel = bwd_kernel<E, kTuring, D, kDoc>;
   FT_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(B::kSmem)));
   const dim3 grid(p.KV, static_cast<unsigned>(batch), (p.T + B::kBc - 1) / B::kBc);
-  kernel<<<grid, B::kThreads, B::kSmem, ctx.stream()>>>(p);
+  kernel<<<grid, B::kThreads, B::kSmem, ctx.stream()>>>(q);
   FT_CUDA_LAUNCH();
   dq_convert_kernel<E><<<grid_for(n / 4), 256, 0, ctx.stream()>>>(p, n);
   FT_CUDA_LAUNCH();
