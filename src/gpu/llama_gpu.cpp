@@ -1,4 +1,6 @@
-// LlamaGpu: the CPU model's forward and backward (model/block.cpp, model/llama.cpp) on the GPU.
+// LlamaGpu: the CPU model's forward and backward (model/block.cpp, model/llama.cpp) on the GPU:
+// here the buffers, weights, adapter and optimizer state and the step calls; the per-layer math in
+// gpu/llama_gpu_layers.cpp.
 // Data flow per layer, with dt the activation storage (bf16, fp16 or fp32):
 //   x -> rmsnorm -> n1 -> q,k,v (+LoRA) -> rope -> attention -> att -> o (+LoRA) + x = h
 //   h -> rmsnorm -> n2 -> gate, up (+LoRA) -> swiglu -> act -> down (+LoRA) + h = y
@@ -11,22 +13,16 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/dropout_hash.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "model/rope.h"
 #include "quant/nf4.h"
-#include "ops/cuda/attention.h"
-#include "ops/cuda/cross_entropy.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/gemm.h"
 #include "ops/cuda/nf4.h"
-#include "ops/cuda/rmsnorm.h"
-#include "ops/cuda/rope.h"
-#include "ops/cuda/swiglu.h"
 
 namespace ftune {
 
@@ -597,227 +593,6 @@ const void* LlamaGpu::weight(int64_t l, int p) {
     cuda::nf4_dequantize(*ctx_, dt_, q.packed.as<uint8_t>(), q.absmax_q.as<uint8_t>(), q.absmax2.as<float>(), q.offset,
                          (q.code2.data() ? q.code2 : code2_).as<float>(), out * in, q.blocksize, wbuf_.data());
   return wbuf_.data();
-}
-
-// The adapter's A and B of a projection as GEMM operands (the dt compute copy, or the fp32 masters).
-std::pair<const void*, const void*> LlamaGpu::lora_ab(int64_t l, int p) const {
-  const char* base = static_cast<const char*>(dt_ == F32 ? lora_p_.data() : lora_c_.data());
-  return {base + slots_[l][p].a * static_cast<int64_t>(esz_), base + slots_[l][p].b * static_cast<int64_t>(esz_)};
-}
-
-// y = x W^T (+ residual) + s * (drop(x) A^T) B^T, t = drop(x) A^T saved. y null: only t (the
-// recompute under checkpointing needs t but not the output).
-void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual, void* y, void* t, int64_t rows,
-                          int64_t r0) {
-  const int i = static_cast<int>(p);
-  auto [out, in] = proj_shape(cfg_, p);
-  const int64_t m = rows < 0 ? n_ : rows;
-  if (y)
-    cuda::gemm(*ctx_, m, out, in, 1.0f, {x, dt_, false}, {weight(l, i), dt_, true}, residual ? 1.0f : 0.0f,
-               residual, y, dt_);
-  if (!adapted(i)) return;
-  const auto [A, B] = lora_ab(l, i);
-  const void* xin = x;
-  if (dropout_key_ && spec_.dropout > 0) {
-    cuda::dropout_forward(*ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
-                          xd_.data(), m * in, r0 * in);
-    xin = xd_.data();
-  }
-  cuda::gemm(*ctx_, m, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
-  if (y) cuda::gemm(*ctx_, m, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
-}
-
-// dx = beta * dx + dy W + (s dy B) A; dB += s dy^T t; dA += (s dy B)^T drop(x). The adapter's
-// terms that read x come first, so dx may be x's own buffer (the down projection's act).
-void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const void* dy, void* dx,
-                          cuda::Storage dx_type, float beta, int64_t rows, int64_t r0) {
-  const int i = static_cast<int>(p);
-  auto [out, in] = proj_shape(cfg_, p);
-  const int64_t m = rows < 0 ? n_ : rows;
-  const void* W = weight(l, i);
-  if (!adapted(i)) {
-    // Full fine-tuning: dW += dy^T x, before dx is written (dx may be x's own buffer).
-    if (opt_.full)
-      cuda::gemm(*ctx_, out, in, m, 1.0f, {dy, dt_, true}, {x, dt_, false}, 1.0f, grad_at(layer_off_[l][i]), F32);
-    cuda::gemm(*ctx_, m, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
-    return;
-  }
-  const auto [A, B] = lora_ab(l, i);
-  float* dA = f(lora_g_) + slots_[l][i].a;
-  float* dB = f(lora_g_) + slots_[l][i].b;
-  const float s = spec_.scaling();
-  cuda::gemm(*ctx_, out, spec_.r, m, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
-  cuda::gemm(*ctx_, m, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
-  const bool drop = dropout_key_ && spec_.dropout > 0;
-  const uint64_t key = drop ? dropout_key_for(dropout_key_, l, i) : 0;
-  const float prob = static_cast<float>(spec_.dropout);
-  if (drop) {
-    cuda::dropout_forward(*ctx_, dt_, key, prob, x, xd_.data(), m * in, r0 * in);  // the forward's dropped input again
-    x = xd_.data();
-  }
-  cuda::gemm(*ctx_, spec_.r, in, m, 1.0f, {dtb_.data(), dt_, true}, {x, dt_, false}, 1.0f, dA, F32);
-  cuda::gemm(*ctx_, m, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
-  if (drop) {
-    cuda::gemm(*ctx_, m, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 0.0f, dxd_.data(), F32);
-    cuda::dropout_backward_add(*ctx_, key, prob, f(dxd_), dx_type, dx, m * in, r0 * in);
-  } else {
-    cuda::gemm(*ctx_, m, in, spec_.r, 1.0f, {dtb_.data(), dt_, false}, {A, dt_, false}, 1.0f, dx, dx_type);
-  }
-}
-
-cuda::AttnShape LlamaGpu::attn_shape() const {
-  return {batch_, seq_, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim,
-          static_cast<float>(1.0 / std::sqrt(static_cast<double>(cfg_.head_dim)))};
-}
-
-bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
-  if (dt_ == cuda::Storage::F32) return false;
-  if (ctx_) return cuda::flash_attention_supported(*ctx_, dt_, a);
-  // plan only: bf16 on sm_80+, fp16 on sm_75+
-  return sm_ >= (dt_ == cuda::Storage::BF16 ? 80 : 75) && (a.head_dim == 64 || a.head_dim == 128) &&
-         a.heads % a.kv_heads == 0;
-}
-
-void LlamaGpu::attention_fwd(Acts& A) {
-  const cuda::AttnShape as = attn_shape();
-  const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
-  if (use_flash(as))
-    cuda::flash_attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
-  else
-    cuda::attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
-}
-
-void LlamaGpu::attention_bwd(const Acts& A) {
-  const cuda::AttnShape as = attn_shape();
-  const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
-  if (use_flash(as))
-    cuda::flash_attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
-                                   datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_),
-                                   flash_options());
-  else
-    cuda::attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
-                             datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_));
-}
-
-void LlamaGpu::layer_forward(int64_t l, bool recompute) {
-  Acts& A = acts(l);
-  const Layer& Ly = layers_[l];
-  const int64_t H = cfg_.hidden_size;
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  const void* x = xbuf(l);
-  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
-  cuda::rmsnorm_forward(*ctx_, dt_, x, f(Ly.input_norm), A.n1.data(), f(A.rstd1), n_, H, eps);
-  linear_fwd(l, Proj::Q, A.n1.data(), nullptr, A.q.data(), t(Proj::Q));
-  linear_fwd(l, Proj::K, A.n1.data(), nullptr, A.k.data(), t(Proj::K));
-  linear_fwd(l, Proj::V, A.n1.data(), nullptr, A.v.data(), t(Proj::V));
-  cuda::rope_forward(*ctx_, dt_, A.q.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
-  cuda::rope_forward(*ctx_, dt_, A.k.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
-  attention_fwd(A);
-  linear_fwd(l, Proj::O, A.att.data(), x, A.h.data(), t(Proj::O));  // h = o(att) + x
-  cuda::rmsnorm_forward(*ctx_, dt_, A.h.data(), f(Ly.post_norm), A.n2.data(), f(A.rstd2), n_, H, eps);
-  // A chunked MLP is recomputed chunk by chunk in the backward itself.
-  if (!(recompute && mlp_chunked())) {
-    const int64_t C = mlp_chunked() ? opt_.mlp_chunk : n_;
-    for (int64_t r0 = 0; r0 < n_; r0 += C) mlp_forward(l, recompute, r0, std::min(C, n_ - r0));
-  }
-  if (overflow_.data() && !recompute) {  // fp16: where activations first leave fp16's range
-    int* c = overflow_.as<int32_t>() + l * 3;
-    cuda::count_nonfinite(*ctx_, dt_, A.h.data(), n_ * H, c);
-    cuda::count_nonfinite(*ctx_, dt_, xbuf(l + 1), n_ * H, c + 2);
-  }
-}
-
-void LlamaGpu::mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m) {
-  Acts& A = acts(l);
-  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
-  auto t = [&](Proj p) -> void* { return A.t[static_cast<int>(p)].data() ? dt(A.t[static_cast<int>(p)], r0 * spec_.r) : nullptr; };
-  const char* n2 = dt(A.n2, r0 * H);
-  linear_fwd(l, Proj::Gate, n2, nullptr, A.gate.data(), t(Proj::Gate), m, r0);
-  linear_fwd(l, Proj::Up, n2, nullptr, A.up.data(), t(Proj::Up), m, r0);
-  cuda::swiglu_forward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), m * I);
-  // y = down(act) + h; a recompute needs only the adapter's t, not y (already saved as xs_[l+1]).
-  linear_fwd(l, Proj::Down, A.act.data(), dt(A.h, r0 * H),
-             recompute ? nullptr : static_cast<char*>(xbuf(l + 1)) + r0 * H * static_cast<int64_t>(esz_),
-             t(Proj::Down), m, r0);
-  if (overflow_.data() && !recompute)  // fp16: the SwiGLU product's count, chunk by chunk
-    cuda::count_nonfinite(*ctx_, dt_, A.act.data(), m * I, overflow_.as<int32_t>() + l * 3 + 1);
-}
-
-std::string LlamaGpu::forward_overflow() const {
-  if (!overflow_.data()) return "";
-  ctx_->synchronize();
-  const auto c = overflow_.to_host<int32_t>(cfg_.num_hidden_layers * 3);
-  static const char* kWhere[] = {"attention output plus residual", "SwiGLU product (silu(gate) x up)",
-                                 "output (MLP plus residual)"};
-  for (int64_t l = l0_; l < l1_; ++l)
-    for (int k = 0; k < 3; ++k)
-      if (c[static_cast<size_t>(l * 3 + k)] > 0)
-        return fmt::format("fp16 overflow in the forward at layer {}: {} values of its {} went past 65504 to inf or "
-                           "NaN (loss scaling cannot help the forward; use train.precision bf16 on sm_80+ or fp32)",
-                           l, c[static_cast<size_t>(l * 3 + k)], kWhere[k]);
-  return "";
-}
-
-// dy_ holds dL/d(layer output) on entry and dL/d(layer input) on exit.
-void LlamaGpu::layer_backward(int64_t l) {
-  if (opt_.checkpointing) layer_forward(l, true);
-  Acts& A = acts(l);
-  const Layer& Ly = layers_[l];
-  const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
-  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
-  auto dy_op = [&]() -> const void* {  // the residual gradient as a GEMM operand
-    if (dt_ == F32) return dy_.data();
-    cuda::convert(*ctx_, F32, dy_.data(), dt_, dyb_.data(), n_ * H);
-    return dyb_.data();
-  };
-  const void* dyo = dy_op();
-  // Buffers reused in place: d act overwrites act (linear_bwd reads x before it writes dx), and
-  // the gate/up gradients overwrite gate/up (read and written element by element). A chunked MLP
-  // is recomputed and differentiated chunk by chunk of rows.
-  const int64_t C = mlp_chunked() ? opt_.mlp_chunk : n_;
-  for (int64_t r0 = 0; r0 < n_; r0 += C) {
-    const int64_t m = std::min(C, n_ - r0);
-    if (mlp_chunked()) mlp_forward(l, true, r0, m);
-    auto tc = [&](Proj p) -> const void* {
-      return A.t[static_cast<int>(p)].data() ? dt(A.t[static_cast<int>(p)], r0 * spec_.r) : nullptr;
-    };
-    const char* n2 = dt(A.n2, r0 * H);
-    float* dn = f(dn_) + r0 * H;
-    linear_bwd(l, Proj::Down, A.act.data(), tc(Proj::Down), static_cast<const char*>(dyo) + r0 * H * static_cast<int64_t>(esz_), A.act.data(), dt_, 0.0f, m, r0);
-    cuda::swiglu_backward(*ctx_, dt_, A.gate.data(), A.up.data(), A.act.data(), A.gate.data(), A.up.data(), m * I);
-    linear_bwd(l, Proj::Gate, n2, tc(Proj::Gate), A.gate.data(), dn, F32, 0.0f, m, r0);
-    linear_bwd(l, Proj::Up, n2, tc(Proj::Up), A.up.data(), dn, F32, 1.0f, m, r0);
-  }
-  if (opt_.full) norm_grad(f(dn_), A.h.data(), f(A.rstd2), layer_off_[l][kNumProj + 1]);
-  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H);  // dy = dL/dh
-  dyo = dy_op();
-  linear_bwd(l, Proj::O, A.att.data(), t(Proj::O), dyo, datt_.data(), dt_, 0.0f);
-  attention_bwd(A);
-  cuda::rope_backward(*ctx_, dt_, dq_.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
-  cuda::rope_backward(*ctx_, dt_, dk_.data(), f(cos_), f(sin_), n_, cfg_.num_key_value_heads, cfg_.head_dim);
-  linear_bwd(l, Proj::Q, A.n1.data(), t(Proj::Q), dq_.data(), dn_.data(), F32, 0.0f);
-  linear_bwd(l, Proj::K, A.n1.data(), t(Proj::K), dk_.data(), dn_.data(), F32, 1.0f);
-  linear_bwd(l, Proj::V, A.n1.data(), t(Proj::V), dv_.data(), dn_.data(), F32, 1.0f);
-  if (opt_.full) norm_grad(f(dn_), xbuf(l), f(A.rstd1), layer_off_[l][kNumProj]);
-  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H);
-}
-
-// Final norm, lm_head and the per-row losses; with `backward`, dy_ = dL/d(last layer output).
-void LlamaGpu::head(bool backward) {
-  const int64_t H = cfg_.hidden_size, L = cfg_.num_hidden_layers;
-  cuda::rmsnorm_forward(*ctx_, dt_, xbuf(L), f(final_norm_), normed_.data(), f(final_rstd_), n_, H,
-                        static_cast<float>(cfg_.rms_norm_eps));
-  const void* w = head_w();
-  if (backward && z3_) z_grads_begin(z3_->head_unit());
-  cuda::lm_head_cross_entropy(*ctx_, dt_, normed_.data(), w, targets_.as<int32_t>(), n_, H, cfg_.vocab_size,
-                              backward ? grad_scale_ : 0.0f, f(loss_), backward ? dnormed_.data() : nullptr,
-                              logits_.data(), chunk_, backward && opt_.full ? grad_at(head_off_) : nullptr);
-  if (!backward) return;
-  if (z3_) z_grads_end(z3_->head_unit());
-  ctx_->zero(f(dy_), n_ * H * 4);
-  cuda::convert(*ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
-  if (opt_.full) norm_grad(f(dn_), xbuf(L), f(final_rstd_), final_off_);
-  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H);
 }
 
 double LlamaGpu::read_loss() {
