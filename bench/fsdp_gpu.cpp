@@ -30,8 +30,8 @@
 namespace ftune {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+using bench::Clock;
+using bench::since;
 
 // One rank's LlamaGpu with its sharded base as a data-parallel training backend, timed.
 class FsdpBackend final : public TrainBackend {
@@ -118,7 +118,7 @@ int run_rank(const Args& a, int r) {
              "\"step_s\": {:.3f}, \"rank_compute_s_per_step\": {:.3f}, \"grad_sum_s_per_step\": {:.3f}, "
              "\"loss_first\": {:.4f}, \"loss_last\": {:.4f}, \"tok_s\": {:.1f}, \"steps\": {}, \"precision\": \"{}\", "
              "\"optimizer\": \"{}\"}}\n",
-             a.lora ? "lora" : "qlora", a.shape, a.ranks, a.seq, a.mb, a.accum, r, frozen_gather_transport(*gathers),
+             a.lora ? "lora" : "qlora", a.shape, a.ranks, a.seq, a.mb, a.accum, r, gathers->transport(),
              static_cast<double>(model.planned_bytes()) / gib, static_cast<double>(peak_bytes - before) / gib, a.max_gib,
              init_s, secs / steps, backend.compute_s / steps, backend.reduce_s / steps, first, last,
              static_cast<double>(a.steps * a.accum * a.ranks * a.mb * a.seq) / secs, a.steps,

@@ -32,8 +32,8 @@
 namespace ftune {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+using bench::Clock;
+using bench::since;
 
 // One stage's LlamaGpu as a training backend: the stage calls, timed, and the step (the gradient
 // norm summed over the stages, clipping at 1, the adapter's optimizer).

@@ -28,6 +28,9 @@
 
 namespace ftune::bench {
 
+using Clock = std::chrono::steady_clock;
+inline double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
 // The largest process_device_memory(device) seen from construction until stop().
 class ProcessPeak {
  public:

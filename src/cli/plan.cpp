@@ -45,9 +45,9 @@ void add_plan_command(CLI::App& app) {
     else if (!(detected = detect_gpu(gpu)))
       fail("ftune plan: no GPU is visible here; name the one to plan for with --gpu (e.g. --gpu T4)");
     const LoraSpec spec = lora_spec(cfg.lora);
-    RunEstimate e = estimate_run(mcfg, plan.method == Method::Full ? nullptr : &spec, plan, cfg.data.max_seq_len, gpu);
-    e.gpu_detected = detected;
     const LoraSpec* sp = plan.method == Method::Full ? nullptr : &spec;
+    RunEstimate e = estimate_run(mcfg, sp, plan, cfg.data.max_seq_len, gpu);
+    e.gpu_detected = detected;
     const int64_t longest = a->longest ? longest_fitting_seq(mcfg, sp, plan, gpu) : -1;
     if (a->json) {
       std::string j = estimate_json(e);

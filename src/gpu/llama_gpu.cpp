@@ -49,12 +49,18 @@ void LlamaGpu::count(size_t bytes) {
   plan_[cat_] += bytes;
 }
 
+// fp32 values [n] in the 16-bit storage dt_ (bf16 or fp16), rounded to nearest.
+std::vector<uint16_t> LlamaGpu::to_dt16(const float* x, size_t n) const {
+  std::vector<uint16_t> h(n);
+  const bool half = dt_ == cuda::Storage::F16;
+  for (size_t i = 0; i < n; ++i) h[i] = half ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+  return h;
+}
+
 // fp32 from the host into a device buffer of storage dt_ (as_dt) or fp32.
 void LlamaGpu::upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt) {
   if (!as_dt || dt_ == F32) return dst.upload(t.data.data(), t.data.size() * 4);
-  std::vector<uint16_t> h(t.data.size());
-  const bool half = dt_ == cuda::Storage::F16;
-  for (size_t i = 0; i < h.size(); ++i) h[i] = half ? f32_to_f16(t.data[i]) : f32_to_bf16(t.data[i]);
+  const std::vector<uint16_t> h = to_dt16(t.data.data(), t.data.size());
   dst.upload(h.data(), h.size() * 2);
 }
 

@@ -219,6 +219,12 @@ class LlamaGpu {
                   float beta, int64_t rows = -1, int64_t r0 = 0);
   void layer_forward(int64_t l, bool recompute);
   bool mlp_chunked() const { return opt_.checkpointing && opt_.mlp_chunk > 0 && opt_.mlp_chunk < max_n_; }
+  int64_t mlp_rows() const { return mlp_chunked() ? opt_.mlp_chunk : n_; }  // the MLP's rows at a time
+  // The adapter's saved x A^T of projection p from row r0 (null where p has no adapter).
+  void* t_rows(Acts& A, Proj p, int64_t r0) const {
+    const cuda::DeviceBuffer& t = A.t[static_cast<int>(p)];
+    return t.data() ? dt(t, r0 * spec_.r) : nullptr;
+  }
   // Rows [r0, r0 + m) through the MLP: gate, up, SwiGLU (in the chunk buffers) and, unless
   // recomputing, the layer's output.
   void mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m);
@@ -283,6 +289,7 @@ class LlamaGpu {
   void sharded_forward_without_rows();
   void upload_bytes(void* dst, const void* src, size_t n);
   void upload_range(const Tensor& t, char* dst, int64_t lo, int64_t hi);
+  std::vector<uint16_t> to_dt16(const float* x, size_t n) const;
 
   cuda::Context* ctx_;  // null in a plan-only object
   LlamaConfig cfg_;

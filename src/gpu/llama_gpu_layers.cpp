@@ -143,10 +143,8 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   linear_fwd(l, Proj::O, A.att.data(), x, A.h.data(), t(Proj::O));  // h = o(att) + x
   cuda::rmsnorm_forward(*ctx_, dt_, A.h.data(), f(Ly.post_norm), A.n2.data(), f(A.rstd2), n_, H, eps);
   // A chunked MLP is recomputed chunk by chunk in the backward itself.
-  if (!(recompute && mlp_chunked())) {
-    const int64_t C = mlp_chunked() ? opt_.mlp_chunk : n_;
-    for (int64_t r0 = 0; r0 < n_; r0 += C) mlp_forward(l, recompute, r0, std::min(C, n_ - r0));
-  }
+  if (!(recompute && mlp_chunked()))
+    for (int64_t r0 = 0; r0 < n_; r0 += mlp_rows()) mlp_forward(l, recompute, r0, std::min(mlp_rows(), n_ - r0));
   if (overflow_.data() && !recompute) {  // fp16: where activations first leave fp16's range
     int* c = overflow_.as<int32_t>() + l * 3;
     cuda::count_nonfinite(*ctx_, dt_, A.h.data(), n_ * H, c);
@@ -157,7 +155,7 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
 void LlamaGpu::mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m) {
   Acts& A = acts(l);
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
-  auto t = [&](Proj p) -> void* { return A.t[static_cast<int>(p)].data() ? dt(A.t[static_cast<int>(p)], r0 * spec_.r) : nullptr; };
+  auto t = [&](Proj p) { return t_rows(A, p, r0); };
   const char* n2 = dt(A.n2, r0 * H);
   linear_fwd(l, Proj::Gate, n2, nullptr, A.gate.data(), t(Proj::Gate), m, r0);
   linear_fwd(l, Proj::Up, n2, nullptr, A.up.data(), t(Proj::Up), m, r0);
@@ -201,13 +199,10 @@ void LlamaGpu::layer_backward(int64_t l) {
   // Buffers reused in place: d act overwrites act (linear_bwd reads x before it writes dx), and
   // the gate/up gradients overwrite gate/up (read and written element by element). A chunked MLP
   // is recomputed and differentiated chunk by chunk of rows.
-  const int64_t C = mlp_chunked() ? opt_.mlp_chunk : n_;
-  for (int64_t r0 = 0; r0 < n_; r0 += C) {
-    const int64_t m = std::min(C, n_ - r0);
+  for (int64_t r0 = 0; r0 < n_; r0 += mlp_rows()) {
+    const int64_t m = std::min(mlp_rows(), n_ - r0);
     if (mlp_chunked()) mlp_forward(l, true, r0, m);
-    auto tc = [&](Proj p) -> const void* {
-      return A.t[static_cast<int>(p)].data() ? dt(A.t[static_cast<int>(p)], r0 * spec_.r) : nullptr;
-    };
+    auto tc = [&](Proj p) { return t_rows(A, p, r0); };
     const char* n2 = dt(A.n2, r0 * H);
     float* dn = f(dn_) + r0 * H;
     linear_bwd(l, Proj::Down, A.act.data(), tc(Proj::Down), static_cast<const char*>(dyo) + r0 * H * static_cast<int64_t>(esz_), A.act.data(), dt_, 0.0f, m, r0);

@@ -11,7 +11,6 @@
 
 #include <cuda_runtime.h>
 
-#include "core/dtype.h"
 #include "core/error.h"
 #include "gpu/llama_gpu.h"
 #include "ops/cuda/cuda_check.h"
@@ -112,10 +111,7 @@ void LlamaGpu::upload_range(const Tensor& t, char* dst, int64_t lo, int64_t hi) 
   const int64_t i0 = std::clamp<int64_t>(lo, 0, n * e) / e, i1 = std::clamp<int64_t>((hi + e - 1) / e, 0, n);
   if (i1 <= i0) return;
   if (dt_ == F32) return upload_bytes(dst + i0 * e, t.data.data() + i0, static_cast<size_t>((i1 - i0) * e));
-  std::vector<uint16_t> h(static_cast<size_t>(i1 - i0));
-  const bool half = dt_ == cuda::Storage::F16;
-  for (int64_t i = i0; i < i1; ++i)
-    h[static_cast<size_t>(i - i0)] = half ? f32_to_f16(t.data[static_cast<size_t>(i)]) : f32_to_bf16(t.data[static_cast<size_t>(i)]);
+  const std::vector<uint16_t> h = to_dt16(t.data.data() + i0, static_cast<size_t>(i1 - i0));
   upload_bytes(dst + i0 * e, h.data(), h.size() * 2);
 }
 
@@ -132,7 +128,6 @@ void LlamaGpu::fill_sharded_base(const WeightSource* w, uint64_t seed) {
   auto keep_piece = [&](int64_t u) {
     const BaseUnit& un = sb_units_[static_cast<size_t>(u)];
     ctx_->copy(sb_pieces_.as<char>() + un.local, unit + R * un.piece, static_cast<size_t>(un.piece));
-    ctx_->synchronize();
   };
   auto mine = [&](int64_t u) {  // this rank's byte range of unit u
     const int64_t piece = sb_units_[static_cast<size_t>(u)].piece;

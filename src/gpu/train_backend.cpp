@@ -46,15 +46,15 @@ class GpuBackend final : public TrainBackend {
       nccl_ = std::make_unique<NcclCommunicator>(*opt.store, t.rank, t.world, ctx_,
                                                  std::chrono::milliseconds(static_cast<int64_t>(opt.timeout_s * 1000)));
     }
-    if (model_.zero3()) {  // the units' collectives: NCCL, host-staged over the ranks' Gloo, or one rank
+    if (model_.zero3() || model_.base_sharded()) {  // the units' host collectives (one rank: a local one)
       if (!opt.comm) single_ = dist::make_single_communicator();
       host_ = opt.comm ? opt.comm : single_.get();
+    }
+    if (model_.zero3()) {  // the units' collectives: NCCL, host-staged over the ranks' Gloo, or one rank
       zcomm_ = make_zero3_comm(ctx_, *host_, nccl_.get(), model_.zero3_max_unit_bytes(), model_.zero3_max_piece());
       model_.set_zero3_comm(zcomm_.get());
     }
     if (model_.base_sharded()) {  // FSDP-QLoRA: the frozen base's gathers (FTUNE_NO_CUDA_IPC=1: host-staged)
-      if (!opt.comm) single_ = dist::make_single_communicator();
-      host_ = opt.comm ? opt.comm : single_.get();
       const auto [pieces, bytes] = model_.sharded_base_pieces();
       const char* no_ipc = std::getenv("FTUNE_NO_CUDA_IPC");
       zcomm_ = make_frozen_gather_comm(ctx_, *host_, nccl_.get(), pieces, bytes, model_.sharded_base_unit_bytes(),
@@ -72,7 +72,7 @@ class GpuBackend final : public TrainBackend {
                        o.checkpointing ? ", checkpointed" : "", o.offload ? ", inputs offloaded" : "",
                        model_.optimizer_description(),
                        model_.base_sharded() ? fmt::format("; the frozen base sharded over {} ranks, gathered by {}",
-                                                           zcomm_->world(), frozen_gather_transport(*zcomm_))
+                                                           zcomm_->world(), zcomm_->transport())
                                              : "");
   }
   cpu::CrossEntropyResult forward_backward(const Batch& b, float scale, uint64_t key) override {

@@ -34,6 +34,7 @@ class Zero3CommBase : public Zero3Comm {
 class SingleZero3Comm final : public Zero3CommBase {
  public:
   using Zero3CommBase::Zero3CommBase;
+  const char* transport() const override { return "single"; }
   void all_gather(const void* in, void* out, size_t bytes) override {
     if (in != out) ctx_.copy(out, in, bytes);
   }
@@ -46,6 +47,7 @@ class NcclZero3Comm final : public Zero3CommBase {
  public:
   NcclZero3Comm(const cuda::Context& ctx, dist::Communicator& host, NcclCommunicator& nccl, size_t max_piece)
       : Zero3CommBase(ctx, host, max_piece), nccl_(nccl) {}
+  const char* transport() const override { return "nccl"; }
   void all_gather(const void* in, void* out, size_t bytes) override { nccl_.all_gather_bytes(in, out, bytes); }
   void reduce_scatter_add(const float* in, float* acc, size_t n) override {
     FT_ASSERT(n * 4 <= piece_.bytes());
@@ -63,6 +65,7 @@ class HostStagedZero3Comm final : public Zero3CommBase {
  public:
   HostStagedZero3Comm(const cuda::Context& ctx, dist::Communicator& host, size_t max_unit_bytes, size_t max_piece)
       : Zero3CommBase(ctx, host, max_piece), unit_(max_unit_bytes), part_(max_piece * 4) {}
+  const char* transport() const override { return "host-staged"; }
   void all_gather(const void* in, void* out, size_t bytes) override {
     const size_t W = static_cast<size_t>(world());
     FT_ASSERT(bytes * W <= unit_.bytes());
@@ -96,6 +99,7 @@ class IpcFrozenGather final : public Zero3CommBase {
  public:
   IpcFrozenGather(const cuda::Context& ctx, dist::Communicator& host, const void* own, std::vector<const char*> peers)
       : Zero3CommBase(ctx, host, 0), own_(static_cast<const char*>(own)), peers_(std::move(peers)) {}
+  const char* transport() const override { return "cuda-ipc"; }
   ~IpcFrozenGather() override {
     cudaStreamSynchronize(ctx_.stream());
     for (size_t r = 0; r < peers_.size(); ++r)
@@ -116,30 +120,34 @@ class IpcFrozenGather final : public Zero3CommBase {
   std::vector<const char*> peers_;  // [world] every rank's pieces in this process (own_ at this rank)
 };
 
-// Every rank's handle, opened; empty when any rank could not (all ranks then agree on the fallback).
-std::vector<const char*> open_peer_pieces(dist::Communicator& host, const void* own) {
+// Every rank's handle, opened; empty when any rank does not want IPC or could not take part (all
+// ranks then agree on the fallback).
+std::vector<const char*> open_peer_pieces(dist::Communicator& host, const void* own, bool want) {
   const int W = host.world(), me = host.rank();
-  cudaIpcMemHandle_t mine{};
-  int ok = cudaIpcGetMemHandle(&mine, const_cast<void*>(own)) == cudaSuccess ? 1 : 0;
+  struct Offer {
+    cudaIpcMemHandle_t handle;
+    int ok;
+  } mine{};
+  mine.ok = want && cudaIpcGetMemHandle(&mine.handle, const_cast<void*>(own)) == cudaSuccess;
   cudaGetLastError();  // (a failure here is answered by the fallback, not left for the next check)
-  std::vector<cudaIpcMemHandle_t> all(static_cast<size_t>(W));
-  host.all_gather_bytes(&mine, all.data(), std::vector<size_t>(static_cast<size_t>(W), sizeof(mine)));
+  std::vector<Offer> all(static_cast<size_t>(W));
+  host.all_gather_bytes(&mine, all.data(), std::vector<size_t>(static_cast<size_t>(W), sizeof(Offer)));
+  for (const Offer& o : all)
+    if (!o.ok) return {};
   std::vector<const char*> peers(static_cast<size_t>(W), nullptr);
   peers[static_cast<size_t>(me)] = static_cast<const char*>(own);
-  if (ok)
-    for (int r = 0; r < W; ++r) {
-      if (r == me) continue;
-      void* p = nullptr;
-      if (cudaIpcOpenMemHandle(&p, all[static_cast<size_t>(r)], cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
-        cudaGetLastError();
-        ok = 0;
-        break;
-      }
-      peers[static_cast<size_t>(r)] = static_cast<const char*>(p);
+  double opened = 1;
+  for (int r = 0; r < W && opened; ++r) {
+    void* p = nullptr;
+    if (r == me) continue;
+    if (cudaIpcOpenMemHandle(&p, all[static_cast<size_t>(r)].handle, cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
+      cudaGetLastError();
+      opened = 0;
     }
-  double oks = ok;
-  host.all_reduce_sum(&oks, 1);
-  if (oks == W) return peers;
+    peers[static_cast<size_t>(r)] = static_cast<const char*>(p);
+  }
+  host.all_reduce_sum(&opened, 1);
+  if (opened == W) return peers;
   for (int r = 0; r < W; ++r)
     if (r != me && peers[static_cast<size_t>(r)]) cudaIpcCloseMemHandle(const_cast<char*>(peers[static_cast<size_t>(r)]));
   return {};
@@ -160,7 +168,6 @@ std::unique_ptr<Zero3Comm> make_zero3_comm(const cuda::Context& ctx, dist::Commu
   return std::make_unique<HostStagedZero3Comm>(ctx, host, max_unit_bytes, max_piece);
 }
 
-
 std::unique_ptr<Zero3Comm> make_frozen_gather_comm(const cuda::Context& ctx, dist::Communicator& host,
                                                    NcclCommunicator* nccl, const void* pieces, size_t pieces_bytes,
                                                    size_t max_unit_bytes, bool ipc) {
@@ -168,20 +175,10 @@ std::unique_ptr<Zero3Comm> make_frozen_gather_comm(const cuda::Context& ctx, dis
   ctx.synchronize();  // this rank's pieces are written
   if (nccl) return std::make_unique<NcclZero3Comm>(ctx, host, *nccl, 0);
   if (host.world() == 1) return std::make_unique<SingleZero3Comm>(ctx, host, 0);
-  double want = ipc ? 1 : 0;  // every rank asked for IPC
-  host.all_reduce_sum(&want, 1);
-  if (want == host.world()) {
-    std::vector<const char*> peers = open_peer_pieces(host, pieces);
-    if (!peers.empty()) return std::make_unique<IpcFrozenGather>(ctx, host, pieces, std::move(peers));
-  }
+  std::vector<const char*> peers = open_peer_pieces(host, pieces, ipc);
+  if (!peers.empty()) return std::make_unique<IpcFrozenGather>(ctx, host, pieces, std::move(peers));
   return std::make_unique<HostStagedZero3Comm>(ctx, host, max_unit_bytes, 0);
 }
 
-std::string frozen_gather_transport(const Zero3Comm& c) {
-  if (dynamic_cast<const NcclZero3Comm*>(&c)) return "nccl";
-  if (dynamic_cast<const IpcFrozenGather*>(&c)) return "cuda-ipc";
-  if (dynamic_cast<const HostStagedZero3Comm*>(&c)) return "host-staged";
-  return "single";
-}
 
 }  // namespace ftune

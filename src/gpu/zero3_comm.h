@@ -7,7 +7,6 @@
 #pragma once
 #include <cstddef>
 #include <memory>
-#include <string>
 
 #include "dist/communicator.h"
 #include "ops/cuda/context.h"
@@ -27,6 +26,8 @@ class Zero3Comm {
   virtual void reduce_scatter_add(const float* in, float* acc, size_t n) = 0;
   // v summed over the ranks (host).
   virtual double sum(double v) = 0;
+  // How the units travel: "nccl", "cuda-ipc", "host-staged" or "single".
+  virtual const char* transport() const = 0;
 };
 
 // Pinned host bytes the host-staged comm holds for units of at most `max_unit_bytes` (the fp32
@@ -49,7 +50,5 @@ std::unique_ptr<Zero3Comm> make_zero3_comm(const cuda::Context& ctx, dist::Commu
 std::unique_ptr<Zero3Comm> make_frozen_gather_comm(const cuda::Context& ctx, dist::Communicator& host,
                                                    NcclCommunicator* nccl, const void* pieces, size_t pieces_bytes,
                                                    size_t max_unit_bytes, bool ipc);
-// What make_frozen_gather_comm chose: "nccl", "cuda-ipc", "host-staged" or "single".
-std::string frozen_gather_transport(const Zero3Comm& c);
 
 }  // namespace ftune

@@ -269,18 +269,17 @@ void BpeTokenizer::encode_into(const std::string& text, std::vector<int32_t>& ou
   }
 }
 
-std::vector<int32_t> BpeTokenizer::encode(const std::string& text) const {
+std::vector<int32_t> BpeTokenizer::encode(const std::string& text) const { return encode_text(text, false); }
+
+std::vector<int32_t> BpeTokenizer::encode_text(const std::string& text, bool continues) const {
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 4);
-  encode_into(text, out);
+  encode_into(text, out, continues);
   return out;
 }
 
 std::vector<int32_t> BpeTokenizer::encode_continuation(const std::string& text) const {
-  std::vector<int32_t> out;
-  out.reserve(text.size() / 3 + 4);
-  encode_into(text, out, true);
-  return out;
+  return encode_text(text, true);
 }
 
 std::vector<int32_t> BpeTokenizer::encode_with_special(const std::string& text, bool add_special) const {

@@ -53,6 +53,7 @@ class BpeTokenizer final : public Tokenizer {
   void split_added(const std::string& text, size_t begin, size_t end, const Buckets& set,
                    std::vector<Segment>& out) const;
   // `continues`: the text continues earlier text (no marker prepended to its start).
+  std::vector<int32_t> encode_text(const std::string& text, bool continues) const;
   void encode_into(const std::string& text, std::vector<int32_t>& out, bool continues = false) const;
   void encode_plain(std::string piece, bool at_start, std::vector<int32_t>& out, bool continues = false) const;
   int32_t lookup(const std::string& token) const;

@@ -28,6 +28,8 @@ class SentencePieceTokenizer final : public Tokenizer {
     auto status = sp_.Load(path);
     if (!status.ok()) fail("{}: not a valid SentencePiece model ({})", path, one_line(status));
     if (sp_.GetPieceSize() <= 0) fail("{}: SentencePiece model has no pieces", path);
+    unk_ = sp_.IdToPiece(sp_.unk_id());
+    unk_ids_ = encode(unk_);
   }
 
   std::vector<int32_t> encode(const std::string& text) const override {
@@ -41,10 +43,9 @@ class SentencePieceTokenizer final : public Tokenizer {
   // that must not start a word (legacy=False), the unknown piece goes first and its ids are dropped.
   std::vector<int32_t> encode_continuation(const std::string& text) const override {
     if (text.empty()) return {};
-    const std::string unk = sp_.IdToPiece(sp_.unk_id());
-    const std::vector<int32_t> lead = encode(unk), all = encode(unk + text);
-    if (all.size() < lead.size() || !std::equal(lead.begin(), lead.end(), all.begin())) return encode(text);
-    return {all.begin() + static_cast<ptrdiff_t>(lead.size()), all.end()};
+    const std::vector<int32_t> all = encode(unk_ + text);
+    if (all.size() < unk_ids_.size() || !std::equal(unk_ids_.begin(), unk_ids_.end(), all.begin())) return encode(text);
+    return {all.begin() + static_cast<ptrdiff_t>(unk_ids_.size()), all.end()};
   }
 
   std::string decode(const std::vector<int32_t>& ids) const override {
@@ -77,6 +78,8 @@ class SentencePieceTokenizer final : public Tokenizer {
  private:
   std::string path_;
   sentencepiece::SentencePieceProcessor sp_;
+  std::string unk_;               // the unknown piece's text
+  std::vector<int32_t> unk_ids_;  // ... and its ids alone
 };
 
 }  // namespace

@@ -14,7 +14,7 @@
 #include "gpu/llama_gpu.h"
 #include "model/presets.h"
 #include "quant/nf4.h"
-#include "nf4_source.h"
+#include "gpu_fixtures.h"
 
 namespace ftune {
 namespace {
@@ -36,16 +36,6 @@ std::vector<std::vector<int32_t>> i64_rows(const SafetensorsFile& f, const std::
 }
 
 cuda::Storage storage(bool bf16) { return bf16 ? cuda::Storage::BF16 : cuda::Storage::F32; }
-
-// peft's init with B made non-zero, so that every LoRA gradient is non-zero.
-LoraParams nonzero_lora(const LlamaConfig& c, const LoraSpec& s, uint64_t seed) {
-  LoraParams lora = LoraParams::init(c, s, seed);
-  uint64_t k = seed * 1000;
-  lora.for_each([&](const std::string& key, Tensor& t) {
-    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
-  });
-  return lora;
-}
 
 // Every tensor of an adapter (or its gradients) in one vector, in for_each order.
 std::vector<float> flat(const LoraParams& p) {

@@ -21,7 +21,7 @@
 #include "gpu/zero3_comm.h"
 #include "model/presets.h"
 #include "ops/cuda/context.h"
-#include "nf4_source.h"
+#include "gpu_fixtures.h"
 #include "quant/nf4.h"
 
 namespace ftune {
@@ -41,15 +41,6 @@ LoraSpec spec_all() {
   s.r = 4, s.alpha = 8;
   s.targets.fill(true);
   return s;
-}
-
-LoraParams nonzero_lora(const LlamaConfig& c, const LoraSpec& s, uint64_t seed) {
-  LoraParams lora = LoraParams::init(c, s, seed);
-  uint64_t k = seed * 1000;
-  lora.for_each([&](const std::string& key, Tensor& t) {
-    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
-  });
-  return lora;
 }
 
 Batch batch(const LlamaConfig& c, uint64_t seed) {
@@ -112,7 +103,7 @@ std::vector<Result> run(const LlamaConfig& c, const WeightSource* w, GpuModelOpt
         const auto [pieces, bytes] = m.sharded_base_pieces();
         // Threads of one process cannot map each other's memory through CUDA IPC: host-staged.
         auto zc = make_frozen_gather_comm(ctx, *comm, nullptr, pieces, bytes, m.sharded_base_unit_bytes(), false);
-        EXPECT_EQ(frozen_gather_transport(*zc), "host-staged");
+        EXPECT_STREQ(zc->transport(), "host-staged");
         m.set_zero3_comm(zc.get());
         const double loss = m.forward_backward(b, scale).first;
         out[static_cast<size_t>(r)] = flat_of(m, lora, loss);

@@ -1,12 +1,25 @@
-// A weight source whose projections come already in NF4 (as from a bitsandbytes file) in a
-// chosen layout, for the GPU tests that take stored NF4 weights.
+// What the GPU model tests share: an adapter whose every gradient is non-zero, and a weight source
+// whose projections come already in NF4 (as from a bitsandbytes file) in a chosen layout.
 #pragma once
 #include <memory>
+#include <string>
 
+#include "../test_util.h"
+#include "model/lora.h"
 #include "model/weights.h"
 #include "quant/nf4.h"
 
 namespace ftune {
+
+// peft's init with B made non-zero, so that every LoRA gradient is non-zero.
+inline LoraParams nonzero_lora(const LlamaConfig& c, const LoraSpec& s, uint64_t seed) {
+  LoraParams lora = LoraParams::init(c, s, seed);
+  uint64_t k = seed * 1000;
+  lora.for_each([&](const std::string& key, Tensor& t) {
+    if (key.find("lora_B") != std::string::npos) testing::fill_normal(t, ++k, 0.05f);
+  });
+  return lora;
+}
 
 // proj() gives the dequantized values (what the GPU computes with), proj_nf4() the stored form.
 class Nf4Source final : public WeightSource {
