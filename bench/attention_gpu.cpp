@@ -15,6 +15,7 @@
 #include "ops/cuda/device_buffer.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/flash_attention.h"
+#include "bench_args.h"
 
 int main(int argc, char** argv) {
   using namespace ftune;
@@ -24,10 +25,7 @@ int main(int argc, char** argv) {
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) fail("{} needs a value", a);
-        return argv[++i];
-      };
+      auto val = [&] { return bench::flag_value(argc, argv, i); };
       if (a == "--batch") batch = std::stoll(val());
       else if (a == "--seq") seq = std::stoll(val());
       else if (a == "--heads") heads = std::stoll(val());

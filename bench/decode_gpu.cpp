@@ -22,6 +22,7 @@
 #include "infer/sampler.h"
 #include "memory_peak.h"
 #include "model/presets.h"
+#include "bench_args.h"
 
 int main(int argc, char** argv) {
   using namespace ftune;
@@ -32,10 +33,7 @@ int main(int argc, char** argv) {
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) fail("{} needs a value", a);
-        return argv[++i];
-      };
+      auto val = [&] { return bench::flag_value(argc, argv, i); };
       if (a == "--shape") shape = val();
       else if (a == "--dtype") dtype = val();
       else if (a == "--mode") mode = val();

@@ -24,6 +24,7 @@
 #include "gpu/llama_gpu.h"
 #include "model/presets.h"
 #include "plan/run_estimate.h"
+#include "bench_args.h"
 
 namespace {
 
@@ -47,10 +48,7 @@ int main(int argc, char** argv) {
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) fail("{} needs a value", a);
-        return argv[++i];
-      };
+      auto val = [&] { return bench::flag_value(argc, argv, i); };
       if (a == "--shape") shape = val();
       else if (a == "--seq") seq = std::stoll(val());
       else if (a == "--micro-batch") mb = std::stoll(val());

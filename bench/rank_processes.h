@@ -24,6 +24,7 @@
 #include "dist/rendezvous.h"
 #include "dist/store.h"
 #include "gpu/process_memory.h"
+#include "bench_args.h"
 #include "lora_bench.h"
 
 namespace ftune::bench {
@@ -98,10 +99,7 @@ inline void parse_rank_args(int argc, char** argv, RankArgs& a, const std::strin
                             const std::function<bool(const std::string&, const std::function<std::string()>&)>& extra) {
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
-    const std::function<std::string()> val = [&]() -> std::string {
-      if (i + 1 >= argc) fail("{} needs a value", s);
-      return argv[++i];
-    };
+    const std::function<std::string()> val = [&] { return flag_value(argc, argv, i); };
     if (s == "--shape") a.shape = val();
     else if (s == ranks_flag) a.ranks = std::stoi(val());
     else if (s == "--seq") a.seq = std::stoll(val());

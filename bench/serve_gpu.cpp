@@ -23,6 +23,7 @@
 #include "io/peft_adapter.h"
 #include "lora_bench.h"
 #include "model/presets.h"
+#include "bench_args.h"
 
 int main(int argc, char** argv) {
   using namespace ftune;
@@ -33,10 +34,7 @@ int main(int argc, char** argv) {
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
-      auto val = [&]() -> std::string {
-        if (i + 1 >= argc) fail("{} needs a value", a);
-        return argv[++i];
-      };
+      auto val = [&] { return bench::flag_value(argc, argv, i); };
       if (a == "--shape") shape = val();
       else if (a == "--adapters") n_adapters = std::stoll(val());
       else if (a == "--requests") requests = std::stoll(val());
