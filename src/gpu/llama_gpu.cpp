@@ -67,6 +67,7 @@ void LlamaGpu::upload(const Tensor& t, cuda::DeviceBuffer& dst, bool as_dt) {
 LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSource* w, const LoraSpec* spec,
                    const GpuModelOptions& opt, uint64_t seed)
     : LlamaGpu(&ctx, ctx.sm_version(), cfg, spec, opt) {
+  setup_cudnn();
   // Plan first: a model that cannot fit says so before it allocates anything, with the settings
   // that would fit.
   const size_t need = plan_bytes(opt_);
@@ -305,6 +306,7 @@ void LlamaGpu::allocate() {
                                 cfg_.head_dim, 1.0f};
   attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest, flash_options())) * 4)
                                      : cuda::DeviceBuffer();
+  if (cudnn_ws_bytes_) cudnn_ws_ = alloc(cudnn_ws_bytes_);
   if (has_lora_ && spec_.dropout > 0) {
     const int64_t widest = std::max({H, I, Q});
     xd_ = alloc_dt(N * widest), dxd_ = alloc(N * widest * 4);
@@ -553,7 +555,11 @@ void LlamaGpu::prepare(const Batch& b, bool embed) {
   ids_.upload(b.ids.data(), n_ * 4);
   targets_.upload(b.targets.data(), n_ * 4);
   pos_.upload(b.pos.data(), n_ * 4);
-  has_doc_ = !b.doc.empty();
+  // Document ids matter only where a row holds two documents: rows of one document each are plain
+  // causal attention (which cuDNN's fused kernels can take).
+  has_doc_ = false;
+  for (int64_t i = 1; i < n_ && !b.doc.empty() && !has_doc_; ++i)
+    has_doc_ = i % b.seq != 0 && b.doc[i] != b.doc[i - 1];
   if (has_doc_) doc_.upload(b.doc.data(), n_ * 4);
   const int64_t d2 = cfg_.head_dim / 2;
   cuda::gather_rows(*ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));

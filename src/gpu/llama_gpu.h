@@ -17,6 +17,7 @@
 #include "model/lora.h"
 #include "model/weights.h"
 #include "ops/cuda/attention.h"
+#include "ops/cuda/cudnn_attention.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/context.h"
@@ -53,6 +54,10 @@ struct GpuModelOptions {
   // cuts the longest per-token buffers (3 x intermediate_size values) for long sequences.
   int64_t mlp_chunk = 0;
   bool deterministic = false;  // the flash attention backward's dQ in a fixed order (FlashOptions)
+  // Attention from cuDNN's fused engines (ops/cuda/cudnn_attention.h) where libcudnn.so.9 loads and
+  // has plans for the micro-batch's shape, and the batch has no packed-document ids; ftune's flash
+  // kernels otherwise, always with `deterministic`, and when false.
+  bool cudnn_attention = true;
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
   // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
   // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host
@@ -114,6 +119,9 @@ class LlamaGpu {
   // fp16: where the forwards since zero_grads() first overflowed (a layer's attention residual, SwiGLU product or
   // output went past 65504 to inf/NaN), as one line naming the layer; "" when none did or in bf16/fp32.
   std::string forward_overflow() const;
+  // Which kernels the last micro-batch's attention ran on: "cuDNN 9.x.y fused" or "ftune flash"
+  // (or "ftune reference" for fp32), and why cuDNN was not used when it was asked for and is not.
+  std::string attention_kernels() const { return attn_kernels_; }
   // The accumulated gradients (adapter or full) through `reduce` on the host, then back: the
   // host-staged gradient all-reduce of data parallelism.
   void reduce_gradients(const std::function<void(float*, size_t)>& reduce);
@@ -234,6 +242,8 @@ class LlamaGpu {
   void head(bool backward);
   double read_loss();
   bool use_flash(const cuda::AttnShape& a) const;
+  bool use_cudnn(const cuda::AttnShape& a);  // this micro-batch's attention from cuDNN
+  void setup_cudnn();  // cudnn_ and its workspace for the largest micro-batch, before the plan
   cuda::FlashOptions flash_options() const {
     cuda::FlashOptions o;
     o.deterministic = opt_.deterministic;
@@ -335,6 +345,11 @@ class LlamaGpu {
   cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_ only in bf16)
   cuda::DeviceBuffer dtb_;                               // [N, r] dt
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
+  std::unique_ptr<cuda::CudnnAttention> cudnn_;          // null: ftune's kernels only
+  size_t cudnn_ws_bytes_ = 0;                            // its plans' workspace for the largest micro-batch
+  cuda::DeviceBuffer cudnn_ws_;                          // [cudnn_ws_bytes_] bytes
+  std::string attn_kernels_;                             // attention_kernels()
+  std::string cudnn_note_;                               // why cudnn_ is null though asked for
   cuda::DeviceBuffer xd_, dxd_, norm_acc_;               // dropout: [N, max(H, I, Q)] dt and fp32; [1] f64
   cuda::DeviceBuffer overflow_;                          // fp16: [L, 3] int32 non-finite counts (h, act, output)
   int64_t chunk_ = 0;                                    // lm_head rows per chunk

@@ -105,9 +105,43 @@ bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
          a.heads % a.kv_heads == 0;
 }
 
+// cuDNN's attention for the largest micro-batch: its plans are built here, before the memory plan,
+// so that their workspace is in it; where cuDNN cannot (not loaded, refused shape), ftune's kernels,
+// with the reason in attention_kernels().
+void LlamaGpu::setup_cudnn() {
+  const cuda::AttnShape biggest{opt_.max_batch, opt_.max_seq, cfg_.num_attention_heads, cfg_.num_key_value_heads,
+                                cfg_.head_dim, 1.0f};
+  if (!opt_.cudnn_attention || opt_.deterministic || !use_flash(biggest)) return;
+  cudnn_ = std::make_unique<cuda::CudnnAttention>(*ctx_);
+  std::string why;
+  if (!cudnn_->loaded())
+    why = cudnn_->status();
+  else if (!cudnn_->supports(dt_, biggest))
+    why = cudnn_->refusal();
+  if (!why.empty()) {
+    cudnn_note_ = " (cuDNN not used: " + why + ")";
+    cudnn_.reset();
+    return;
+  }
+  cudnn_ws_bytes_ = cudnn_->workspace_bytes(dt_, biggest);
+}
+
+bool LlamaGpu::use_cudnn(const cuda::AttnShape& a) {
+  if (!cudnn_ || has_doc_) return false;  // packed documents: ftune's kernels take the per-token ids
+  return cudnn_->supports(dt_, a) && cudnn_->workspace_bytes(dt_, a) <= cudnn_ws_bytes_;
+}
+
 void LlamaGpu::attention_fwd(Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
+  if (use_cudnn(as)) {
+    cudnn_->forward(dt_, as, A.q.data(), A.k.data(), A.v.data(), A.att.data(), f(A.lse), cudnn_ws_.data());
+    attn_kernels_ = cudnn_->status() + " fused";
+    return;
+  }
+  attn_kernels_ = !use_flash(as) ? "ftune reference"
+                  : cudnn_      ? (has_doc_ ? "ftune flash (packed documents)" : "ftune flash (cuDNN refused the shape)")
+                                : "ftune flash" + cudnn_note_;
   if (use_flash(as))
     cuda::flash_attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
   else
@@ -117,7 +151,10 @@ void LlamaGpu::attention_fwd(Acts& A) {
 void LlamaGpu::attention_bwd(const Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
-  if (use_flash(as))
+  if (use_cudnn(as))
+    cudnn_->backward(dt_, as, A.q.data(), A.k.data(), A.v.data(), A.att.data(), f(A.lse), datt_.data(), dq_.data(),
+                     dk_.data(), dv_.data(), f(delta_), f(attn_scratch_), cudnn_ws_.data());
+  else if (use_flash(as))
     cuda::flash_attention_backward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse),
                                    datt_.data(), dq_.data(), dk_.data(), dv_.data(), f(delta_), f(attn_scratch_),
                                    flash_options());
