@@ -228,6 +228,7 @@ class GpuBackend final : public TrainBackend {
   }
   bool fp16() const { return model_.options().storage == cuda::Storage::F16; }
   size_t planned_bytes() const override { return model_.planned_bytes(); }
+  std::string attention_kernels() const override { return model_.attention_kernels(); }
   // What this process holds beyond its start (NVML's per-process count, right when ranks share the
   // GPU), else the device's use beyond what it was before the model.
   size_t measured_bytes() const override {

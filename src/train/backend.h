@@ -83,6 +83,8 @@ class TrainBackend {
   // process has in use on the device beyond what it held before the model, in bytes (0 on the CPU).
   virtual size_t planned_bytes() const { return 0; }
   virtual size_t measured_bytes() const { return 0; }
+  // The kernels the last micro-batch's attention ran on ("" on the CPU).
+  virtual std::string attention_kernels() const { return {}; }
 };
 
 struct BackendOptions {

@@ -449,6 +449,7 @@ TrainReport run_training(const TrainConfig& recipe, const std::function<void(con
       fmt::print(log, "{}ftune: device memory in use at the end {:.2f} GiB (planned {:.2f} GiB)\n",
                  isatty(2) ? "\n" : "", static_cast<double>(model->measured_bytes()) / kGiB,
                  static_cast<double>(model->planned_bytes()) / kGiB);
+    if (const std::string k = model->attention_kernels(); !k.empty()) fmt::print(log, "ftune: attention on {}\n", k);
     if (report.skipped_steps)
       fmt::print(log, "ftune: {} of {} steps were skipped (fp16 overflow; the loss scale was lowered)\n",
                  report.skipped_steps, ts.max_steps);
