@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -30,6 +32,16 @@ namespace {
 constexpr cuda::Storage F32 = cuda::Storage::F32;
 constexpr int64_t kNf4Block = 64;  // bitsandbytes' default for QLoRA
 float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// MemAvailable of /proc/meminfo in bytes; 0 where it cannot be read (no limit is then applied).
+size_t host_available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("MemAvailable:", 0) == 0) return static_cast<size_t>(std::stoull(line.substr(13))) * 1024;
+  return 0;
+}
+
 }  // namespace
 
 GpuOptimizer gpu_optimizer(const std::string& name) {
@@ -75,6 +87,14 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
   cuda::memory_info(free, total);
   if (opt.memory_cap && need > opt.memory_cap) fail("{}", over_cap(need));
   if (need > free) fail("{}", does_not_fit(need, free, total, ctx_->name()));
+  // Pinned host memory (offloaded layer inputs, paged optimizer states): cudaHostAlloc of more than
+  // the machine has would fail deep inside, or push everything else into swap.
+  if (const size_t host = plan_.host_pinned, avail = host_available_bytes(); avail && host > avail)
+    fail("the step needs {:.2f} GiB of pinned host memory ({:.2f} GiB of it the offloaded layer inputs), but this "
+         "machine has {:.2f} GiB available; shorten data.max_seq_len or train.micro_batch_size",
+         static_cast<double>(host) / kGiB,
+         opt_.offload ? static_cast<double>(cfg_.num_hidden_layers + 1) * static_cast<double>(x_bytes_max()) / kGiB : 0.0,
+         static_cast<double>(avail) / kGiB);
   dry_ = false;
   planned_ = 0, plan_ = {};
   allocate();

@@ -252,6 +252,7 @@ class LlamaGpu {
   cuda::AttnShape attn_shape() const;  // of the current micro-batch
   std::pair<const void*, const void*> lora_ab(int64_t l, int p) const;
   Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : slot_ * (l1_ - l0_) + (l - l0_)]; }
+  size_t x_bytes_max() const { return static_cast<size_t>(max_n_ * cfg_.hidden_size) * esz_; }  // at max_batch x max_seq
   size_t x_bytes() const { return static_cast<size_t>(n_ * cfg_.hidden_size) * esz_; }  // one layer input
   // Layer i's input (i = l1_: the stage's output), of the current slot.
   void* xbuf(int64_t i) const {
