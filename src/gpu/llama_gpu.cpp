@@ -140,6 +140,8 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
     fail("dist.pipeline on the GPU trains LoRA and QLoRA in this version, without train.offload_activations (full "
          "fine-tuning pipelines on train.device cpu)");
   slot_key_.assign(static_cast<size_t>(opt.slots), 0);
+  // cuDNN's attention workspace as the plan counts it; a model on a device replaces this in setup_cudnn().
+  if (cudnn_eligible()) cudnn_ws_bytes_ = cuda::cudnn_attention_workspace_estimate(biggest_attn());
   if (opt.full) {
     table_ = ParamTable::full(cfg);
     layer_off_.resize(cfg.num_hidden_layers);

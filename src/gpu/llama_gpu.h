@@ -244,6 +244,8 @@ class LlamaGpu {
   bool use_flash(const cuda::AttnShape& a) const;
   bool use_cudnn(const cuda::AttnShape& a);  // this micro-batch's attention from cuDNN
   void setup_cudnn();  // cudnn_ and its workspace for the largest micro-batch, before the plan
+  bool cudnn_eligible() const;
+  cuda::AttnShape biggest_attn() const;  // of max_batch x max_seq
   cuda::FlashOptions flash_options() const {
     cuda::FlashOptions o;
     o.deterministic = opt_.deterministic;
@@ -347,7 +349,7 @@ class LlamaGpu {
   cuda::DeviceBuffer dtb_;                               // [N, r] dt
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
   std::unique_ptr<cuda::CudnnAttention> cudnn_;          // null: ftune's kernels only
-  size_t cudnn_ws_bytes_ = 0;                            // its plans' workspace for the largest micro-batch
+  size_t cudnn_ws_bytes_ = 0;  // its plans' workspace for the largest micro-batch (plan only: the estimate)
   cuda::DeviceBuffer cudnn_ws_;                          // [cudnn_ws_bytes_] bytes
   std::string attn_kernels_;                             // attention_kernels()
   std::string cudnn_note_;                               // why cudnn_ is null though asked for

@@ -108,10 +108,22 @@ bool LlamaGpu::use_flash(const cuda::AttnShape& a) const {
 // cuDNN's attention for the largest micro-batch: its plans are built here, before the memory plan,
 // so that their workspace is in it; where cuDNN cannot (not loaded, refused shape), ftune's kernels,
 // with the reason in attention_kernels().
+cuda::AttnShape LlamaGpu::biggest_attn() const {
+  return {opt_.max_batch, opt_.max_seq, cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim, 1.0f};
+}
+
+// Whether the options ask for cuDNN's attention and the shapes are what its engines take (the plan
+// without a GPU then counts its workspace).
+bool LlamaGpu::cudnn_eligible() const {
+  const cuda::AttnShape a = biggest_attn();
+  return opt_.cudnn_attention && !opt_.deterministic && dt_ != F32 && sm_ >= 80 && use_flash(a) &&
+         (a.head_dim == 64 || a.head_dim == 128);
+}
+
 void LlamaGpu::setup_cudnn() {
-  const cuda::AttnShape biggest{opt_.max_batch, opt_.max_seq, cfg_.num_attention_heads, cfg_.num_key_value_heads,
-                                cfg_.head_dim, 1.0f};
-  if (!opt_.cudnn_attention || opt_.deterministic || !use_flash(biggest)) return;
+  const cuda::AttnShape biggest = biggest_attn();
+  cudnn_ws_bytes_ = 0;
+  if (!cudnn_eligible()) return;
   cudnn_ = std::make_unique<cuda::CudnnAttention>(*ctx_);
   std::string why;
   if (!cudnn_->loaded())
@@ -123,7 +135,7 @@ void LlamaGpu::setup_cudnn() {
     cudnn_.reset();
     return;
   }
-  cudnn_ws_bytes_ = cudnn_->workspace_bytes(dt_, biggest);
+  cudnn_ws_bytes_ = std::max(cudnn_->workspace_bytes(dt_, biggest), cuda::cudnn_attention_workspace_estimate(biggest));
 }
 
 bool LlamaGpu::use_cudnn(const cuda::AttnShape& a) {

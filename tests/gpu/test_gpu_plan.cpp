@@ -1,6 +1,7 @@
 // The memory plan `ftune plan` prints is the model's own allocation: LlamaGpu::plan (no device)
 // equals what a model built with the same options plans and allocates, and the device memory the
-// model takes is within 10% of it; skipped without a GPU.
+// model takes is within 10% of it; skipped without a GPU. The plan counts cuDNN's attention workspace
+// when the options ask for cuDNN: the cases ask for it exactly when libcudnn.so.9 loads here.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -8,6 +9,7 @@
 #include "gpu/llama_gpu.h"
 #include "model/presets.h"
 #include "ops/cuda/context.h"
+#include "ops/cuda/cudnn_attention.h"
 
 namespace ftune {
 namespace {
@@ -35,8 +37,10 @@ TEST(GpuPlan, PlanIsTheAllocationAndTheMeasuredMemory) {
       {"full ckpt 8-bit", true, false, true, false, false, GpuOptimizer::AdamW8bit},
       {"full ckpt optimizer offload", true, false, true, false, true, GpuOptimizer::AdamW},
   };
+  const bool cudnn = cuda::CudnnAttention(ctx).loaded();
   for (const PlanCase& c : cases) {
     GpuModelOptions o{2, 1024, cuda::Storage::BF16, c.checkpointing, c.nf4, c.optimizer, c.offload};
+    o.cudnn_attention = cudnn;
     o.full = c.full, o.optimizer_offload = c.optimizer_offload;
     const MemoryPlan plan = LlamaGpu::plan(cfg, c.full ? nullptr : &spec, o, ctx.sm_version());
     ctx.synchronize();

@@ -29,6 +29,11 @@
 
 namespace ftune::cuda {
 
+size_t cudnn_attention_workspace_estimate(const AttnShape& a) {
+  const size_t group = a.heads != a.kv_heads ? static_cast<size_t>(a.batch * a.seq * a.heads * a.head_dim) * 4 : 0;
+  return 256 + group;
+}
+
 #if FTUNE_CUDNN_HEADERS
 namespace {
 

@@ -19,6 +19,12 @@
 
 namespace ftune::cuda {
 
+// The workspace cuDNN 9.19's fused engines ask for on an H200 (measured at batch 4 x 2048 and 1 x
+// 32768 / 131072 tokens): 256 bytes, plus, with grouped-query heads, a fp32 [B, heads, T, d]
+// buffer. The memory plan counts this without a GPU; the model allocates the larger of it and what
+// the plans ask for.
+size_t cudnn_attention_workspace_estimate(const AttnShape& a);
+
 class CudnnAttention {
  public:
   // Loads the library and makes a handle on ctx's device; never throws (loaded() says how it went).
