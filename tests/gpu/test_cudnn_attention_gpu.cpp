@@ -1,8 +1,8 @@
 // The model's attention on cuDNN's fused engines (GpuModelOptions::cudnn_attention) against the same
 // model on ftune's flash kernels: the loss and the adapter's gradients of LoRA and QLoRA, with and
 // without checkpointing, agree within bf16 rounding; the model says which kernels ran; packed
-// documents and train.deterministic keep ftune's kernels. Skipped without a GPU, without
-// libcudnn.so.9 or before sm_80.
+// documents and train.deterministic keep ftune's kernels; the plan counts cuDNN's workspace (no GPU
+// needed). The rest is skipped without a GPU, without libcudnn.so.9 or before sm_80.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -10,6 +10,7 @@
 #include "../test_util.h"
 #include "core/rng.h"
 #include "gpu/llama_gpu.h"
+#include "model/presets.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/cudnn_attention.h"
 #include "gpu_fixtures.h"
@@ -121,6 +122,33 @@ TEST(CudnnAttentionGpu, PackedDocumentsAndDeterministicKeepFtuneKernels) {
   GpuModelOptions d{plain.batch, plain.seq, cuda::Storage::BF16, false, false};
   d.deterministic = true;
   EXPECT_EQ(run(c, w, s, d, plain).kernels, "ftune flash");
+}
+
+// The plan (no GPU) counts cuDNN's workspace where the options ask for cuDNN: for the Llama-3.1-8B
+// shape's grouped-query heads at 131,072 tokens, a fp32 [1, 32, 131072, 128] buffer and 256 bytes,
+// as cuDNN 9.19 asked on the H200; none with train.deterministic, which keeps ftune's kernels.
+TEST(CudnnAttentionGpu, PlanCountsTheWorkspace) {
+  const LlamaConfig c = preset_config("llama3-8b");
+  LoraSpec s;
+  s.r = 32, s.alpha = 64;
+  s.targets.fill(true);
+  GpuModelOptions o{1, 131072, cuda::Storage::BF16, true, true, GpuOptimizer::PagedAdamW8bit, true};
+  o.mlp_chunk = 8192;
+  const MemoryPlan with = LlamaGpu::plan(c, &s, o, 90);
+  o.cudnn_attention = false;
+  const MemoryPlan without = LlamaGpu::plan(c, &s, o, 90);
+  o.cudnn_attention = true, o.deterministic = true;
+  const MemoryPlan deterministic = LlamaGpu::plan(c, &s, o, 90);
+  EXPECT_EQ(with[MemCategory::Scratch] - without[MemCategory::Scratch], size_t{131072} * 32 * 128 * 4 + 256);
+  EXPECT_EQ(with.device_total() - without.device_total(), size_t{131072} * 32 * 128 * 4 + 256);
+  // deterministic: no cuDNN workspace, only the flash backward's ordering counters on top
+  const cuda::AttnShape a{1, 131072, 32, 8, 128, 1.0f};
+  cuda::FlashOptions det;
+  det.deterministic = true;
+  const size_t counters =
+      static_cast<size_t>(cuda::flash_attention_scratch_floats(a, det) - cuda::flash_attention_scratch_floats(a)) * 4;
+  EXPECT_GT(counters, 0u);
+  EXPECT_EQ(deterministic[MemCategory::Scratch] - without[MemCategory::Scratch], counters);
 }
 
 }  // namespace
