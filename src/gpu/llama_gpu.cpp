@@ -93,7 +93,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
     fail("the step needs {:.2f} GiB of pinned host memory ({:.2f} GiB of it the offloaded layer inputs), but this "
          "machine has {:.2f} GiB available; shorten data.max_seq_len or train.micro_batch_size",
          static_cast<double>(host) / kGiB,
-         opt_.offload ? static_cast<double>(cfg_.num_hidden_layers + 1) * static_cast<double>(x_bytes_max()) / kGiB : 0.0,
+         static_cast<double>(opt_.offload ? offload_host_bytes() : 0) / kGiB,
          static_cast<double>(avail) / kGiB);
   dry_ = false;
   planned_ = 0, plan_ = {};
@@ -311,7 +311,7 @@ void LlamaGpu::allocate() {
   xs_.clear();
   xs_.resize(opt_.offload ? std::min<int64_t>(L + 1, ActivationOffload::kSlots) : (l1_ - l0_ + 1) * opt_.slots);
   for (auto& x : xs_) x = alloc_dt(N * H);
-  if (opt_.offload) plan_.host_pinned += static_cast<size_t>(L + 1) * static_cast<size_t>(N * H) * esz_;
+  if (opt_.offload) plan_.host_pinned += offload_host_bytes();
   cat_ = MemCategory::Scratch;
   ids_ = alloc(N * 4), targets_ = alloc(N * 4), doc_ = alloc(N * 4), pos_ = alloc(N * 4);
   cos_tab_ = alloc(opt_.max_seq * d2 * 4), sin_tab_ = alloc(opt_.max_seq * d2 * 4);
@@ -324,8 +324,7 @@ void LlamaGpu::allocate() {
   datt_ = alloc_dt(N * Q), dq_ = alloc_dt(N * Q), dk_ = alloc_dt(N * KV), dv_ = alloc_dt(N * KV);
   dtb_ = alloc_dt(N * std::max<int64_t>(r, 1));
   delta_ = alloc(N * cfg_.num_attention_heads * 4);
-  const cuda::AttnShape biggest{opt_.max_batch, opt_.max_seq, cfg_.num_attention_heads, cfg_.num_key_value_heads,
-                                cfg_.head_dim, 1.0f};
+  const cuda::AttnShape biggest = biggest_attn();
   attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest, flash_options())) * 4)
                                      : cuda::DeviceBuffer();
   if (cudnn_ws_bytes_) cudnn_ws_ = alloc(cudnn_ws_bytes_);
@@ -580,9 +579,10 @@ void LlamaGpu::prepare(const Batch& b, bool embed) {
   // Document ids matter only where a row holds two documents: rows of one document each are plain
   // causal attention (which cuDNN's fused kernels can take).
   has_doc_ = false;
-  for (int64_t i = 1; i < n_ && !b.doc.empty() && !has_doc_; ++i)
-    has_doc_ = i % b.seq != 0 && b.doc[i] != b.doc[i - 1];
+  if (!b.doc.empty())
+    for (int64_t i = 1; i < n_ && !has_doc_; ++i) has_doc_ = i % b.seq != 0 && b.doc[i] != b.doc[i - 1];
   if (has_doc_) doc_.upload(b.doc.data(), n_ * 4);
+  choose_attention();
   const int64_t d2 = cfg_.head_dim / 2;
   cuda::gather_rows(*ctx_, f(cos_tab_), pos_.as<int32_t>(), n_, d2, f(cos_));
   cuda::gather_rows(*ctx_, f(sin_tab_), pos_.as<int32_t>(), n_, d2, f(sin_));

@@ -242,7 +242,7 @@ class LlamaGpu {
   void head(bool backward);
   double read_loss();
   bool use_flash(const cuda::AttnShape& a) const;
-  bool use_cudnn(const cuda::AttnShape& a);  // this micro-batch's attention from cuDNN
+  void choose_attention();  // cudnn_now_ and attn_kernels_ for the micro-batch prepare() set up
   void setup_cudnn();  // cudnn_ and its workspace for the largest micro-batch, before the plan
   bool cudnn_eligible() const;
   cuda::AttnShape biggest_attn() const;  // of max_batch x max_seq
@@ -254,7 +254,10 @@ class LlamaGpu {
   cuda::AttnShape attn_shape() const;  // of the current micro-batch
   std::pair<const void*, const void*> lora_ab(int64_t l, int p) const;
   Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : slot_ * (l1_ - l0_) + (l - l0_)]; }
-  size_t x_bytes_max() const { return static_cast<size_t>(max_n_ * cfg_.hidden_size) * esz_; }  // at max_batch x max_seq
+  // Pinned host bytes of the offloaded layer inputs (every layer's, and the last output), at max_batch x max_seq.
+  size_t offload_host_bytes() const {
+    return static_cast<size_t>(cfg_.num_hidden_layers + 1) * static_cast<size_t>(max_n_ * cfg_.hidden_size) * esz_;
+  }
   size_t x_bytes() const { return static_cast<size_t>(n_ * cfg_.hidden_size) * esz_; }  // one layer input
   // Layer i's input (i = l1_: the stage's output), of the current slot.
   void* xbuf(int64_t i) const {
@@ -351,6 +354,7 @@ class LlamaGpu {
   std::unique_ptr<cuda::CudnnAttention> cudnn_;          // null: ftune's kernels only
   size_t cudnn_ws_bytes_ = 0;  // its plans' workspace for the largest micro-batch (plan only: the estimate)
   cuda::DeviceBuffer cudnn_ws_;                          // [cudnn_ws_bytes_] bytes
+  bool cudnn_now_ = false;                               // this micro-batch's attention on cudnn_
   std::string attn_kernels_;                             // attention_kernels()
   std::string cudnn_note_;                               // why cudnn_ is null though asked for
   cuda::DeviceBuffer xd_, dxd_, norm_acc_;               // dropout: [N, max(H, I, Q)] dt and fp32; [1] f64

@@ -115,9 +115,8 @@ cuda::AttnShape LlamaGpu::biggest_attn() const {
 // Whether the options ask for cuDNN's attention and the shapes are what its engines take (the plan
 // without a GPU then counts its workspace).
 bool LlamaGpu::cudnn_eligible() const {
-  const cuda::AttnShape a = biggest_attn();
-  return opt_.cudnn_attention && !opt_.deterministic && dt_ != F32 && sm_ >= 80 && use_flash(a) &&
-         (a.head_dim == 64 || a.head_dim == 128);
+  const cuda::AttnShape a = biggest_attn();  // use_flash: the scratch cuDNN's backward shares is planned
+  return opt_.cudnn_attention && !opt_.deterministic && use_flash(a) && cuda::CudnnAttention::takes(dt_, sm_, a);
 }
 
 void LlamaGpu::setup_cudnn() {
@@ -138,23 +137,23 @@ void LlamaGpu::setup_cudnn() {
   cudnn_ws_bytes_ = std::max(cudnn_->workspace_bytes(dt_, biggest), cuda::cudnn_attention_workspace_estimate(biggest));
 }
 
-bool LlamaGpu::use_cudnn(const cuda::AttnShape& a) {
-  if (!cudnn_ || has_doc_) return false;  // packed documents: ftune's kernels take the per-token ids
-  return cudnn_->supports(dt_, a) && cudnn_->workspace_bytes(dt_, a) <= cudnn_ws_bytes_;
+// Once per micro-batch (prepare): cuDNN or ftune's kernels for its attention, and the name of the choice.
+void LlamaGpu::choose_attention() {
+  const cuda::AttnShape a = attn_shape();
+  // packed documents: ftune's kernels take the per-token ids
+  cudnn_now_ = cudnn_ && !has_doc_ && cudnn_->supports(dt_, a) && cudnn_->workspace_bytes(dt_, a) <= cudnn_ws_bytes_;
+  attn_kernels_ = cudnn_now_       ? cudnn_->status() + " fused"
+                  : !use_flash(a) ? "ftune reference"
+                  : cudnn_        ? (has_doc_ ? "ftune flash (packed documents)" : "ftune flash (cuDNN refused the shape)")
+                                  : "ftune flash" + cudnn_note_;
 }
 
 void LlamaGpu::attention_fwd(Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
-  if (use_cudnn(as)) {
+  if (cudnn_now_)
     cudnn_->forward(dt_, as, A.q.data(), A.k.data(), A.v.data(), A.att.data(), f(A.lse), cudnn_ws_.data());
-    attn_kernels_ = cudnn_->status() + " fused";
-    return;
-  }
-  attn_kernels_ = !use_flash(as) ? "ftune reference"
-                  : cudnn_      ? (has_doc_ ? "ftune flash (packed documents)" : "ftune flash (cuDNN refused the shape)")
-                                : "ftune flash" + cudnn_note_;
-  if (use_flash(as))
+  else if (use_flash(as))
     cuda::flash_attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
   else
     cuda::attention_forward(*ctx_, dt_, as, A.q.data(), A.k.data(), A.v.data(), doc, A.att.data(), f(A.lse));
@@ -163,7 +162,7 @@ void LlamaGpu::attention_fwd(Acts& A) {
 void LlamaGpu::attention_bwd(const Acts& A) {
   const cuda::AttnShape as = attn_shape();
   const int32_t* doc = has_doc_ ? doc_.as<int32_t>() : nullptr;
-  if (use_cudnn(as))
+  if (cudnn_now_)
     cudnn_->backward(dt_, as, A.q.data(), A.k.data(), A.v.data(), A.att.data(), f(A.lse), datt_.data(), dq_.data(),
                      dk_.data(), dv_.data(), f(delta_), f(attn_scratch_), cudnn_ws_.data());
   else if (use_flash(as))

@@ -60,8 +60,7 @@ Out run(const LlamaConfig& c, const LlamaWeights& w, const LoraSpec& s, const Gp
 
 Batch random_batch(const LlamaConfig& c, int64_t rows_n, int64_t len, uint64_t seed) {
   Rng r(seed);
-  static std::vector<std::vector<int32_t>> rows;
-  rows.assign(static_cast<size_t>(rows_n), std::vector<int32_t>(static_cast<size_t>(len)));
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(rows_n), std::vector<int32_t>(static_cast<size_t>(len)));
   for (auto& row : rows)
     for (auto& x : row) x = static_cast<int32_t>(r.below(static_cast<uint64_t>(c.vocab_size)));
   std::vector<const std::vector<int32_t>*> p;

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "../test_util.h"
+#include "attention_outputs.h"
 #include "op_harness.h"
 #include "ops/cpu/attention.h"
 #include "ops/cuda/attention.h"
@@ -20,6 +21,26 @@
 #include "ops/cuda/flash_attention.h"
 
 namespace ftune::ops {
+
+Outputs flash_attention_outputs(const cuda::Context& ctx, Dtype dt, const cuda::FlashOptions& o,
+                                const cuda::AttnShape& a, const Tensors& t) {
+  const auto it = t.i.find("doc");
+  const std::vector<int32_t> doc = it == t.i.end() ? std::vector<int32_t>{} : it->second;
+  auto ddoc = cuda::DeviceBuffer::from(doc.empty() ? std::vector<int32_t>{0} : doc);
+  const int32_t* dp = doc.empty() ? nullptr : ddoc.as<int32_t>();
+  const size_t nq = t.at("q").size(), nk = t.at("k").size(), nl = static_cast<size_t>(a.batch * a.heads * a.seq);
+  const cuda::Storage s = storage(dt);
+  auto q = upload(dt, t.at("q")), k = upload(dt, t.at("k")), v = upload(dt, t.at("v")), dout = upload(dt, t.at("dout"));
+  cuda::DeviceBuffer out(nq * 2), dq(nq * 2), dk(nk * 2), dv(nk * 2), lse(nl * 4), delta(nl * 4),
+      scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a, o)) * 4);
+  cuda::flash_attention_forward(ctx, s, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), o);
+  cuda::flash_attention_backward(ctx, s, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), dout.data(),
+                                 dq.data(), dk.data(), dv.data(), delta.as<float>(), scratch.as<float>(), o);
+  return Outputs{{"out", download(ctx, dt, out, nq)}, {"lse", download(ctx, Dtype::F32, lse, nl)},
+                 {"dq", download(ctx, dt, dq, nq)},   {"dk", download(ctx, dt, dk, nk)},
+                 {"dv", download(ctx, dt, dv, nk)}};
+}
+
 namespace {
 
 struct Case {
@@ -138,22 +159,7 @@ bool flash_usable(const cuda::Context& ctx, const Flash& f, const Case& c) {
 
 // Flash forward then backward in f's storage and path: out, lse, dq, dk, dv.
 Outputs flash_attention(const cuda::Context& ctx, const Flash& f, const Case& c, const Tensors& t) {
-  const auto& doc = t.ints("doc");
-  auto ddoc = cuda::DeviceBuffer::from(doc.empty() ? std::vector<int32_t>{0} : doc);
-  const int32_t* dp = doc.empty() ? nullptr : ddoc.as<int32_t>();
-  const cuda::AttnShape a = gpu_shape(c);
-  const size_t nq = t.at("q").size(), nk = t.at("k").size(), nl = static_cast<size_t>(c.batch * c.heads * c.seq);
-  const cuda::Storage s = storage(f.dt);
-  auto q = upload(f.dt, t.at("q")), k = upload(f.dt, t.at("k")), v = upload(f.dt, t.at("v")),
-       dout = upload(f.dt, t.at("dout"));
-  cuda::DeviceBuffer out(nq * 2), dq(nq * 2), dk(nk * 2), dv(nk * 2), lse(nl * 4), delta(nl * 4),
-      scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a, f.options())) * 4);
-  cuda::flash_attention_forward(ctx, s, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), f.options());
-  cuda::flash_attention_backward(ctx, s, a, q.data(), k.data(), v.data(), dp, out.data(), lse.as<float>(), dout.data(),
-                                 dq.data(), dk.data(), dv.data(), delta.as<float>(), scratch.as<float>(), f.options());
-  return Outputs{{"out", download(ctx, f.dt, out, nq)},  {"lse", download(ctx, Dtype::F32, lse, nl)},
-                 {"dq", download(ctx, f.dt, dq, nq)},    {"dk", download(ctx, f.dt, dk, nk)},
-                 {"dv", download(ctx, f.dt, dv, nk)}};
+  return flash_attention_outputs(ctx, f.dt, f.options(), gpu_shape(c), t);
 }
 
 // Bounds of a flash variant against the fp32 reference. fp16 has 10 stored mantissa bits against

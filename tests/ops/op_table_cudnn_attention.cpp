@@ -10,6 +10,7 @@
 #include <string>
 
 #include "../test_util.h"
+#include "attention_outputs.h"
 #include "op_harness.h"
 #include "ops/cpu/attention.h"
 #include "ops/cuda/cudnn_attention.h"
@@ -48,22 +49,6 @@ Outputs cudnn_attention(const cuda::Context& ctx, cuda::CudnnAttention& dnn, Dty
   dnn.forward(s, a, q.data(), k.data(), v.data(), out.data(), lse.as<float>(), ws.data());
   dnn.backward(s, a, q.data(), k.data(), v.data(), out.data(), lse.as<float>(), dout.data(), dq.data(), dk.data(),
                dv.data(), rows.as<float>(), acc.as<float>(), ws.data());
-  return Outputs{{"out", download(ctx, dt, out, nq)}, {"lse", download(ctx, Dtype::F32, lse, nl)},
-                 {"dq", download(ctx, dt, dq, nq)},   {"dk", download(ctx, dt, dk, nk)},
-                 {"dv", download(ctx, dt, dv, nk)}};
-}
-
-// ftune's flash kernels on the same inputs (the long-shape reference).
-Outputs flash_attention(const cuda::Context& ctx, Dtype dt, const Case& c, const Tensors& t) {
-  const cuda::AttnShape a = shape(c);
-  const cuda::Storage s = storage(dt);
-  const size_t nq = t.at("q").size(), nk = t.at("k").size(), nl = static_cast<size_t>(c.batch * c.heads * c.seq);
-  auto q = upload(dt, t.at("q")), k = upload(dt, t.at("k")), v = upload(dt, t.at("v")), dout = upload(dt, t.at("dout"));
-  cuda::DeviceBuffer out(nq * 2), dq(nq * 2), dk(nk * 2), dv(nk * 2), lse(nl * 4), delta(nl * 4),
-      scratch(static_cast<size_t>(cuda::flash_attention_scratch_floats(a)) * 4);
-  cuda::flash_attention_forward(ctx, s, a, q.data(), k.data(), v.data(), nullptr, out.data(), lse.as<float>());
-  cuda::flash_attention_backward(ctx, s, a, q.data(), k.data(), v.data(), nullptr, out.data(), lse.as<float>(),
-                                 dout.data(), dq.data(), dk.data(), dv.data(), delta.as<float>(), scratch.as<float>());
   return Outputs{{"out", download(ctx, dt, out, nq)}, {"lse", download(ctx, Dtype::F32, lse, nl)},
                  {"dq", download(ctx, dt, dq, nq)},   {"dk", download(ctx, dt, dk, nk)},
                  {"dv", download(ctx, dt, dv, nk)}};
@@ -143,7 +128,7 @@ std::vector<OpCase> rows(cuda::CudnnAttention& dnn, const cuda::Context& ctx, bo
       op.dtype = dt;
       add_inputs(op, c);
       if (long_shapes) {
-        op.reference = [&ctx, dt, c](const Tensors& t) { return flash_attention(ctx, dt, c, t); };
+        op.reference = [&ctx, dt, c](const Tensors& t) { return flash_attention_outputs(ctx, dt, {}, shape(c), t); };
         op.checks = twice(checks(dt));
       } else {
         op.reference = [c](const Tensors& t) { return cpu_reference(c, t); };

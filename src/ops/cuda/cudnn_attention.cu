@@ -29,6 +29,11 @@
 
 namespace ftune::cuda {
 
+bool CudnnAttention::takes(Storage s, int sm, const AttnShape& a) {
+  return s != Storage::F32 && sm >= 80 && (a.head_dim == 64 || a.head_dim == 128) && a.kv_heads > 0 &&
+         a.heads % a.kv_heads == 0;
+}
+
 size_t cudnn_attention_workspace_estimate(const AttnShape& a) {
   const size_t group = a.heads != a.kv_heads ? static_cast<size_t>(a.batch * a.seq * a.heads * a.head_dim) * 4 : 0;
   return 256 + group;
@@ -318,8 +323,7 @@ struct CudnnAttention::Impl {
   }
 
   Plans* plans(Storage s, const AttnShape& a) {
-    if (!ok || s == Storage::F32 || sm < 80) return nullptr;
-    if ((a.head_dim != 64 && a.head_dim != 128) || a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return nullptr;
+    if (!ok || !CudnnAttention::takes(s, sm, a)) return nullptr;
     auto key = std::make_tuple(static_cast<int>(s), a.batch, a.seq, a.heads, a.kv_heads, a.head_dim);
     auto it = cache.find(key);
     if (it == cache.end()) {

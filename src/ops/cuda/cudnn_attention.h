@@ -37,9 +37,11 @@ class CudnnAttention {
   // "cuDNN 9.x.y", or why it is not in use (library missing, too old, no handle).
   std::string status() const;
 
-  // True when cuDNN has fused engines for causal attention of this storage and shape: bf16 or fp16
-  // on sm_80+, head_dim 64 or 128 (the sizes ftune's models use), heads a multiple of kv_heads. The
-  // forward and backward plans are built and kept on the first ask for a shape (a few hundred ms);
+  // What the fused engines are asked for at all, without a GPU or the library: bf16 or fp16 on
+  // sm_80+, head_dim 64 or 128 (the sizes ftune's models use), heads a multiple of kv_heads.
+  static bool takes(Storage s, int sm, const AttnShape& a);
+  // True when cuDNN has fused engines for causal attention of this storage and shape (takes() and
+  // a plan). The forward and backward plans are built and kept on the first ask for a shape (a few hundred ms);
   // a shape cuDNN refuses is remembered as refused. Never throws.
   bool supports(Storage s, const AttnShape& a);
   // Why the last refused shape was refused (empty if none was).
