@@ -166,16 +166,66 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
     for (const dist::Zero3Run& r : z3_->runs())
       if (r.local >= z3_->sharded_numel()) z_norm_local_.emplace_back(r.table, r.local);
   }
-  // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r].
-  slots_.resize(cfg.num_hidden_layers);
-  if (has_lora_)
-    for (int64_t l = l0_; l < l1_; ++l)
-      for (int p = 0; p < kNumProj; ++p)
-        if (spec_.targets[p]) {
-          auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
-          slots_[l][p].a = lora_n_, lora_n_ += spec_.r * in;
-          slots_[l][p].b = lora_n_, lora_n_ += out * spec_.r;
-        }
+  // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r]. The compute
+  // copy's: per layer and group, the A of its adapted members, then their B.
+  slots_.resize(cfg.num_hidden_layers), cslots_.resize(cfg.num_hidden_layers);
+  if (!has_lora_) return;
+  for (int64_t l = l0_; l < l1_; ++l)
+    for (int p = 0; p < kNumProj; ++p)
+      if (spec_.targets[p]) {
+        auto [out, in] = proj_shape(cfg, static_cast<Proj>(p));
+        slots_[l][p].a = lora_n_, lora_n_ += spec_.r * in;
+        slots_[l][p].b = lora_n_, lora_n_ += out * spec_.r;
+      }
+  int64_t c = 0;
+  auto run = [&](int64_t from, int64_t n) {
+    if (!copy_runs_.empty() && copy_runs_.back().from + copy_runs_.back().n == from &&
+        copy_runs_.back().to + copy_runs_.back().n == c)
+      copy_runs_.back().n += n;
+    else
+      copy_runs_.push_back({from, c, n});
+    c += n;
+  };
+  for (int64_t l = l0_; l < l1_; ++l)
+    for (const auto& group : kGroups) {
+      for (int p : group)
+        if (p >= 0 && spec_.targets[p])
+          cslots_[l][p].a = c, run(slots_[l][p].a, spec_.r * proj_shape(cfg, static_cast<Proj>(p))[1]);
+      for (int p : group)
+        if (p >= 0 && spec_.targets[p])
+          cslots_[l][p].b = c, run(slots_[l][p].b, proj_shape(cfg, static_cast<Proj>(p))[0] * spec_.r);
+    }
+  FT_ASSERT(c == lora_n_);
+}
+
+LlamaGpu::GroupPos LlamaGpu::group_pos(int p) const {
+  GroupPos gp;
+  for (size_t k = 0; k < kGroups.size(); ++k) {
+    const auto& group = kGroups[k];
+    if (std::find(group.begin(), group.end(), p) == group.end()) continue;
+    gp.group = static_cast<int>(k);
+    for (int q : group)
+      if (q >= 0 && adapted(q)) {
+        if (gp.first < 0) gp.first = q;
+        if (q == p) gp.j = gp.g;
+        ++gp.g;
+      }
+  }
+  return gp;
+}
+
+void* LlamaGpu::t_rows(Acts& A, Proj p, int64_t r0, int64_t m) const {
+  if (!adapted(static_cast<int>(p))) return nullptr;
+  const GroupPos gp = group_pos(static_cast<int>(p));
+  const int64_t r = spec_.r;
+  const cuda::DeviceBuffer& t = A.t[gp.first];
+  return fused(gp) ? dt(t, (r0 * gp.g + gp.j * m) * r) : dt(t, (gp.j * max_n_ + r0) * r);
+}
+
+void LlamaGpu::refresh_lora_copy() {
+  if (dt_ == F32) return;
+  for (const CopyRun& c : copy_runs_)
+    cuda::convert(*ctx_, F32, f(lora_p_) + c.from, dt_, dt(lora_c_, c.to), c.n);
 }
 
 size_t LlamaGpu::plan_bytes(const GpuModelOptions& o) {
@@ -306,7 +356,7 @@ void LlamaGpu::allocate() {
     A.gate = alloc_dt(NI * I), A.up = alloc_dt(NI * I), A.act = alloc_dt(NI * I);
     A.rstd1 = alloc(N * 4), A.rstd2 = alloc(N * 4), A.lse = alloc(N * cfg_.num_attention_heads * 4);
     for (int p = 0; p < kNumProj; ++p)
-      if (adapted(p)) A.t[p] = alloc_dt(N * r);
+      if (adapted(p) && group_pos(p).first == p) A.t[p] = alloc_dt(N * r * group_pos(p).g);
   }
   xs_.clear();
   xs_.resize(opt_.offload ? std::min<int64_t>(L + 1, ActivationOffload::kSlots) : (l1_ - l0_ + 1) * opt_.slots);
@@ -322,7 +372,8 @@ void LlamaGpu::allocate() {
   dy_ = alloc(N * H * 4), dn_ = alloc(N * H * 4);
   dyb_ = dt_ == F32 ? cuda::DeviceBuffer() : alloc_dt(N * H);
   datt_ = alloc_dt(N * Q), dq_ = alloc_dt(N * Q), dk_ = alloc_dt(N * KV), dv_ = alloc_dt(N * KV);
-  dtb_ = alloc_dt(N * std::max<int64_t>(r, 1));
+  dtb_ = alloc_dt(N * std::max<int64_t>(r, 1) * 3);  // up to three members of a fused group
+  if (has_lora_ && opt_.fuse_lora && dt_ != F32 && spec_.dropout == 0) dag_ = alloc(3 * r * H * 4);
   delta_ = alloc(N * cfg_.num_attention_heads * 4);
   const cuda::AttnShape biggest = biggest_attn();
   attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest, flash_options())) * 4)
@@ -435,7 +486,7 @@ void LlamaGpu::set_lora(const LoraParams& lora) {
       }
   ctx_->synchronize();
   lora_p_.upload(flat.data(), flat.size() * 4);
-  if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+  refresh_lora_copy();
 }
 
 void LlamaGpu::get_lora(LoraParams& lora) const {
@@ -483,7 +534,7 @@ void LlamaGpu::load_state(const StateDict& in) {
     lora_v_.upload(in.f32_of("gpu.adam.v", lora_n_).data(), lora_n_ * 4);
   }
   adam_t_ = in.int_of("gpu.adam.t");
-  if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+  refresh_lora_copy();
   ctx_->synchronize();
 }
 
@@ -562,7 +613,7 @@ void LlamaGpu::optimizer_step(const cuda::AdamWStep& s, float grad_coef) {
     st.grad_coef = grad_coef;
     cuda::adamw_update(*ctx_, st, f(lora_p_), f(lora_g_), f(lora_m_), f(lora_v_), lora_n_);
   }
-  if (dt_ != F32) cuda::convert(*ctx_, F32, lora_p_.data(), dt_, lora_c_.data(), lora_n_);
+  refresh_lora_copy();
 }
 
 void LlamaGpu::prepare(const Batch& b, bool embed) {

@@ -58,6 +58,10 @@ struct GpuModelOptions {
   // has plans for the micro-batch's shape, and the batch has no packed-document ids; ftune's flash
   // kernels otherwise, always with `deterministic`, and when false.
   bool cudnn_attention = true;
+  // The adapter's A projections that read one input (q/k/v; gate/up) as one GEMM, forward and
+  // backward, where no dropout draws a mask per projection and the storage is 16-bit (off: one GEMM
+  // each, for comparison). The fp32 masters, gradients and moments keep one layout either way.
+  bool fuse_lora = true;
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
   // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
   // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host
@@ -196,11 +200,25 @@ class LlamaGpu {
     cuda::DeviceBuffer n1, q, k, v, att, h, n2, gate, up, act;  // [N, H|Q|KV|I] storage dt_ (gate, up,
                                                                 // act: [mlp_chunk, I] when chunked)
     cuda::DeviceBuffer rstd1, rstd2, lse;                       // [N], [N], [B, heads, T] fp32
-    std::array<cuda::DeviceBuffer, kNumProj> t;                 // [N, r] x A^T, storage dt_
+    // x A^T of each adapted projection, storage dt_, in the buffer of its group's first adapted
+    // member (kGroups): g x [N, r] one after another, or, fused, per MLP chunk of m rows the
+    // members' transposes [r, m] one after another ([g r, m]: the fused GEMM's output).
+    std::array<cuda::DeviceBuffer, kNumProj> t;
   };
   struct LoraSlot {
-    int64_t a = -1, b = -1;  // element offsets of A [r, in] and B [out, r] in the flat buffers
+    int64_t a = -1, b = -1;  // element offsets of A [r, in] and B [out, r] in a flat buffer
   };
+  // The projections that read one input, in call order (-1: none).
+  static constexpr std::array<std::array<int, 3>, 4> kGroups{{{0, 1, 2}, {3, -1, -1}, {4, 5, -1}, {6, -1, -1}}};
+  struct GroupPos {
+    int group = -1;                // p's index in kGroups
+    int first = -1, g = 0, j = 0;  // the group's first adapted member, its adapted members, p's index among them
+  };
+  GroupPos group_pos(int p) const;
+  bool fused(const GroupPos& gp) const {
+    return opt_.fuse_lora && dt_ != cuda::Storage::F32 && gp.g > 1 && spec_.dropout == 0;
+  }
+  void refresh_lora_copy();  // lora_c_ from lora_p_ (copy_runs_)
   LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt);
   cuda::DeviceBuffer alloc(size_t bytes);
   void count(size_t bytes);  // bytes that another object allocates, in the current category
@@ -228,11 +246,9 @@ class LlamaGpu {
   void layer_forward(int64_t l, bool recompute);
   bool mlp_chunked() const { return opt_.checkpointing && opt_.mlp_chunk > 0 && opt_.mlp_chunk < max_n_; }
   int64_t mlp_rows() const { return mlp_chunked() ? opt_.mlp_chunk : n_; }  // the MLP's rows at a time
-  // The adapter's saved x A^T of projection p from row r0 (null where p has no adapter).
-  void* t_rows(Acts& A, Proj p, int64_t r0) const {
-    const cuda::DeviceBuffer& t = A.t[static_cast<int>(p)];
-    return t.data() ? dt(t, r0 * spec_.r) : nullptr;
-  }
+  // The adapter's saved x A^T of projection p for rows [r0, r0 + m) (null where p has no adapter):
+  // [m, r], or [r, m] when its group is fused.
+  void* t_rows(Acts& A, Proj p, int64_t r0, int64_t m) const;
   // Rows [r0, r0 + m) through the MLP: gate, up, SwiGLU (in the chunk buffers) and, unless
   // recomputing, the layer's output.
   void mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m);
@@ -335,7 +351,15 @@ class LlamaGpu {
   std::vector<cuda::DeviceBuffer> xs_;  // [slots * (stage layers + 1)] x [N, H] dt: each layer's input,
                                         // then the stage's output (3 rotating slots with offload_)
   std::unique_ptr<ActivationOffload> offload_;
-  std::vector<std::array<LoraSlot, kNumProj>> slots_;
+  // The adapter's offsets: in the fp32 masters, gradients and moments (per layer and projection, A
+  // then B: the checkpoints' layout), and in the compute copy lora_c_ (per layer and group, the A of
+  // its adapted members one after another, [g r, in], then their B), with the runs that map one onto
+  // the other.
+  std::vector<std::array<LoraSlot, kNumProj>> slots_, cslots_;
+  struct CopyRun {
+    int64_t from = 0, to = 0, n = 0;  // elements: lora_p_ offset, lora_c_ offset, count
+  };
+  std::vector<CopyRun> copy_runs_;
   int64_t lora_n_ = 0;
   cuda::DeviceBuffer lora_p_, lora_g_, lora_m_, lora_v_;  // [lora_n_] fp32: masters, grads, AdamW moments
   std::unique_ptr<DeviceAdamW8bit> adam8_;                // the moments in 8 bits (instead of lora_m_/v_)
@@ -349,7 +373,8 @@ class LlamaGpu {
   cuda::DeviceBuffer final_rstd_;                        // [N] fp32
   cuda::DeviceBuffer dy_, dn_;                           // [N, H] fp32: residual gradient, norm input gradient
   cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_ only in bf16)
-  cuda::DeviceBuffer dtb_;                               // [N, r] dt
+  cuda::DeviceBuffer dtb_;                               // [N, 3 r] dt: s dy B (of up to 3 fused members)
+  cuda::DeviceBuffer dag_;                               // [3 r, H] fp32: a fused group's dA before it is added
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
   std::unique_ptr<cuda::CudnnAttention> cudnn_;          // null: ftune's kernels only
   size_t cudnn_ws_bytes_ = 0;  // its plans' workspace for the largest micro-batch (plan only: the estimate)

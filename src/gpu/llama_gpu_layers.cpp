@@ -29,7 +29,8 @@ float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
 // The adapter's A and B of a projection as GEMM operands (the dt compute copy, or the fp32 masters).
 std::pair<const void*, const void*> LlamaGpu::lora_ab(int64_t l, int p) const {
   const char* base = static_cast<const char*>(dt_ == F32 ? lora_p_.data() : lora_c_.data());
-  return {base + slots_[l][p].a * static_cast<int64_t>(esz_), base + slots_[l][p].b * static_cast<int64_t>(esz_)};
+  const LoraSlot& s = (dt_ == F32 ? slots_ : cslots_)[l][p];
+  return {base + s.a * static_cast<int64_t>(esz_), base + s.b * static_cast<int64_t>(esz_)};
 }
 
 // y = x W^T (+ residual) + s * (drop(x) A^T) B^T, t = drop(x) A^T saved. y null: only t (the
@@ -44,14 +45,22 @@ void LlamaGpu::linear_fwd(int64_t l, Proj p, const void* x, const void* residual
                residual, y, dt_);
   if (!adapted(i)) return;
   const auto [A, B] = lora_ab(l, i);
-  const void* xin = x;
-  if (dropout_key_ && spec_.dropout > 0) {
-    cuda::dropout_forward(*ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
-                          xd_.data(), m * in, r0 * in);
-    xin = xd_.data();
+  const GroupPos gp = group_pos(i);
+  const bool fuse = fused(gp);
+  if (fuse && gp.j == 0) {
+    // The group's first member: t^T of every member at once, [A_1; ..; A_g] x^T = [g r, m] (the
+    // compute copy keeps a group's A one after another).
+    cuda::gemm(*ctx_, gp.g * spec_.r, m, in, 1.0f, {A, dt_, false}, {x, dt_, true}, 0.0f, t, dt_);
+  } else if (!fuse) {
+    const void* xin = x;
+    if (dropout_key_ && spec_.dropout > 0) {
+      cuda::dropout_forward(*ctx_, dt_, dropout_key_for(dropout_key_, l, i), static_cast<float>(spec_.dropout), x,
+                            xd_.data(), m * in, r0 * in);
+      xin = xd_.data();
+    }
+    cuda::gemm(*ctx_, m, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
   }
-  cuda::gemm(*ctx_, m, spec_.r, in, 1.0f, {xin, dt_, false}, {A, dt_, true}, 0.0f, t, dt_);
-  if (y) cuda::gemm(*ctx_, m, out, spec_.r, spec_.scaling(), {t, dt_, false}, {B, dt_, true}, 1.0f, y, dt_);
+  if (y) cuda::gemm(*ctx_, m, out, spec_.r, spec_.scaling(), {t, dt_, fuse}, {B, dt_, true}, 1.0f, y, dt_);
 }
 
 // dx = beta * dx + dy W + (s dy B) A; dB += s dy^T t; dA += (s dy B)^T drop(x). The adapter's
@@ -73,6 +82,24 @@ void LlamaGpu::linear_bwd(int64_t l, Proj p, const void* x, const void* t, const
   float* dA = f(lora_g_) + slots_[l][i].a;
   float* dB = f(lora_g_) + slots_[l][i].b;
   const float s = spec_.scaling();
+  const GroupPos gp = group_pos(i);
+  if (fused(gp)) {
+    // t is [r, m]; this member's (s dy B)^T goes to row block j of dtb_ ([g r, m]). After the
+    // group's last member (the backward visits them in call order): its dA in one GEMM ([g r, in],
+    // then each member's block added to the gradients) and the (s dy B) A terms of dx in one.
+    const int64_t r = spec_.r;
+    cuda::gemm(*ctx_, out, r, m, s, {dy, dt_, true}, {t, dt_, true}, 1.0f, dB, F32);
+    cuda::gemm(*ctx_, r, m, out, s, {B, dt_, true}, {dy, dt_, true}, 0.0f, dt(dtb_, gp.j * r * m), dt_);
+    cuda::gemm(*ctx_, m, in, out, 1.0f, {dy, dt_, false}, {W, dt_, false}, beta, dx, dx_type);
+    if (gp.j + 1 < gp.g) return;
+    const void* A0 = lora_ab(l, gp.first).first;  // the group's A, [g r, in]
+    cuda::gemm(*ctx_, gp.g * r, in, m, 1.0f, {dtb_.data(), dt_, false}, {x, dt_, false}, 0.0f, dag_.data(), F32);
+    for (const int q : kGroups[static_cast<size_t>(gp.group)])
+      if (q >= 0 && adapted(q))
+        cuda::add_into(*ctx_, f(dag_) + group_pos(q).j * r * in, f(lora_g_) + slots_[l][q].a, r * in);
+    cuda::gemm(*ctx_, m, in, gp.g * r, 1.0f, {dtb_.data(), dt_, true}, {A0, dt_, false}, 1.0f, dx, dx_type);
+    return;
+  }
   cuda::gemm(*ctx_, out, spec_.r, m, s, {dy, dt_, true}, {t, dt_, false}, 1.0f, dB, F32);
   cuda::gemm(*ctx_, m, spec_.r, out, s, {dy, dt_, false}, {B, dt_, false}, 0.0f, dtb_.data(), dt_);
   const bool drop = dropout_key_ && spec_.dropout > 0;
@@ -180,7 +207,7 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
   const int64_t H = cfg_.hidden_size;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const void* x = xbuf(l);
-  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
+  auto t = [&](Proj p) { return t_rows(A, p, 0, n_); };
   cuda::rmsnorm_forward(*ctx_, dt_, x, f(Ly.input_norm), A.n1.data(), f(A.rstd1), n_, H, eps);
   linear_fwd(l, Proj::Q, A.n1.data(), nullptr, A.q.data(), t(Proj::Q));
   linear_fwd(l, Proj::K, A.n1.data(), nullptr, A.k.data(), t(Proj::K));
@@ -203,7 +230,7 @@ void LlamaGpu::layer_forward(int64_t l, bool recompute) {
 void LlamaGpu::mlp_forward(int64_t l, bool recompute, int64_t r0, int64_t m) {
   Acts& A = acts(l);
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
-  auto t = [&](Proj p) { return t_rows(A, p, r0); };
+  auto t = [&](Proj p) { return t_rows(A, p, r0, m); };
   const char* n2 = dt(A.n2, r0 * H);
   linear_fwd(l, Proj::Gate, n2, nullptr, A.gate.data(), t(Proj::Gate), m, r0);
   linear_fwd(l, Proj::Up, n2, nullptr, A.up.data(), t(Proj::Up), m, r0);
@@ -237,7 +264,7 @@ void LlamaGpu::layer_backward(int64_t l) {
   Acts& A = acts(l);
   const Layer& Ly = layers_[l];
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
-  auto t = [&](Proj p) { return A.t[static_cast<int>(p)].data(); };
+  auto t = [&](Proj p) { return t_rows(A, p, 0, n_); };
   auto dy_op = [&]() -> const void* {  // the residual gradient as a GEMM operand
     if (dt_ == F32) return dy_.data();
     cuda::convert(*ctx_, F32, dy_.data(), dt_, dyb_.data(), n_ * H);
@@ -250,7 +277,7 @@ void LlamaGpu::layer_backward(int64_t l) {
   for (int64_t r0 = 0; r0 < n_; r0 += mlp_rows()) {
     const int64_t m = std::min(mlp_rows(), n_ - r0);
     if (mlp_chunked()) mlp_forward(l, true, r0, m);
-    auto tc = [&](Proj p) { return t_rows(A, p, r0); };
+    auto tc = [&](Proj p) { return t_rows(A, p, r0, m); };
     const char* n2 = dt(A.n2, r0 * H);
     float* dn = f(dn_) + r0 * H;
     linear_bwd(l, Proj::Down, A.act.data(), tc(Proj::Down), static_cast<const char*>(dyo) + r0 * H * static_cast<int64_t>(esz_), A.act.data(), dt_, 0.0f, m, r0);
