@@ -21,7 +21,7 @@ void add_init_model_command(CLI::App& app) {
     bool random = false, overwrite = false;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("--preset", a->preset, "Model shape: tiny, tinyllama, llama2-7b, llama2-13b, llama2-70b, llama3-8b");
+  cmd->add_option("--preset", a->preset, "Model shape: tiny, tinyllama, llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b");
   cmd->add_option("--random", a->out, "Output directory (weights drawn from N(0, 0.02))")->required();
   cmd->add_option("--vocab-size", a->vocab, "Override the preset's vocabulary size");
   cmd->add_option("--dtype", a->dtype, "Stored dtype: float32, bfloat16 or float16 (default: the preset's)");

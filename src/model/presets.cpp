@@ -28,7 +28,7 @@ LlamaConfig make(int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, i
 }  // namespace
 
 std::vector<std::string> preset_names() {
-  return {"tiny", "tinyllama", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b"};
+  return {"tiny", "tinyllama", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b"};
 }
 
 LlamaConfig preset_config(const std::string& name) {
@@ -43,6 +43,12 @@ LlamaConfig preset_config(const std::string& name) {
   if (name == "llama2-70b") return make(32000, 8192, 28672, 80, 64, 8, 4096, 1e-5, 10000.0);
   if (name == "llama3-8b") {
     LlamaConfig c = make(128256, 4096, 14336, 32, 32, 8, 8192, 1e-5, 500000.0);
+    c.bos_token_ids = {128000};
+    c.eos_token_ids = {128001};
+    return c;
+  }
+  if (name == "llama3-70b") {  // Llama-3.1/3.3-70B without their RoPE scaling
+    LlamaConfig c = make(128256, 8192, 28672, 80, 64, 8, 8192, 1e-5, 500000.0);
     c.bos_token_ids = {128000};
     c.eos_token_ids = {128001};
     return c;
