@@ -12,11 +12,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <string>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "model/rope.h"
 #include "quant/nf4.h"
 #include "ops/cuda/cuda_check.h"
@@ -33,14 +33,6 @@ constexpr cuda::Storage F32 = cuda::Storage::F32;
 constexpr int64_t kNf4Block = 64;  // bitsandbytes' default for QLoRA
 float* f(const cuda::DeviceBuffer& b) { return b.as<float>(); }
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-// MemAvailable of /proc/meminfo in bytes; 0 where it cannot be read (no limit is then applied).
-size_t host_available_bytes() {
-  std::ifstream f("/proc/meminfo");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("MemAvailable:", 0) == 0) return static_cast<size_t>(std::stoull(line.substr(13))) * 1024;
-  return 0;
-}
 
 }  // namespace
 
@@ -89,7 +81,7 @@ LlamaGpu::LlamaGpu(cuda::Context& ctx, const LlamaConfig& cfg, const WeightSourc
   if (need > free) fail("{}", does_not_fit(need, free, total, ctx_->name()));
   // Pinned host memory (offloaded layer inputs, paged optimizer states): cudaHostAlloc of more than
   // the machine has would fail deep inside, or push everything else into swap.
-  if (const size_t host = plan_.host_pinned, avail = host_available_bytes(); avail && host > avail)
+  if (const size_t host = plan_.host_pinned, avail = host_memory_available(); avail && host > avail)
     fail("the step needs {:.2f} GiB of pinned host memory ({:.2f} GiB of it the offloaded layer inputs), but this "
          "machine has {:.2f} GiB available; shorten data.max_seq_len or train.micro_batch_size",
          static_cast<double>(host) / kGiB,

@@ -111,9 +111,24 @@ RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const Run
   return e;
 }
 
+void check_host_memory(RunEstimate& e, size_t available) {
+  e.host_available = available;
+  const size_t need = e.memory.host_pinned + e.memory.host;
+  if (!available || need <= available || !e.fit_advice.empty()) return;
+  e.fit_advice = fmt::format(
+      "the run needs {:.2f} GiB of host memory ({:.2f} GiB of it pinned: offloaded layer inputs, paged optimizer "
+      "states), but the host has {:.2f} GiB available; shorten data.max_seq_len or train.micro_batch_size",
+      static_cast<double>(need) / kGiB, static_cast<double>(e.memory.host_pinned) / kGiB,
+      static_cast<double>(available) / kGiB);
+}
+
 int64_t longest_fitting_seq(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, const GpuSpec& gpu,
-                            int64_t cap) {
-  auto fits = [&](int64_t seq) { return estimate_run(cfg, spec, plan, seq, gpu).fit_advice.empty(); };
+                            size_t host_available, int64_t cap) {
+  auto fits = [&](int64_t seq) {
+    RunEstimate e = estimate_run(cfg, spec, plan, seq, gpu);
+    check_host_memory(e, host_available);
+    return e.fit_advice.empty();
+  };
   if (!fits(1)) return 0;
   if (fits(cap)) return cap;
   int64_t lo = 1, hi = cap;  // fits(lo), !fits(hi)
@@ -162,7 +177,8 @@ std::string format_estimate(const RunEstimate& e, const LlamaConfig& cfg, const 
                    "total", gib(e.memory.device_total()),
                    plan.max_memory ? gib(std::min<size_t>(e.gpu.memory, static_cast<size_t>(plan.max_memory)))
                                    : gib(e.gpu.memory));
-  s += fmt::format("host memory  {:.2f} GiB pinned, {:.2f} GiB other\n", gib(e.memory.host_pinned), gib(e.memory.host));
+  s += fmt::format("host memory  {:.2f} GiB pinned, {:.2f} GiB other{}\n", gib(e.memory.host_pinned), gib(e.memory.host),
+                   e.host_available ? fmt::format(", of {:.2f} GiB available", gib(e.host_available)) : "");
   s += fmt::format("step time    about {:.2f} s ({:.1f} TFLOP of model work at {:.0f}% of the GPU's peak{}){}\n",
                    e.step_seconds, e.flops_per_step / 1e12, 100 * kAssumedUtilisation,
                    plan.checkpointing ? ", plus checkpointing's recompute" : "",
@@ -181,10 +197,10 @@ std::string estimate_json(const RunEstimate& e) {
     stages += fmt::format("{}[{}, {}, {}]", k ? ", " : "", e.stages[k].first, e.stages[k].end, e.stages[k].device_bytes);
   return fmt::format(
       "{{\"gpu\": \"{}\", \"sm\": {}, \"gpu_memory\": {}, \"device\": {{{}}}, \"device_total\": {}, \"host_pinned\": {}, "
-      "\"host\": {}, \"tokens_per_step\": {}, \"flops_per_step\": {:.6e}, \"step_seconds\": {:.6e}, \"fits\": {}, "
+      "\"host\": {}, \"host_available\": {}, \"tokens_per_step\": {}, \"flops_per_step\": {:.6e}, \"step_seconds\": {:.6e}, \"fits\": {}, "
       "\"stages\": [{}], \"bubble\": {:.6f}}}",
       e.gpu.name, e.gpu.sm, e.gpu.memory, cats, e.memory.device_total(), e.memory.host_pinned, e.memory.host,
-      e.tokens_per_step, e.flops_per_step, e.step_seconds, e.fit_advice.empty() ? "true" : "false", stages, e.bubble);
+      e.host_available, e.tokens_per_step, e.flops_per_step, e.step_seconds, e.fit_advice.empty() ? "true" : "false", stages, e.bubble);
 }
 
 #ifndef FTUNE_HAVE_CUDA

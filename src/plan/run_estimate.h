@@ -45,7 +45,8 @@ struct RunEstimate {
   GpuSpec gpu;
   bool gpu_detected = false;
   MemoryPlan memory;
-  std::string fit_advice;      // empty when the plan fits the GPU
+  std::string fit_advice;      // empty when the plan fits the GPU (and the host, when checked)
+  size_t host_available = 0;   // the host memory it was checked against (0: not checked)
   int64_t tokens_per_micro_batch = 0, tokens_per_step = 0;
   double flops_per_step = 0;   // model FLOPs (with checkpointing's recompute: +2 N per token)
   double step_seconds = 0;     // estimate: compute at kAssumedUtilisation, plus optimizer offload transfers
@@ -63,11 +64,15 @@ struct RunEstimate {
 // The plan of a run on `gpu` (CUDA builds; the others fail naming the missing CUDA backend).
 RunEstimate estimate_run(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, int64_t max_seq,
                          const GpuSpec& gpu);
-// The longest rows (max_seq_len) whose plan still fits `gpu` (and train.max_memory): a binary
-// search over the plan, which grows with the length; 0 when not even one token fits, and `cap`
-// when `cap` tokens fit.
+// Where the run's host memory (pinned and other) exceeds `available` bytes (0: not checked) and it
+// otherwise fits, fit_advice says so: offloaded layer inputs grow with the tokens of a micro-batch
+// and can outgrow the host before the GPU.
+void check_host_memory(RunEstimate& e, size_t available);
+// The longest rows (max_seq_len) whose plan still fits `gpu` (and train.max_memory, and the host's
+// `host_available` bytes unless 0): a binary search over the plan, which grows with the length; 0
+// when not even one token fits, and `cap` when `cap` tokens fit.
 int64_t longest_fitting_seq(const LlamaConfig& cfg, const LoraSpec* spec, const RunPlan& plan, const GpuSpec& gpu,
-                            int64_t cap = int64_t{1} << 23);
+                            size_t host_available = 0, int64_t cap = int64_t{1} << 23);
 // The detected GPU, when this build has CUDA and a device is visible.
 bool detect_gpu(GpuSpec& out);
 

@@ -58,6 +58,31 @@ if [ "${n:-0}" -gt 2048 ] && plan70 --set dist.zero=3 --set data.max_seq_len=$n 
 else
   echo "FAIL --longest gave '$n'"; fails=$((fails + 1))
 fi
+# The host's memory: offloaded layer inputs (81 x 16 KiB a token at the 70B shape) outgrow a host
+# before the GPU. With --host-memory the plan says so, and --longest gives the length the host allows
+# beside what the GPU alone would fit; one token more than the host allows does not fit.
+plan70lc() { "$FTUNE" plan "$WORK/r.yaml" --gpu h200 --set model="$WORK/m70" --set train.method=qlora --set train.device=cuda \
+  --set train.gradient_checkpointing=true --set train.offload_activations=true --set train.micro_batch_size=1 \
+  --set train.grad_accum=1 --set train.optimizer=paged_adamw_8bit --set train.max_memory=80GiB "$@" 2>&1; }
+python3 - "$(plan70lc --host-memory 100 --longest --json)" "$(plan70lc --longest --json)" <<'PY' >"$WORK/host.txt" && echo "ok   --longest under a host's memory" || { echo "FAIL host-limited --longest"; cat "$WORK/host.txt"; fails=$((fails + 1)); }
+import json, sys
+host, free = (json.loads(a) for a in sys.argv[1:])
+assert host["host_available"] == 100 * 2**30 and free["host_available"] == 0, (host, free)
+assert free["longest_seq"] == free["longest_seq_gpu"] == host["longest_seq_gpu"], (host, free)
+assert 2048 < host["longest_seq"] < host["longest_seq_gpu"], host   # the host decides
+print(host["longest_seq"])
+PY
+n=$(tail -1 "$WORK/host.txt")
+if plan70lc --host-memory 100 --set data.max_seq_len=$n | grep -q "^host memory .*, of 100.00 GiB available" \
+  && plan70lc --host-memory 100 --set data.max_seq_len=$n | grep -q "^fits         yes" \
+  && plan70lc --host-memory 100 --set data.max_seq_len=$((n + 1)) \
+     | grep -q "^fits         no: the run needs .* GiB of host memory .* but the host has 100.00 GiB available"; then
+  echo "ok   $n tokens fit a 100 GiB host, $((n + 1)) do not"
+else
+  echo "FAIL host memory at $n tokens"; plan70lc --host-memory 100 --set data.max_seq_len=$((n + 1)); fails=$((fails + 1))
+fi
+expect_fail plan-bad-host-memory "--host-memory is the host's memory in GiB, a number above 0 \(got -2\)" \
+  "$FTUNE" plan "$WORK/r.yaml" --gpu h200 --host-memory -2
 # train.max_memory: the plan is held to the cap (the cap shows as the total's bound), and a cap over
 # what the GPU has is refused.
 "$FTUNE" plan "$WORK/r.yaml" --gpu t4 --set train.device=cuda --set train.max_memory=6GiB >"$WORK/t4-cap.txt" 2>&1
