@@ -68,7 +68,7 @@ const std::vector<KeyDef>& key_table() {
       {.name = "overwrite", .field = FT_FIELD(overwrite), .doc = "Allow replacing ftune's files in an output_dir that is not empty."},
       {.name = "lora.r", .field = FT_FIELD(lora.r), .doc = "LoRA rank.", .range = at_least(1)},
       {.name = "lora.alpha", .field = FT_FIELD(lora.alpha), .doc = "LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).", .range = above(0)},
-      {.name = "lora.dropout", .field = FT_FIELD(lora.dropout), .doc = "Dropout probability on the input of the LoRA branch.", .range = from_to_open(0, 1)},
+      {.name = "lora.dropout", .field = FT_FIELD(lora.dropout), .doc = "Dropout probability on the input of the LoRA branch (a mask per projection, as peft draws it). At 0 the GPU runs the A projections that share an input as one GEMM, a few percent faster.", .range = from_to_open(0, 1)},
       {.name = "lora.target_modules", .field = FT_FIELD(lora.target_modules), .doc = "Linear layers that get adapters; `all-linear` means all seven.",
        .choices = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}},
       {.name = "lora.use_rslora", .field = FT_FIELD(lora.use_rslora), .doc = "Rank-stabilized LoRA: scale by alpha / sqrt(r) instead of alpha / r."},
