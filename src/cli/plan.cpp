@@ -14,6 +14,10 @@
 
 namespace ftune {
 
+namespace {
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+}  // namespace
+
 void add_plan_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("plan", "Show a recipe's memory plan and estimated step time on a GPU, before training");
   struct Args {
@@ -55,7 +59,7 @@ void add_plan_command(CLI::App& app) {
       fail("ftune plan: no GPU is visible here; name the one to plan for with --gpu (e.g. --gpu T4)");
     const LoraSpec spec = lora_spec(cfg.lora);
     const LoraSpec* sp = plan.method == Method::Full ? nullptr : &spec;
-    const size_t host = a->host_gib > 0 ? static_cast<size_t>(a->host_gib * 1024.0 * 1024.0 * 1024.0)
+    const size_t host = a->host_gib > 0 ? static_cast<size_t>(a->host_gib * kGiB)
                         : detected      ? host_memory_available()
                                         : 0;
     RunEstimate e = estimate_run(mcfg, sp, plan, cfg.data.max_seq_len, gpu);
@@ -76,7 +80,7 @@ void add_plan_command(CLI::App& app) {
                    longest == 0 ? " (not even one)" : "", plan.micro_batch, mcfg.max_position_embeddings,
                    longest_gpu > longest
                        ? fmt::format("; the host's {:.2f} GiB decide it: the GPU alone would fit {}",
-                                     static_cast<double>(host) / (1024.0 * 1024.0 * 1024.0), longest_gpu)
+                                     static_cast<double>(host) / kGiB, longest_gpu)
                        : "");
     }
   });

@@ -159,9 +159,22 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
       if (r.local >= z3_->sharded_numel()) z_norm_local_.emplace_back(r.table, r.local);
   }
   // The adapter's flat layout: per layer and projection, A [r, in] then B [out, r]. The compute
-  // copy's: per layer and group, the A of its adapted members, then their B.
+  // copy's, where groups fuse: per layer and group, the A of its adapted members, then their B
+  // (otherwise the same as the masters', one run).
   slots_.resize(cfg.num_hidden_layers), cslots_.resize(cfg.num_hidden_layers);
   if (!has_lora_) return;
+  for (size_t k = 0; k < kGroups.size(); ++k) {
+    GroupPos gp;
+    gp.group = static_cast<int>(k);
+    for (int q : kGroups[k])
+      if (q >= 0 && spec_.targets[q]) {
+        if (gp.first < 0) gp.first = q;
+        ++gp.g;
+      }
+    for (int q : kGroups[k])
+      if (q >= 0 && spec_.targets[q]) gpos_[q] = gp, ++gp.j;
+    if (fused(gp)) widest_group_ = std::max<int64_t>(widest_group_, gp.g);
+  }
   for (int64_t l = l0_; l < l1_; ++l)
     for (int p = 0; p < kNumProj; ++p)
       if (spec_.targets[p]) {
@@ -178,32 +191,20 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
       copy_runs_.push_back({from, c, n});
     c += n;
   };
+  auto place = [&](int64_t l, const std::array<int, 3>& group) {
+    for (int p : group)
+      if (p >= 0 && spec_.targets[p])
+        cslots_[l][p].a = c, run(slots_[l][p].a, spec_.r * proj_shape(cfg, static_cast<Proj>(p))[1]);
+    for (int p : group)
+      if (p >= 0 && spec_.targets[p])
+        cslots_[l][p].b = c, run(slots_[l][p].b, proj_shape(cfg, static_cast<Proj>(p))[0] * spec_.r);
+  };
   for (int64_t l = l0_; l < l1_; ++l)
-    for (const auto& group : kGroups) {
-      for (int p : group)
-        if (p >= 0 && spec_.targets[p])
-          cslots_[l][p].a = c, run(slots_[l][p].a, spec_.r * proj_shape(cfg, static_cast<Proj>(p))[1]);
-      for (int p : group)
-        if (p >= 0 && spec_.targets[p])
-          cslots_[l][p].b = c, run(slots_[l][p].b, proj_shape(cfg, static_cast<Proj>(p))[0] * spec_.r);
-    }
+    if (fuses())
+      for (const auto& group : kGroups) place(l, group);
+    else  // one projection at a time: the runs merge into one copy of the whole
+      for (int p = 0; p < kNumProj; ++p) place(l, {p, -1, -1});
   FT_ASSERT(c == lora_n_);
-}
-
-LlamaGpu::GroupPos LlamaGpu::group_pos(int p) const {
-  GroupPos gp;
-  for (size_t k = 0; k < kGroups.size(); ++k) {
-    const auto& group = kGroups[k];
-    if (std::find(group.begin(), group.end(), p) == group.end()) continue;
-    gp.group = static_cast<int>(k);
-    for (int q : group)
-      if (q >= 0 && adapted(q)) {
-        if (gp.first < 0) gp.first = q;
-        if (q == p) gp.j = gp.g;
-        ++gp.g;
-      }
-  }
-  return gp;
 }
 
 void* LlamaGpu::t_rows(Acts& A, Proj p, int64_t r0, int64_t m) const {
@@ -364,8 +365,8 @@ void LlamaGpu::allocate() {
   dy_ = alloc(N * H * 4), dn_ = alloc(N * H * 4);
   dyb_ = dt_ == F32 ? cuda::DeviceBuffer() : alloc_dt(N * H);
   datt_ = alloc_dt(N * Q), dq_ = alloc_dt(N * Q), dk_ = alloc_dt(N * KV), dv_ = alloc_dt(N * KV);
-  dtb_ = alloc_dt(N * std::max<int64_t>(r, 1) * 3);  // up to three members of a fused group
-  if (has_lora_ && opt_.fuse_lora && dt_ != F32 && spec_.dropout == 0) dag_ = alloc(3 * r * H * 4);
+  dtb_ = alloc_dt(N * std::max<int64_t>(r, 1) * widest_group_);
+  if (widest_group_ > 1) dag_ = alloc(widest_group_ * r * H * 4);
   delta_ = alloc(N * cfg_.num_attention_heads * 4);
   const cuda::AttnShape biggest = biggest_attn();
   attn_scratch_ = use_flash(biggest) ? alloc(static_cast<size_t>(cuda::flash_attention_scratch_floats(biggest, flash_options())) * 4)

@@ -214,10 +214,11 @@ class LlamaGpu {
     int group = -1;                // p's index in kGroups
     int first = -1, g = 0, j = 0;  // the group's first adapted member, its adapted members, p's index among them
   };
-  GroupPos group_pos(int p) const;
-  bool fused(const GroupPos& gp) const {
-    return opt_.fuse_lora && dt_ != cuda::Storage::F32 && gp.g > 1 && spec_.dropout == 0;
+  GroupPos group_pos(int p) const { return gpos_[static_cast<size_t>(p)]; }
+  bool fuses() const {  // whether groups of more than one adapted member run as one GEMM
+    return has_lora_ && opt_.fuse_lora && dt_ != cuda::Storage::F32 && spec_.dropout == 0;
   }
+  bool fused(const GroupPos& gp) const { return fuses() && gp.g > 1; }
   void refresh_lora_copy();  // lora_c_ from lora_p_ (copy_runs_)
   LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const LoraSpec* spec, const GpuModelOptions& opt);
   cuda::DeviceBuffer alloc(size_t bytes);
@@ -360,6 +361,8 @@ class LlamaGpu {
     int64_t from = 0, to = 0, n = 0;  // elements: lora_p_ offset, lora_c_ offset, count
   };
   std::vector<CopyRun> copy_runs_;
+  std::array<GroupPos, kNumProj> gpos_{};  // per projection, set with the layout
+  int64_t widest_group_ = 1;               // adapted members of the largest fused group (1: none fused)
   int64_t lora_n_ = 0;
   cuda::DeviceBuffer lora_p_, lora_g_, lora_m_, lora_v_;  // [lora_n_] fp32: masters, grads, AdamW moments
   std::unique_ptr<DeviceAdamW8bit> adam8_;                // the moments in 8 bits (instead of lora_m_/v_)
@@ -373,8 +376,8 @@ class LlamaGpu {
   cuda::DeviceBuffer final_rstd_;                        // [N] fp32
   cuda::DeviceBuffer dy_, dn_;                           // [N, H] fp32: residual gradient, norm input gradient
   cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_ only in bf16)
-  cuda::DeviceBuffer dtb_;                               // [N, 3 r] dt: s dy B (of up to 3 fused members)
-  cuda::DeviceBuffer dag_;                               // [3 r, H] fp32: a fused group's dA before it is added
+  cuda::DeviceBuffer dtb_;                               // [N, widest_group_ r] dt: s dy B (of a group's members)
+  cuda::DeviceBuffer dag_;                               // [widest_group_ r, H] fp32: a fused group's dA (when one fuses)
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch
   std::unique_ptr<cuda::CudnnAttention> cudnn_;          // null: ftune's kernels only
   size_t cudnn_ws_bytes_ = 0;  // its plans' workspace for the largest micro-batch (plan only: the estimate)

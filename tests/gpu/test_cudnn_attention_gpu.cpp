@@ -28,25 +28,6 @@ LlamaConfig gqa_config() {
   return c;
 }
 
-struct Out {
-  double loss = 0;
-  std::vector<float> grads;  // the adapter's, in for_each order
-  std::string kernels;       // attention_kernels()
-};
-
-Out run(const LlamaConfig& c, const LlamaWeights& w, const LoraSpec& s, const GpuModelOptions& o, const Batch& b) {
-  cuda::Context ctx;
-  LlamaGpu m(ctx, c, memory_source(w).get(), &s, o, 3);
-  const LoraParams lora = nonzero_lora(c, s, 4);
-  m.set_lora(lora);
-  Out out;
-  out.loss = m.forward_backward(b, 1.0f / static_cast<float>(b.count_targets())).first;
-  LoraParams g = lora.zeros_like();
-  m.add_grads_to(g);
-  g.for_each([&](const std::string&, const Tensor& t) { out.grads.insert(out.grads.end(), t.data.begin(), t.data.end()); });
-  out.kernels = m.attention_kernels();
-  return out;
-}
 
 // Skips unless cuDNN's fused attention can run here.
 #define FTUNE_SKIP_WITHOUT_CUDNN()                                                       \
@@ -82,9 +63,9 @@ TEST(CudnnAttentionGpu, GivesTheFlashKernelsLossAndGradients) {
         const std::string name = fmt::format("T{} {}{}", len, nf4 ? "QLoRA" : "LoRA", ckpt ? " checkpointing" : "");
         GpuModelOptions o{b.batch, b.seq, cuda::Storage::BF16, ckpt, nf4};
         o.cudnn_attention = false;
-        const Out flash = run(c, w, s, o, b);
+        const LoraStep flash = lora_step(c, w, s, o, b);
         o.cudnn_attention = true;
-        const Out dnn = run(c, w, s, o, b);
+        const LoraStep dnn = lora_step(c, w, s, o, b);
         EXPECT_EQ(flash.kernels, "ftune flash") << name;
         EXPECT_EQ(dnn.kernels.rfind("cuDNN ", 0), 0u) << name << ": " << dnn.kernels;
         // Both sides round P and dS to bf16 for their mmas in different orders: the bf16 bounds of
@@ -116,11 +97,11 @@ TEST(CudnnAttentionGpu, PackedDocumentsAndDeterministicKeepFtuneKernels) {
   for (size_t i = 0; i < docs.size(); ++i) rows[i < 2 ? 0 : 1].emplace_back(&docs[i], &docs[i]);
   const Batch packed = make_packed_batch(rows, 0, 64);
   GpuModelOptions o{packed.batch, packed.seq, cuda::Storage::BF16, false, false};
-  EXPECT_EQ(run(c, w, s, o, packed).kernels, "ftune flash (packed documents)");
+  EXPECT_EQ(lora_step(c, w, s, o, packed).kernels, "ftune flash (packed documents)");
   const Batch plain = random_batch(c, 2, 128, 7);
   GpuModelOptions d{plain.batch, plain.seq, cuda::Storage::BF16, false, false};
   d.deterministic = true;
-  EXPECT_EQ(run(c, w, s, d, plain).kernels, "ftune flash");
+  EXPECT_EQ(lora_step(c, w, s, d, plain).kernels, "ftune flash");
 }
 
 // The plan (no GPU) counts cuDNN's workspace where the options ask for cuDNN: for the Llama-3.1-8B

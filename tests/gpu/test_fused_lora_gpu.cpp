@@ -27,24 +27,6 @@ LlamaConfig config() {
   return c;
 }
 
-struct Out {
-  double loss = 0;
-  std::vector<float> grads;
-};
-
-Out run(const LlamaConfig& c, const LlamaWeights& w, const LoraSpec& s, const GpuModelOptions& o, const Batch& b,
-        uint64_t dropout_key) {
-  cuda::Context ctx;
-  LlamaGpu m(ctx, c, memory_source(w).get(), &s, o, 3);
-  const LoraParams lora = nonzero_lora(c, s, 4);
-  m.set_lora(lora);
-  Out out;
-  out.loss = m.forward_backward(b, 1.0f / static_cast<float>(b.count_targets()), dropout_key).first;
-  LoraParams g = lora.zeros_like();
-  m.add_grads_to(g);
-  g.for_each([&](const std::string&, const Tensor& t) { out.grads.insert(out.grads.end(), t.data.begin(), t.data.end()); });
-  return out;
-}
 
 TEST(FusedLoraGpu, OneGemmPerGroupGivesTheSeparateGradients) {
   if (cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device";
@@ -79,9 +61,9 @@ TEST(FusedLoraGpu, OneGemmPerGroupGivesTheSeparateGradients) {
             GpuModelOptions o{b.batch, b.seq, st, ckpt, nf4};
             if (ckpt) o.mlp_chunk = 32;  // of the 90 tokens: chunks of 32, 32 and 26
             o.fuse_lora = false;
-            const Out one = run(c, w, s, o, b, 99);
+            const LoraStep one = lora_step(c, w, s, o, b, 99);
             o.fuse_lora = true;
-            const Out fused = run(c, w, s, o, b, 99);
+            const LoraStep fused = lora_step(c, w, s, o, b, 99);
             ASSERT_EQ(fused.grads.size(), one.grads.size()) << name;
             double g2 = 0;
             for (float g : one.grads) g2 += static_cast<double>(g) * g;
