@@ -14,6 +14,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "event_timing.h"
 #include "gpu/llama_gpu.h"
 #include "lora_bench.h"
 #include "model/presets.h"
@@ -32,20 +33,7 @@ namespace {
 using namespace ftune;
 constexpr cuda::Storage BF = cuda::Storage::BF16, F32 = cuda::Storage::F32;
 
-// Milliseconds per call of fn on ctx's stream (3 warmup calls, then the mean of `reps`).
-double time_ms(const cuda::Context& ctx, const std::function<void()>& fn, int reps = 10) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a), cudaEventCreate(&b);
-  cudaEventRecord(a, ctx.stream());
-  for (int i = 0; i < reps; ++i) fn();
-  cudaEventRecord(b, ctx.stream());
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a), cudaEventDestroy(b);
-  return static_cast<double>(ms) / reps;
-}
+using bench::time_ms;
 
 }  // namespace
 

@@ -614,6 +614,7 @@ void LlamaGpu::prepare(const Batch& b, bool embed) {
     fail("internal error: batch of {}x{} tokens exceeds the planned {}x{}", b.batch, b.seq, opt_.max_batch,
          opt_.max_seq);
   n_ = b.n(), batch_ = b.batch, seq_ = b.seq;
+  dyb_fresh_ = false;  // a stage's residual gradient arrives in dy_ alone
   for (int64_t i = 0; i < n_; ++i)
     if (b.pos[i] < 0 || b.pos[i] >= opt_.max_seq) fail("internal error: position {} out of range", b.pos[i]);
   ctx_->synchronize();  // the uploads below are outside the stream

@@ -376,6 +376,7 @@ class LlamaGpu {
   cuda::DeviceBuffer final_rstd_;                        // [N] fp32
   cuda::DeviceBuffer dy_, dn_;                           // [N, H] fp32: residual gradient, norm input gradient
   cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_ only in bf16)
+  bool dyb_fresh_ = false;  // dyb_ holds dy_ in dt (written with it by an RMSNorm backward)
   cuda::DeviceBuffer dtb_;                               // [N, widest_group_ r] dt: s dy B (of a group's members)
   cuda::DeviceBuffer dag_;                               // [widest_group_ r, H] fp32: a fused group's dA (when one fuses)
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch

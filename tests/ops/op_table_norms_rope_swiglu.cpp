@@ -34,24 +34,28 @@ OpCase rmsnorm_case(Dtype dt, int64_t rows, int64_t dim) {
     Floats y(rows * dim), rstd(rows), dx = t.at("dx0");
     cpu::rmsnorm_forward(t.at("x").data(), t.at("w").data(), y.data(), rstd.data(), rows, dim, 1e-5f);
     cpu::rmsnorm_backward(t.at("dy").data(), t.at("x").data(), t.at("w").data(), rstd.data(), dx.data(), rows, dim);
-    return Outputs{{"y", y}, {"rstd", rstd}, {"dx", dx}};
+    return Outputs{{"y", y}, {"rstd", rstd}, {"dx", dx}, {"dx_copy", dx}};
   };
   c.launch = [=](const cuda::Context& ctx, const Tensors& t) {
     auto x = upload(dt, t.at("x")), w = cuda::DeviceBuffer::from(t.at("w")), dy = cuda::DeviceBuffer::from(t.at("dy")),
          dx = cuda::DeviceBuffer::from(t.at("dx0"));
-    cuda::DeviceBuffer y(rows * dim * storage_bytes(storage(dt))), rstd(rows * 4);
+    cuda::DeviceBuffer y(rows * dim * storage_bytes(storage(dt))), rstd(rows * 4),
+        copy(rows * dim * storage_bytes(storage(dt)));
     cuda::rmsnorm_forward(ctx, storage(dt), x.data(), w.as<float>(), y.data(), rstd.as<float>(), rows, dim, 1e-5f);
     cuda::rmsnorm_backward(ctx, storage(dt), dy.as<float>(), x.data(), w.as<float>(), rstd.as<float>(), dx.as<float>(),
-                           rows, dim);
+                           rows, dim, copy.data());
     return Outputs{{"y", download(ctx, dt, y, rows * dim)},
                    {"rstd", download(ctx, Dtype::F32, rstd, rows)},
-                   {"dx", download(ctx, Dtype::F32, dx, rows * dim)}};
+                   {"dx", download(ctx, Dtype::F32, dx, rows * dim)},
+                   {"dx_copy", download(ctx, dt, copy, rows * dim)}};
   };
   c.checks = {bound("y", dt, {1e-5, "fp32 on both sides: summation order only"},
                     {4e-3, "y rounded to bf16 once: 2^-9 rms, 2^-8 at most"},
                     {5e-4, "y rounded to fp16 once: 2^-12 rms, 2^-11 at most (8x below bf16)"}),
               {"rstd", 1e-5, "fp32 in every storage, on the same rounded x: summation order only"},
-              {"dx", 1e-5, "fp32 in every storage, on the same rounded x: summation order only"}};
+              {"dx", 1e-5, "fp32 in every storage, on the same rounded x: summation order only"},
+              bound("dx_copy", dt, {1e-5, "the fp32 dx itself"}, {4e-3, "dx rounded to bf16 once: 2^-9 rms"},
+                    {5e-4, "dx rounded to fp16 once: 2^-12 rms"})};
   return c;
 }
 

@@ -44,14 +44,17 @@ __global__ void rmsnorm_forward_kernel(const T* x, const float* w, T* y, float* 
 
 template <typename T>
 __global__ void rmsnorm_backward_kernel(const float* dy, const T* x, const float* w, const float* rstd, float* dx,
-                                        int64_t dim) {
+                                        T* copy, int64_t dim) {
   const int64_t off = blockIdx.x * dim;
   const float s = rstd[blockIdx.x];
   float dot = 0.0f;
   for (int64_t i = threadIdx.x; i < dim; i += kThreads) dot += dy[off + i] * w[i] * ld(x, off + i) * s;
   const float m = block_sum(dot) / static_cast<float>(dim);
-  for (int64_t i = threadIdx.x; i < dim; i += kThreads)
-    dx[off + i] += s * (dy[off + i] * w[i] - ld(x, off + i) * s * m);
+  for (int64_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float v = dx[off + i] + s * (dy[off + i] * w[i] - ld(x, off + i) * s * m);
+    dx[off + i] = v;
+    if (copy) st(copy, off + i, v);
+  }
 }
 
 constexpr int64_t kRowsPerChunk = 64;  // rows per partial sum of the weight gradient
@@ -100,13 +103,14 @@ void rmsnorm_forward(const Context& ctx, Storage st, const void* x, const float*
 }
 
 void rmsnorm_backward(const Context& ctx, Storage st, const float* dy, const void* x, const float* w, const float* rstd,
-                      float* dx, int64_t rows, int64_t dim) {
+                      float* dx, int64_t rows, int64_t dim, void* copy) {
   FT_ASSERT(rows >= 0 && dim > 0);
   if (rows == 0) return;
   const auto grid = static_cast<unsigned>(rows);
   dispatch(st, [&](auto* t) {
     using T = std::remove_pointer_t<decltype(t)>;
-    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const T*>(x), w, rstd, dx, dim);
+    rmsnorm_backward_kernel<<<grid, kThreads, 0, ctx.stream()>>>(dy, static_cast<const T*>(x), w, rstd, dx,
+                                                                 static_cast<T*>(copy), dim);
   });
   FT_CUDA_LAUNCH();
 }

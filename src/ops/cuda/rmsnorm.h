@@ -13,9 +13,11 @@ namespace ftune::cuda {
 void rmsnorm_forward(const Context& ctx, Storage s, const void* x, const float* w, void* y, float* rstd, int64_t rows,
                      int64_t dim, float eps);
 // dx[rows, dim] (fp32) += the gradient through the norm of dy[rows, dim] (fp32); x in storage s.
-// The weight's own gradient, when it trains, is rmsnorm_weight_grad.
+// copy, when not null: dx's new values in storage s as well ([rows, dim]: the next GEMM's operand,
+// written here instead of by a conversion pass that reads dx again). The weight's own gradient,
+// when it trains, is rmsnorm_weight_grad.
 void rmsnorm_backward(const Context& ctx, Storage s, const float* dy, const void* x, const float* w, const float* rstd,
-                      float* dx, int64_t rows, int64_t dim);
+                      float* dx, int64_t rows, int64_t dim, void* copy = nullptr);
 
 // The weight gradient: dw[dim] (fp32) += sum over rows r of dy[r, i] * x[r, i] * rstd[r], with dy
 // fp32, x in storage s and rstd the forward's. Two passes and no atomics, so the result is
