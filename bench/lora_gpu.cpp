@@ -27,6 +27,8 @@
 // cuDNN's fused engines would be used (GpuModelOptions::cudnn_attention); the line names the kernels.
 // --no-fuse-lora: one GEMM per adapter A projection instead of one per group that shares an input
 // (GpuModelOptions::fuse_lora); the line says which ("lora_a_gemms": "fused" or "separate").
+// --no-tune-gemms: cuBLASLt's first heuristic algorithm for every GEMM instead of the fastest of its
+// candidates timed on the first steps (GpuModelOptions::tune_gemms; "gemm_tuning": "on" or "off").
 #include <fmt/format.h>
 
 #include <chrono>
@@ -47,7 +49,7 @@ int main(int argc, char** argv) {
   using namespace ftune;
   std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
   int64_t mlp_chunk = -1;  // -1: as ftune train chooses
-  bool build_only = false, deterministic = false, cudnn = true, fuse_lora = true;
+  bool build_only = false, deterministic = false, cudnn = true, fuse_lora = true, tune = true;
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
   bool ckpt = false, fp32 = false, fp16 = false, qlora = false, offload = false;
@@ -76,6 +78,7 @@ int main(int argc, char** argv) {
       else if (a == "--deterministic") deterministic = true;
       else if (a == "--no-cudnn") cudnn = false;
       else if (a == "--no-fuse-lora") fuse_lora = false;
+      else if (a == "--no-tune-gemms") tune = false;
       else fail("unknown argument '{}'", a);
     }
     const LlamaConfig cfg = preset_config(shape);
@@ -92,6 +95,7 @@ int main(int argc, char** argv) {
     mo.deterministic = deterministic;
     mo.cudnn_attention = cudnn;
     mo.fuse_lora = fuse_lora;
+    mo.tune_gemms = tune;
     LlamaGpu model(ctx, cfg, nullptr, &spec, mo, 1);
     bench::set_adapter(model, cfg, spec, 2);
     if (build_only) {
@@ -129,11 +133,11 @@ int main(int argc, char** argv) {
         "{{\"bench\": \"{}_{}_seq{}_mb{}_r{}{}{}\", \"gpu\": \"{}\", \"ftune_tok_s\": {:.1f}, \"ftune_peak_gib\": {:.2f}, "
         "\"ftune_end_gib\": {:.2f}, \"ftune_planned_gib\": {:.2f}, \"ftune_tflops\": {:.1f}, \"loss_first\": {:.4f}, "
         "\"loss_last\": {:.4f}, \"steps\": {}, \"step_s\": {:.2f}, \"mlp_chunk\": {}, \"precision\": \"{}\", \"optimizer\": \"{}\", \"attention\": \"{}\", "
-        "\"lora_a_gemms\": \"{}\"}}\n",
+        "\"lora_a_gemms\": \"{}\", \"gemm_tuning\": \"{}\"}}\n",
         qlora ? "qlora" : "lora", shape, seq, mb, rank, ckpt ? (offload ? "_ckpt_offload" : "_ckpt") : "", fp32 ? "_fp32" : fp16 ? "_fp16" : "", gpu_name, tok_s,
         beyond(peak), beyond(end), static_cast<double>(model.planned_bytes()) / gib, tflops, first, last, steps,
         secs / static_cast<double>(steps), mo.mlp_chunk, fp32 ? "fp32" : fp16 ? "fp16" : "bf16", optimizer,
-        model.attention_kernels(), fuse_lora && !fp32 ? "fused" : "separate");
+        model.attention_kernels(), fuse_lora && !fp32 ? "fused" : "separate", tune && !deterministic ? "on" : "off");
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_lora_gpu: {}\n", e.what());
     return 1;

@@ -7,7 +7,8 @@
 // queue the next launch (a kernel queued only after the previous work had ended), which is what
 // running the step as a CUDA graph could win back.
 //   bench_step_trace_gpu [--shape llama2-7b] [--seq 2048] [--micro-batch 4] [--rank 16]
-//                        [--checkpointing] [--qlora] [--no-cudnn] [--no-fuse-lora] [--steps 3] [--warmup 2]
+//                        [--checkpointing] [--qlora] [--no-cudnn] [--no-fuse-lora] [--no-tune-gemms]
+//                        [--steps 3] [--warmup 2]
 // Lines: "step_trace" (totals per step), "step_trace_family" (one per kernel family), and
 // "step_trace_gemm" (cuBLASLt's kernels grouped by name and grid, the largest first).
 // CUPTI's buffer callbacks take no user pointer, so the collector they fill is reached through one
@@ -131,7 +132,7 @@ std::string short_name(const std::string& n, size_t keep = 70) {
 int main(int argc, char** argv) {
   std::string shape = "llama2-7b";
   int64_t seq = 2048, mb = 4, rank = 16, steps = 3, warmup = 2;
-  bool ckpt = false, qlora = false, cudnn = true, fuse = true;
+  bool ckpt = false, qlora = false, cudnn = true, fuse = true, tune = true;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -146,6 +147,7 @@ int main(int argc, char** argv) {
       else if (a == "--qlora") qlora = true;
       else if (a == "--no-cudnn") cudnn = false;
       else if (a == "--no-fuse-lora") fuse = false;
+      else if (a == "--no-tune-gemms") tune = false;
       else fail("unknown argument '{}'", a);
     }
     if (steps < 1 || warmup < 1) fail("--steps and --warmup must be at least 1");
@@ -156,6 +158,7 @@ int main(int argc, char** argv) {
     mo.mlp_chunk = mlp_chunk_for(ckpt, mb * seq);
     mo.cudnn_attention = cudnn;
     mo.fuse_lora = fuse;
+    mo.tune_gemms = tune;
     LlamaGpu model(ctx, cfg, nullptr, &spec, mo, 1);
     bench::set_adapter(model, cfg, spec, 2);
     const Batch batch = bench::random_batch(mb, seq, cfg.vocab_size, 3);
@@ -224,12 +227,12 @@ int main(int argc, char** argv) {
     const double tokens = static_cast<double>(mb * seq);
     fmt::print(
         "{{\"bench\": \"step_trace\", \"shape\": \"{}\", \"method\": \"{}\", \"checkpointing\": {}, \"seq\": {}, "
-        "\"micro_batch\": {}, \"rank\": {}, \"attention\": \"{}\", \"lora_a_gemms\": \"{}\", \"steps\": {}, "
+        "\"micro_batch\": {}, \"rank\": {}, \"attention\": \"{}\", \"lora_a_gemms\": \"{}\", \"gemm_tuning\": \"{}\", \"steps\": {}, "
         "\"wall_ms_per_step\": {:.2f}, \"tok_s_traced\": {:.0f}, \"gpu_span_ms_per_step\": {:.2f}, "
         "\"gpu_busy_ms_per_step\": {:.2f}, \"gpu_idle_ms_per_step\": {:.2f}, \"idle_waiting_for_host_ms_per_step\": {:.2f}, "
         "\"gaps_over_20us_per_step\": {:.1f}, \"kernels_per_step\": {:.0f}, \"gpu\": \"{}\"}}\n",
         shape, qlora ? "qlora" : "lora", ckpt, seq, mb, rank, model.attention_kernels(), fuse ? "fused" : "separate",
-        steps, wall_ms * per, tokens / (wall_ms * per * 1e-3), span * ms * per, static_cast<double>(busy) * ms * per,
+        tune ? "on" : "off", steps, wall_ms * per, tokens / (wall_ms * per * 1e-3), span * ms * per, static_cast<double>(busy) * ms * per,
         static_cast<double>(idle) * ms * per, static_cast<double>(host_idle) * ms * per,
         static_cast<double>(gaps_over_20us) * per, static_cast<double>(kernels) * per, ctx.name());
     std::vector<std::pair<std::string, std::pair<double, int64_t>>> fs(fam.begin(), fam.end());

@@ -132,6 +132,7 @@ LlamaGpu::LlamaGpu(cuda::Context* ctx, int sm, const LlamaConfig& cfg, const Lor
     fail("dist.pipeline on the GPU trains LoRA and QLoRA in this version, without train.offload_activations (full "
          "fine-tuning pipelines on train.device cpu)");
   slot_key_.assign(static_cast<size_t>(opt.slots), 0);
+  if (ctx_) ctx_->set_gemm_tuning(opt.tune_gemms && !opt.deterministic);
   // cuDNN's attention workspace as the plan counts it; a model on a device replaces this in setup_cudnn().
   if (cudnn_eligible()) cudnn_ws_bytes_ = cuda::cudnn_attention_workspace_estimate(biggest_attn());
   if (opt.full) {

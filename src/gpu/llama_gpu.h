@@ -62,6 +62,10 @@ struct GpuModelOptions {
   // backward, where no dropout draws a mask per projection and the storage is 16-bit (off: one GEMM
   // each, for comparison). The fp32 masters, gradients and moments keep one layout either way.
   bool fuse_lora = true;
+  // cuBLASLt's candidate algorithms timed on each large GEMM problem's first calls, the fastest kept
+  // (ops/cuda/gemm.cu; Context::set_gemm_tuning); never with `deterministic`, which keeps the
+  // heuristic's first choice so that a run repeats bitwise.
+  bool tune_gemms = true;
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
   // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
   // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host

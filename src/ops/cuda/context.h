@@ -45,6 +45,10 @@ class Context {
   void copy(void* dst, const void* src, size_t bytes) const;
   void zero(void* dst, size_t bytes) const;
   GemmCache& gemm_cache() const;
+  // Whether GEMM problems planned from now on time cuBLASLt's candidate algorithms on their first
+  // calls and keep the fastest (gemm.cu); off: the heuristic's first choice, bitwise run to run.
+  void set_gemm_tuning(bool on) { gemm_tuning_ = on; }
+  bool gemm_tuning() const { return gemm_tuning_; }
 
  private:
   int device_ = 0;
@@ -54,6 +58,7 @@ class Context {
   cudaStream_t side_ = nullptr;
   cublasLtHandle_t blas_ = nullptr;
   DeviceBuffer workspace_;
+  bool gemm_tuning_ = false;
   mutable std::unique_ptr<GemmCache, GemmCacheDeleter> gemm_cache_;  // declared last: freed first
 };
 

@@ -27,4 +27,11 @@ inline void gemm(const Context& ctx, int64_t m, int64_t n, int64_t k, float alph
   gemm(ctx, m, n, k, alpha, a, b, beta, c, c, c_type);
 }
 
+// The GEMM plans of a Context: how many exist, how many were tuned (Context::set_gemm_tuning), and
+// how many are still timing their candidates (after reading back the timed calls that finished).
+struct GemmTuning {
+  int plans = 0, tuned = 0, tuning = 0;
+};
+GemmTuning gemm_tuning_state(const Context& ctx);
+
 }  // namespace ftune::cuda
