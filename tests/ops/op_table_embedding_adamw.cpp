@@ -1,7 +1,7 @@
 // Op rows for the token embedding (the gather in every storage dtype, bit for bit; the
 // deterministic scatter-add backward of full fine-tuning, accumulating onto the gradient) and the
-// fp32 AdamW update over several steps against the CPU optimizer; plus the embedding backward's
-// host-side index and empty-batch cases.
+// fp32 AdamW update over several steps against the CPU optimizer; the sum of squares of the gradient
+// norm; plus the embedding backward's host-side index and empty-batch cases.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -12,6 +12,7 @@
 #include "op_harness.h"
 #include "ops/cpu/embedding.h"
 #include "ops/cuda/adamw.h"
+#include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
 #include "train/lora_adamw.h"
 
@@ -213,6 +214,38 @@ TEST(GpuOps, AdamW) {
   FTUNE_SKIP_WITHOUT_CUDA();
   cuda::Context ctx;
   run_cases(ctx, {adamw_case()});
+}
+
+// ---- the sum of squares (gradient norms) ----
+
+OpCase sum_squares_case(int64_t n) {
+  OpCase c;
+  c.name = "sum_squares " + std::to_string(n);
+  c.dtype = Dtype::F32;
+  c.inputs = {{"x", n}, {"acc0", 1, 0, 1, false}};  // acc0: the sum adds onto what acc holds
+  c.reference = [=](const Tensors& t) {
+    double s = t.at("acc0")[0];
+    for (float v : t.at("x")) s += static_cast<double>(v) * static_cast<double>(v);
+    return Outputs{{"acc", Floats{static_cast<float>(s)}}};
+  };
+  c.launch = [=](const cuda::Context& ctx, const Tensors& t) {
+    auto x = cuda::DeviceBuffer::from(t.at("x"));
+    auto acc = cuda::DeviceBuffer::from(std::vector<double>{static_cast<double>(t.at("acc0")[0])});
+    cuda::sum_squares(ctx, x.as<float>(), n, acc.as<double>());
+    ctx.synchronize();
+    return Outputs{{"acc", Floats{static_cast<float>(acc.to_host<double>(1)[0])}}};
+  };
+  // fp64 sums on both sides in a different order; the result compared in fp32: its rounding only.
+  // A lost block or a block added twice is off by 1/1024 or more of the sum.
+  c.checks = {{"acc", 1e-6, "fp64 sums in another order, compared after rounding to fp32"}};
+  return c;
+}
+
+TEST(GpuOps, SumSquares) {
+  FTUNE_SKIP_WITHOUT_CUDA();
+  cuda::Context ctx;
+  // One element, below and across a block, and enough for every one of the 1024 blocks to loop.
+  run_cases(ctx, {sum_squares_case(1), sum_squares_case(257), sum_squares_case(100003), sum_squares_case(5000011)});
 }
 
 }  // namespace

@@ -1,4 +1,6 @@
 // Elementwise kernels: grid-stride loops, fp32 math on fp32, bf16 or fp16 storage.
+#include <algorithm>
+
 #include "core/dropout_hash.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/elementwise.h"
@@ -67,11 +69,23 @@ __global__ void gather_rows_kernel(const float* table, const int32_t* idx, int64
   FT_GRID_STRIDE(i, n * width) out[i] = table[static_cast<int64_t>(idx[i / width]) * width + i % width];
 }
 
+// One fp64 atomic add per block (a block reduce first), over at most kSumBlocks blocks: an atomic
+// per warp of a grid as wide as the data serialised ~10^6 adds on one address (2 ms for a 7B
+// adapter's 40M gradients on an H100; now ~0.05 ms, the read of the data).
+constexpr unsigned kSumBlocks = 1024;
+
 __global__ void sum_squares_kernel(const float* x, int64_t n, double* acc) {
-  float s = 0.0f;
-  FT_GRID_STRIDE(i, n) s += x[i] * x[i];
+  __shared__ double warp_sums[8];
+  double s = 0.0;
+  FT_GRID_STRIDE(i, n) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (threadIdx.x % 32 == 0) atomicAdd(acc, static_cast<double>(s));
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double b = 0.0;
+    for (unsigned w = 0; w < blockDim.x / 32; ++w) b += warp_sums[w];
+    atomicAdd(acc, b);
+  }
 }
 
 template <typename T>
@@ -150,7 +164,7 @@ void gather_rows(const Context& ctx, const float* table, const int32_t* idx, int
 
 void sum_squares(const Context& ctx, const float* x, int64_t n, double* acc) {
   if (n <= 0) return;
-  sum_squares_kernel<<<grid_for(n), 256, 0, ctx.stream()>>>(x, n, acc);
+  sum_squares_kernel<<<std::min(grid_for(n), kSumBlocks), 256, 0, ctx.stream()>>>(x, n, acc);
   FT_CUDA_LAUNCH();
 }
 
