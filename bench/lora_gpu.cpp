@@ -27,8 +27,8 @@
 // cuDNN's fused engines would be used (GpuModelOptions::cudnn_attention); the line names the kernels.
 // --no-fuse-lora: one GEMM per adapter A projection instead of one per group that shares an input
 // (GpuModelOptions::fuse_lora); the line says which ("lora_a_gemms": "fused" or "separate").
-// --no-tune-gemms: cuBLASLt's first heuristic algorithm for every GEMM instead of the fastest of its
-// candidates timed on the first steps (GpuModelOptions::tune_gemms; "gemm_tuning": "on" or "off").
+// --tune-gemms: the fastest of cuBLASLt's candidate algorithms timed on the first steps for every
+// large GEMM instead of its first heuristic choice (GpuModelOptions::tune_gemms; "gemm_tuning").
 #include <fmt/format.h>
 
 #include <chrono>
@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   using namespace ftune;
   std::string shape = "llama2-7b", gpu_name, optimizer = "adamw";
   int64_t mlp_chunk = -1;  // -1: as ftune train chooses
-  bool build_only = false, deterministic = false, cudnn = true, fuse_lora = true, tune = true;
+  bool build_only = false, deterministic = false, cudnn = true, fuse_lora = true, tune = false;
   int64_t seq = 2048, mb = 4, rank = 16, steps = 10, warmup = 3;
   double alpha = 32;
   bool ckpt = false, fp32 = false, fp16 = false, qlora = false, offload = false;
@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
       else if (a == "--deterministic") deterministic = true;
       else if (a == "--no-cudnn") cudnn = false;
       else if (a == "--no-fuse-lora") fuse_lora = false;
-      else if (a == "--no-tune-gemms") tune = false;
+      else if (a == "--tune-gemms") tune = true;
       else fail("unknown argument '{}'", a);
     }
     const LlamaConfig cfg = preset_config(shape);

@@ -7,7 +7,7 @@
 // queue the next launch (a kernel queued only after the previous work had ended), which is what
 // running the step as a CUDA graph could win back.
 //   bench_step_trace_gpu [--shape llama2-7b] [--seq 2048] [--micro-batch 4] [--rank 16]
-//                        [--checkpointing] [--qlora] [--no-cudnn] [--no-fuse-lora] [--no-tune-gemms]
+//                        [--checkpointing] [--qlora] [--no-cudnn] [--no-fuse-lora] [--tune-gemms]
 //                        [--steps 3] [--warmup 2]
 // Lines: "step_trace" (totals per step), "step_trace_family" (one per kernel family), and
 // "step_trace_gemm" (cuBLASLt's kernels grouped by name and grid, the largest first).
@@ -132,7 +132,7 @@ std::string short_name(const std::string& n, size_t keep = 70) {
 int main(int argc, char** argv) {
   std::string shape = "llama2-7b";
   int64_t seq = 2048, mb = 4, rank = 16, steps = 3, warmup = 2;
-  bool ckpt = false, qlora = false, cudnn = true, fuse = true, tune = true;
+  bool ckpt = false, qlora = false, cudnn = true, fuse = true, tune = false;
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
       else if (a == "--qlora") qlora = true;
       else if (a == "--no-cudnn") cudnn = false;
       else if (a == "--no-fuse-lora") fuse = false;
-      else if (a == "--no-tune-gemms") tune = false;
+      else if (a == "--tune-gemms") tune = true;
       else fail("unknown argument '{}'", a);
     }
     if (steps < 1 || warmup < 1) fail("--steps and --warmup must be at least 1");

@@ -63,9 +63,10 @@ struct GpuModelOptions {
   // each, for comparison). The fp32 masters, gradients and moments keep one layout either way.
   bool fuse_lora = true;
   // cuBLASLt's candidate algorithms timed on each large GEMM problem's first calls, the fastest kept
-  // (ops/cuda/gemm.cu; Context::set_gemm_tuning); never with `deterministic`, which keeps the
-  // heuristic's first choice so that a run repeats bitwise.
-  bool tune_gemms = true;
+  // (ops/cuda/gemm.cu; Context::set_gemm_tuning); never with `deterministic`. Off by default: on an
+  // H100 it changed a 7B LoRA step by +0.3% (TinyLlama -0.7%), within run-to-run noise, while the
+  // choice it makes can differ run to run; off keeps the heuristic's first choice, bitwise repeatable.
+  bool tune_gemms = false;
   // Full fine-tuning: every weight trains. The fp32 gradients live on the device in the parameter
   // table's flat layout (params/param_table.h); the fp32 masters and the moments belong to a
   // FullOptimizer (gpu/full_optimizer.h): on the device (optimizer AdamW or AdamW8bit) or in host
