@@ -8,9 +8,9 @@
 // always its fastest algorithm when problems are timed alone (on an H100, 5-14% slower than the best
 // of its own list on several of a 7B LoRA step's [8192 x 11008 x 4096] products), though within the
 // step itself the difference was ~2% on those and +0.3% on the whole step. For problems of at least
-// kTuneFlop the plan keeps up to
-// kTuneCandidates of the heuristic's algorithms and the problem's first calls run them in turn, each
-// timed with a pair of CUDA events read back without blocking at later calls; once every candidate
+// kTuneFlop the plan keeps up to kTuneCandidates of the heuristic's algorithms and the problem's
+// first calls run them in turn, each timed with a pair of CUDA events read back without blocking at
+// later calls; once every candidate
 // has kTuneSamples times, the plan keeps the fastest (its median), and the heuristic's first choice
 // unless another is kTuneMargin faster, so that close timings do not flip the choice run to run.
 // Every call computes the product the caller asked for (candidates differ only in summation order),
