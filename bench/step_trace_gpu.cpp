@@ -24,6 +24,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "bench_args.h"
@@ -205,23 +207,24 @@ int main(int argc, char** argv) {
       }
     }
     busy += cur_e - cur_s;
-    const double span = static_cast<double>(rs.back().end > cur_e ? rs.back().end : cur_e) - static_cast<double>(rs[0].start);
-    std::map<std::string, std::pair<double, int64_t>> fam;  // ns summed, count
-    struct GemmGroup {
-      double ns = 0;
-      int64_t n = 0;
+    // cur_e is the latest end of all: a record ending later than the next one's start merges with it.
+    const double span = static_cast<double>(cur_e - rs[0].start);
+    struct Tally {
+      double ns = 0;  // summed durations
+      int64_t n = 0;  // records
     };
-    std::map<std::string, GemmGroup> gemms;
+    std::map<std::string, Tally> fam;
+    std::map<std::tuple<std::string, std::string, std::string>, Tally> gemms;  // (kernel, family, grid)
     int64_t kernels = 0;
     for (const Record& r : rs) {
       const std::string f = family(r.name);
-      auto& e = fam[f];
-      e.first += static_cast<double>(r.end - r.start), ++e.second;
+      const double ns = static_cast<double>(r.end - r.start);
+      Tally& e = fam[f];
+      e.ns += ns, ++e.n;
       if (r.queued) ++kernels;
       if (f == "gemm" || f == "other") {
-        auto& g = gemms[fmt::format("{}\", \"family\": \"{}\", \"grid\": \"{}x{}x{}", short_name(r.name), f, r.grid[0],
-                                    r.grid[1], r.grid[2])];
-        g.ns += static_cast<double>(r.end - r.start), ++g.n;
+        Tally& g = gemms[{short_name(r.name), f, fmt::format("{}x{}x{}", r.grid[0], r.grid[1], r.grid[2])}];
+        g.ns += ns, ++g.n;
       }
     }
     const double tokens = static_cast<double>(mb * seq);
@@ -235,19 +238,24 @@ int main(int argc, char** argv) {
         tune ? "on" : "off", steps, wall_ms * per, tokens / (wall_ms * per * 1e-3), span * ms * per, static_cast<double>(busy) * ms * per,
         static_cast<double>(idle) * ms * per, static_cast<double>(host_idle) * ms * per,
         static_cast<double>(gaps_over_20us) * per, static_cast<double>(kernels) * per, ctx.name());
-    std::vector<std::pair<std::string, std::pair<double, int64_t>>> fs(fam.begin(), fam.end());
-    std::sort(fs.begin(), fs.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-    for (const auto& [name, v] : fs)
+    auto largest_first = [](const auto& m) {
+      std::vector<std::pair<typename std::decay_t<decltype(m)>::key_type, Tally>> v(m.begin(), m.end());
+      std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+      return v;
+    };
+    for (const auto& [name, v] : largest_first(fam))
       fmt::print("{{\"bench\": \"step_trace_family\", \"family\": \"{}\", \"ms_per_step\": {:.2f}, \"calls_per_step\": {:.0f}, "
                  "\"share_of_busy\": {:.4f}}}\n",
-                 name, v.first * ms * per, static_cast<double>(v.second) * per, v.first / static_cast<double>(busy));
-    std::vector<std::pair<std::string, GemmGroup>> gs(gemms.begin(), gemms.end());
-    std::sort(gs.begin(), gs.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-    for (size_t i = 0; i < gs.size() && i < 24; ++i)
-      fmt::print("{{\"bench\": \"step_trace_gemm\", \"kernel\": \"{}\", \"calls_per_step\": {:.0f}, \"mean_us\": {:.1f}, "
-                 "\"ms_per_step\": {:.2f}}}\n",
-                 gs[i].first, static_cast<double>(gs[i].second.n) * per, gs[i].second.ns / gs[i].second.n * 1e-3,
-                 gs[i].second.ns * ms * per);
+                 name, v.ns * ms * per, static_cast<double>(v.n) * per, v.ns / static_cast<double>(busy));
+    const auto gs = largest_first(gemms);
+    for (size_t i = 0; i < gs.size() && i < 24; ++i) {
+      const auto& [kernel, fam_name, grid] = gs[i].first;
+      const Tally& g = gs[i].second;
+      fmt::print("{{\"bench\": \"step_trace_gemm\", \"kernel\": \"{}\", \"family\": \"{}\", \"grid\": \"{}\", "
+                 "\"calls_per_step\": {:.0f}, \"mean_us\": {:.1f}, \"ms_per_step\": {:.2f}}}\n",
+                 kernel, fam_name, grid, static_cast<double>(g.n) * per, g.ns / static_cast<double>(g.n) * 1e-3,
+                 g.ns * ms * per);
+    }
   } catch (const std::exception& e) {
     fmt::print(stderr, "bench_step_trace_gpu: {}\n", e.what());
     return 1;

@@ -615,7 +615,6 @@ void LlamaGpu::prepare(const Batch& b, bool embed) {
     fail("internal error: batch of {}x{} tokens exceeds the planned {}x{}", b.batch, b.seq, opt_.max_batch,
          opt_.max_seq);
   n_ = b.n(), batch_ = b.batch, seq_ = b.seq;
-  dyb_fresh_ = false;  // a stage's residual gradient arrives in dy_ alone
   for (int64_t i = 0; i < n_; ++i)
     if (b.pos[i] < 0 || b.pos[i] >= opt_.max_seq) fail("internal error: position {} out of range", b.pos[i]);
   ctx_->synchronize();  // the uploads below are outside the stream
@@ -757,8 +756,10 @@ void LlamaGpu::stage_backward(int64_t slot, const Batch& b, const void* dout, vo
   prepare(b, false);  // the micro-batch's tables again; its layer inputs are the slot's
   dropout_key_ = slot_key_[static_cast<size_t>(slot)];
   const size_t g = static_cast<size_t>(n_ * cfg_.hidden_size) * 4;
-  if (!last_stage())  // (on the compute stream, as the stage input above; on the last stage head() left it)
+  if (!last_stage()) {  // (on the compute stream, as the stage input above; on the last stage head() left it)
     FT_CUDA(cudaMemcpyAsync(f(dy_), dout, g, cudaMemcpyHostToDevice, ctx_->stream()));
+    if (void* c = dy16()) cuda::convert(*ctx_, F32, dy_.data(), dt_, c, n_ * cfg_.hidden_size);
+  }
   for (int64_t l = l1_ - 1; l >= l0_; --l) layer_backward(l);
   if (!first_stage()) {
     ctx_->synchronize();

@@ -275,6 +275,10 @@ class LlamaGpu {
   }
   cuda::AttnShape attn_shape() const;  // of the current micro-batch
   std::pair<const void*, const void*> lora_ab(int64_t l, int p) const;
+  // The residual gradient as a GEMM operand: dy_ in fp32, else its 16-bit copy dyb_, which every
+  // writer of dy_ refreshes (the RMSNorm backwards through dy16(), a stage's upload by a conversion).
+  const void* dy_operand() const { return dt_ == cuda::Storage::F32 ? dy_.data() : dyb_.data(); }
+  void* dy16() const { return dt_ == cuda::Storage::F32 ? nullptr : dyb_.data(); }
   Acts& acts(int64_t l) { return acts_[opt_.checkpointing ? 0 : slot_ * (l1_ - l0_) + (l - l0_)]; }
   // Pinned host bytes of the offloaded layer inputs (every layer's, and the last output), at max_batch x max_seq.
   size_t offload_host_bytes() const {
@@ -380,8 +384,7 @@ class LlamaGpu {
   cuda::DeviceBuffer normed_, dnormed_, logits_, loss_;  // [N, H] dt x2, [chunk, V] dt, [N] fp32
   cuda::DeviceBuffer final_rstd_;                        // [N] fp32
   cuda::DeviceBuffer dy_, dn_;                           // [N, H] fp32: residual gradient, norm input gradient
-  cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_ only in bf16)
-  bool dyb_fresh_ = false;  // dyb_ holds dy_ in dt (written with it by an RMSNorm backward)
+  cuda::DeviceBuffer dyb_, datt_, dq_, dk_, dv_;        // [N, H|Q|Q|KV|KV] dt (dyb_: dy_ in 16 bits, not in fp32)
   cuda::DeviceBuffer dtb_;                               // [N, widest_group_ r] dt: s dy B (of a group's members)
   cuda::DeviceBuffer dag_;                               // [widest_group_ r, H] fp32: a fused group's dA (when one fuses)
   cuda::DeviceBuffer delta_, attn_scratch_;              // [B, heads, T] fp32; flash backward fp32 scratch

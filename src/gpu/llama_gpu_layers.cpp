@@ -265,14 +265,7 @@ void LlamaGpu::layer_backward(int64_t l) {
   const Layer& Ly = layers_[l];
   const int64_t H = cfg_.hidden_size, I = cfg_.intermediate_size;
   auto t = [&](Proj p) { return t_rows(A, p, 0, n_); };
-  auto dy_op = [&]() -> const void* {  // the residual gradient as a GEMM operand
-    if (dt_ == F32) return dy_.data();
-    if (!dyb_fresh_) cuda::convert(*ctx_, F32, dy_.data(), dt_, dyb_.data(), n_ * H);
-    dyb_fresh_ = false;
-    return dyb_.data();
-  };
-  void* dyb = dt_ == F32 ? nullptr : dyb_.data();  // the RMSNorm backwards write dy_'s 16-bit copy too
-  const void* dyo = dy_op();
+  const void* dyo = dy_operand();  // dL/d(layer output)
   // Buffers reused in place: d act overwrites act (linear_bwd reads x before it writes dx), and
   // the gate/up gradients overwrite gate/up (read and written element by element). A chunked MLP
   // is recomputed and differentiated chunk by chunk of rows.
@@ -288,9 +281,7 @@ void LlamaGpu::layer_backward(int64_t l) {
     linear_bwd(l, Proj::Up, n2, tc(Proj::Up), A.up.data(), dn, F32, 1.0f, m, r0);
   }
   if (opt_.full) norm_grad(f(dn_), A.h.data(), f(A.rstd2), layer_off_[l][kNumProj + 1]);
-  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H, dyb);  // dL/dh
-  dyb_fresh_ = dyb != nullptr;
-  dyo = dy_op();
+  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), A.h.data(), f(Ly.post_norm), f(A.rstd2), f(dy_), n_, H, dy16());  // dL/dh
   linear_bwd(l, Proj::O, A.att.data(), t(Proj::O), dyo, datt_.data(), dt_, 0.0f);
   attention_bwd(A);
   cuda::rope_backward(*ctx_, dt_, dq_.data(), f(cos_), f(sin_), n_, cfg_.num_attention_heads, cfg_.head_dim);
@@ -299,8 +290,7 @@ void LlamaGpu::layer_backward(int64_t l) {
   linear_bwd(l, Proj::K, A.n1.data(), t(Proj::K), dk_.data(), dn_.data(), F32, 1.0f);
   linear_bwd(l, Proj::V, A.n1.data(), t(Proj::V), dv_.data(), dn_.data(), F32, 1.0f);
   if (opt_.full) norm_grad(f(dn_), xbuf(l), f(A.rstd1), layer_off_[l][kNumProj]);
-  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H, dyb);
-  dyb_fresh_ = dyb != nullptr;
+  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(l), f(Ly.input_norm), f(A.rstd1), f(dy_), n_, H, dy16());
 }
 
 // Final norm, lm_head and the per-row losses; with `backward`, dy_ = dL/d(last layer output).
@@ -318,9 +308,7 @@ void LlamaGpu::head(bool backward) {
   ctx_->zero(f(dy_), n_ * H * 4);
   cuda::convert(*ctx_, dt_, dnormed_.data(), F32, f(dn_), n_ * H);
   if (opt_.full) norm_grad(f(dn_), xbuf(L), f(final_rstd_), final_off_);
-  void* dyb = dt_ == F32 ? nullptr : dyb_.data();
-  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H, dyb);
-  dyb_fresh_ = dyb != nullptr;
+  cuda::rmsnorm_backward(*ctx_, dt_, f(dn_), xbuf(L), f(final_norm_), f(final_rstd_), f(dy_), n_, H, dy16());
 }
 
 }  // namespace ftune

@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "../test_util.h"
-#include "core/rng.h"
 #include "ops/cuda/context.h"
 #include "ops/cuda/gemm.h"
 
@@ -20,10 +19,9 @@ namespace {
 using testing::rel_err;
 constexpr cuda::Storage BF = cuda::Storage::BF16, F32 = cuda::Storage::F32;
 
-std::vector<float> randn(size_t n, uint64_t seed, float scale) {
-  Rng r(seed);
-  std::vector<float> v(n);
-  for (float& x : v) x = scale * r.normal();
+std::vector<float> randn(size_t n, uint64_t seed, float scale) {  // N(0, scale^2)
+  std::vector<float> v = testing::randn(n, seed);
+  for (float& x : v) x *= scale;
   return v;
 }
 
@@ -42,7 +40,6 @@ Results run(bool tune, int64_t m, int64_t n, int64_t k, int calls, cuda::GemmTun
   const std::vector<float> acc0 = randn(static_cast<size_t>(m * k), 4, 1.0f);
   cuda::DeviceBuffer y(static_cast<size_t>(m * n) * 2), dx(static_cast<size_t>(m * k) * 4);
   auto acc = cuda::DeviceBuffer::from(acc0);
-  std::vector<uint16_t> y_first;
   for (int i = 0; i < calls; ++i) {
     cuda::gemm(ctx, m, n, k, 1.0f, {x.data(), BF, false}, {w.data(), BF, true}, 0.0f, nullptr, y.data(), BF);
     cuda::gemm(ctx, m, k, n, 1.0f, {dy.data(), BF, false}, {w.data(), BF, false}, 0.0f, nullptr, dx.data(), F32);

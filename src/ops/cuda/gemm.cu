@@ -10,9 +10,9 @@
 // step itself the difference was ~2% on those and +0.3% on the whole step. For problems of at least
 // kTuneFlop the plan keeps up to kTuneCandidates of the heuristic's algorithms and the problem's
 // first calls run them in turn, each timed with a pair of CUDA events read back without blocking at
-// later calls; once every candidate
-// has kTuneSamples times, the plan keeps the fastest (its median), and the heuristic's first choice
-// unless another is kTuneMargin faster, so that close timings do not flip the choice run to run.
+// later calls; once every candidate has kTuneSamples times, the plan keeps the fastest (its median),
+// and the heuristic's first choice unless another is kTuneMargin faster, so that close timings do
+// not flip the choice run to run.
 // Every call computes the product the caller asked for (candidates differ only in summation order),
 // so tuning costs no extra GEMMs and no memory, and in-place accumulation is safe. Off, the
 // heuristic's first choice keeps results bitwise run to run.
@@ -52,7 +52,7 @@ struct GemmPlan {
   };
   std::vector<Timed> in_flight;
   std::vector<std::vector<float>> ms;  // [candidate] times read back
-  size_t next = 0;                     // the candidate the next call runs
+  size_t next = 0;                     // the candidate the next call runs (modulo their count)
   ~GemmPlan() {
     for (const Timed& t : in_flight) cudaEventDestroy(t.start), cudaEventDestroy(t.end);
     if (op) cublasLtMatmulDescDestroy(op);
@@ -167,15 +167,9 @@ void gemm(const Context& ctx, int64_t m, int64_t n, int64_t k, float alpha, Gemm
     FT_CUBLAS(run(p.algo));
     return;
   }
-  // Tuning: this call on the next candidate still short of samples, between two events.
-  const size_t n_c = p.candidates.size();
-  size_t i = p.next;
-  for (size_t step = 0; step < n_c; ++step, i = (i + 1) % n_c)
-    if (p.ms[i].size() + static_cast<size_t>(std::count_if(p.in_flight.begin(), p.in_flight.end(), [&](const auto& t) {
-          return t.candidate == i;
-        })) < static_cast<size_t>(kTuneSamples))
-      break;
-  p.next = (i + 1) % n_c;
+  // Tuning: this call on the next candidate in turn, between two events.
+  const size_t i = p.next % p.candidates.size();
+  p.next = i + 1;
   GemmPlan::Timed t;
   t.candidate = i;
   FT_CUDA(cudaEventCreate(&t.start));
